@@ -1,0 +1,124 @@
+//! A safe view of the `spank_t` handle Slurm passes to every callback.
+
+use std::ffi::{c_char, c_int, CStr};
+
+use crate::ffi;
+
+/// Where the plugin is running (see spank(8), "SPANK plugin contexts").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Context {
+    /// srun
+    Local,
+    /// slurmstepd: the tasks of a step
+    Remote,
+    /// sbatch, salloc
+    Allocator,
+    /// slurmd
+    Slurmd,
+    /// prolog/epilog scripts
+    JobScript,
+    /// Slurm could not tell
+    Unknown,
+}
+
+pub fn context() -> Context {
+    // SAFETY: spank_context() takes no arguments and only reads Slurm's global state.
+    match unsafe { ffi::spank_context() } {
+        ffi::spank_context::S_CTX_LOCAL => Context::Local,
+        ffi::spank_context::S_CTX_REMOTE => Context::Remote,
+        ffi::spank_context::S_CTX_ALLOCATOR => Context::Allocator,
+        ffi::spank_context::S_CTX_SLURMD => Context::Slurmd,
+        ffi::spank_context::S_CTX_JOB_SCRIPT => Context::JobScript,
+        _ => Context::Unknown,
+    }
+}
+
+/// The handle of one callback invocation.
+pub struct Spank {
+    raw: ffi::spank_t,
+}
+
+/// A SPANK call that returned an error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpankError(pub i64);
+
+impl std::fmt::Display for SpankError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SPANK error {}", self.0)
+    }
+}
+
+fn check(rc: i64) -> Result<(), SpankError> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(SpankError(rc))
+    }
+}
+
+impl Spank {
+    /// # Safety
+    /// `raw` must be the handle Slurm passed to the running callback.
+    pub unsafe fn from_raw(raw: ffi::spank_t) -> Self {
+        Spank { raw }
+    }
+
+    /// Registers a command-line option. `opt` must live for the rest of the process.
+    pub fn register_option(&self, opt: &'static mut ffi::spank_option) -> Result<(), SpankError> {
+        // SAFETY: `opt` is a valid, 'static option whose strings are 'static C strings.
+        check(unsafe { ffi::spank_option_register(self.raw, opt) } as i64)
+    }
+
+    /// Reads one u32 item (job id, step id, node id, counts).
+    pub fn get_u32(&self, item: ffi::spank_item::Type) -> Result<u32, SpankError> {
+        let mut value: u32 = 0;
+        // SAFETY: these items take exactly one `uint32_t *`.
+        check(unsafe { ffi::spank_get_item(self.raw, item, &mut value as *mut u32) } as i64)?;
+        Ok(value)
+    }
+
+    pub fn uid(&self) -> Result<u32, SpankError> {
+        let mut value: libc::uid_t = 0;
+        // SAFETY: S_JOB_UID takes one `uid_t *`.
+        check(unsafe {
+            ffi::spank_get_item(self.raw, ffi::spank_item::S_JOB_UID, &mut value as *mut _)
+        } as i64)?;
+        Ok(value)
+    }
+
+    /// The running Slurm's version string, e.g. "22.05.8".
+    pub fn slurm_version(&self) -> Result<String, SpankError> {
+        let mut value: *const c_char = std::ptr::null();
+        // SAFETY: S_SLURM_VERSION takes one `char **`; Slurm owns the returned string.
+        check(unsafe {
+            ffi::spank_get_item(
+                self.raw,
+                ffi::spank_item::S_SLURM_VERSION,
+                &mut value as *mut _,
+            )
+        } as i64)?;
+        if value.is_null() {
+            return Err(SpankError(ffi::ESPANK_ERROR as i64));
+        }
+        // SAFETY: non-null, NUL-terminated, owned by Slurm for the callback's duration.
+        Ok(unsafe { CStr::from_ptr(value) }
+            .to_string_lossy()
+            .into_owned())
+    }
+}
+
+/// The plugin's `plugstack.conf` arguments as Rust strings.
+///
+/// # Safety
+/// `argv` must point to `argc` valid C strings (as Slurm passes them to every callback).
+pub unsafe fn plugin_args(argc: c_int, argv: *mut *mut c_char) -> Vec<String> {
+    if argv.is_null() || argc <= 0 {
+        return Vec::new();
+    }
+    (0..argc as usize)
+        .filter_map(|i| {
+            let p = *argv.add(i);
+            (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
+        })
+        .collect()
+}

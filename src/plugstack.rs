@@ -1,0 +1,212 @@
+//! The SPANK plugin's arguments, as a site admin writes them on its `plugstack.conf` line:
+//!
+//! ```text
+//! required /usr/local/lib/slurm/spank_mpiexec_docker.so engine=podman helper=/usr/local/bin/mpiexec_docker
+//! ```
+//!
+//! Every argument is one `key=value` word. An unknown key or a bad value is an error that names the
+//! word and what would be accepted, so a typo never silently changes behaviour.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use thiserror::Error;
+
+/// The container engines the project drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineKind {
+    #[default]
+    Podman,
+    Docker,
+}
+
+impl EngineKind {
+    pub fn command(self) -> &'static str {
+        match self {
+            EngineKind::Podman => "podman",
+            EngineKind::Docker => "docker",
+        }
+    }
+}
+
+impl FromStr for EngineKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "podman" => Ok(EngineKind::Podman),
+            "docker" => Ok(EngineKind::Docker),
+            other => Err(format!("unknown engine '{other}' (use podman or docker)")),
+        }
+    }
+}
+
+/// Default location of the helper binary the plugin runs on the nodes.
+pub const DEFAULT_HELPER: &str = "/usr/local/bin/mpiexec_docker";
+/// Default site configuration file.
+pub const DEFAULT_CONFIG: &str = "/etc/mpiexec-docker/config.yaml";
+
+/// The plugin's settings from `plugstack.conf`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginArgs {
+    /// `engine=podman|docker`: the container engine on the nodes.
+    pub engine: EngineKind,
+    /// `helper=PATH`: the `mpiexec_docker` binary (must be at the same path on every node).
+    pub helper: PathBuf,
+    /// `config=PATH`: the site configuration file.
+    pub config: PathBuf,
+    /// `mounts=SRC:DST[:FLAGS][,...]`: mounts added to every container.
+    pub mounts: Vec<String>,
+    /// `sbatch_support=0|1`: whether `sbatch --container-image` runs the batch script in the container.
+    pub sbatch_support: bool,
+}
+
+impl Default for PluginArgs {
+    fn default() -> Self {
+        PluginArgs {
+            engine: EngineKind::Podman,
+            helper: DEFAULT_HELPER.into(),
+            config: DEFAULT_CONFIG.into(),
+            mounts: Vec::new(),
+            sbatch_support: true,
+        }
+    }
+}
+
+/// The keys `plugstack.conf` may set, for error messages and documentation.
+pub const KNOWN_KEYS: &[&str] = &["engine", "helper", "config", "mounts", "sbatch_support"];
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PlugstackError {
+    #[error("plugstack.conf argument '{word}' is not key=value; write e.g. engine=podman")]
+    NotKeyValue { word: String },
+    #[error("unknown plugstack.conf argument '{key}' (known: {}); fix or remove it in plugstack.conf", KNOWN_KEYS.join(", "))]
+    UnknownKey { key: String },
+    #[error("plugstack.conf argument '{key}={value}': {reason}")]
+    BadValue {
+        key: String,
+        value: String,
+        reason: String,
+    },
+}
+
+impl PluginArgs {
+    /// Parses the words after the plugin path on its `plugstack.conf` line.
+    pub fn parse<S: AsRef<str>>(words: &[S]) -> Result<Self, PlugstackError> {
+        let mut args = PluginArgs::default();
+        for word in words {
+            let word = word.as_ref();
+            let (key, value) = word
+                .split_once('=')
+                .ok_or_else(|| PlugstackError::NotKeyValue {
+                    word: word.to_string(),
+                })?;
+            let bad = |reason: String| PlugstackError::BadValue {
+                key: key.to_string(),
+                value: value.to_string(),
+                reason,
+            };
+            match key {
+                "engine" => args.engine = value.parse().map_err(bad)?,
+                "helper" => args.helper = absolute(value).map_err(bad)?,
+                "config" => args.config = absolute(value).map_err(bad)?,
+                "mounts" => {
+                    args.mounts = value
+                        .split(',')
+                        .filter(|m| !m.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                }
+                "sbatch_support" => args.sbatch_support = parse_bool(value).map_err(bad)?,
+                _ => {
+                    return Err(PlugstackError::UnknownKey {
+                        key: key.to_string(),
+                    })
+                }
+            }
+        }
+        Ok(args)
+    }
+}
+
+fn absolute(value: &str) -> Result<PathBuf, String> {
+    if value.starts_with('/') {
+        Ok(value.into())
+    } else {
+        Err("must be an absolute path".into())
+    }
+}
+
+/// Booleans as admins write them: 1/0, true/false, yes/no, on/off.
+pub fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(format!("'{value}' is not a boolean (use 1 or 0)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_without_arguments() {
+        let args = PluginArgs::parse::<&str>(&[]).unwrap();
+        assert_eq!(args, PluginArgs::default());
+        assert_eq!(args.engine, EngineKind::Podman);
+    }
+
+    #[test]
+    fn parses_every_key() {
+        let args = PluginArgs::parse(&[
+            "engine=docker",
+            "helper=/opt/md/bin/mpiexec_docker",
+            "config=/etc/md.yaml",
+            "mounts=/scratch:/scratch,/apps:/apps:ro",
+            "sbatch_support=0",
+        ])
+        .unwrap();
+        assert_eq!(args.engine, EngineKind::Docker);
+        assert_eq!(args.helper, PathBuf::from("/opt/md/bin/mpiexec_docker"));
+        assert_eq!(args.config, PathBuf::from("/etc/md.yaml"));
+        assert_eq!(args.mounts, vec!["/scratch:/scratch", "/apps:/apps:ro"]);
+        assert!(!args.sbatch_support);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = PluginArgs::parse(&["engine=podman", "enigne=docker"]).unwrap_err();
+        assert_eq!(
+            err,
+            PlugstackError::UnknownKey {
+                key: "enigne".into()
+            }
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("'enigne'") && text.contains("engine, helper"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = PluginArgs::parse(&["engine=lxc"]).unwrap_err().to_string();
+        assert!(
+            err.contains("engine=lxc") && err.contains("podman or docker"),
+            "{err}"
+        );
+        let err = PluginArgs::parse(&["helper=bin/x"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("absolute"), "{err}");
+        let err = PluginArgs::parse(&["podman"]).unwrap_err();
+        assert_eq!(
+            err,
+            PlugstackError::NotKeyValue {
+                word: "podman".into()
+            }
+        );
+        assert!(PluginArgs::parse(&["sbatch_support=maybe"]).is_err());
+    }
+}

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Stops the test cluster tests/cluster/up.sh started, and only that: slurmd node1..node3 and every process
+# left in their namespaces (containers, conmon, Podman pause processes), slurmctld, munged when up.sh
+# started it, the network namespaces, the bridge and the hugetlb mount. Built images and installed
+# packages stay (a later up.sh reuses them); --purge also removes the node stores and image archives.
+source "$(dirname "$0")/lib.sh"
+
+[[ $(id -u) == 0 ]] || die "run as root"
+purge=0
+[[ ${1:-} == --purge ]] && purge=1
+
+stop_pids() {   # TERM, wait up to 5 s, then KILL
+    [[ $# == 0 ]] && return 0
+    kill -TERM "$@" 2>/dev/null || true
+    local i
+    for i in $(seq 1 25); do
+        local alive=0 p
+        for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [[ $alive == 0 ]] && return 0
+        sleep 0.2
+    done
+    kill -KILL "$@" 2>/dev/null || true
+    sleep 0.2
+}
+
+for node in "${MDT_NODES[@]}"; do
+    pid=$(node_pid "$node" || true)
+    [[ -n $pid ]] || continue
+    log "stopping $node (slurmd $pid and everything in its namespaces)"
+    # containers first, so that Podman's records and mounts go too
+    nsenter -t "$pid" -m -u -n -- podman rm -af -t 0 >/dev/null 2>&1 || true
+    for u in "$MDT_USER" "$MDT_USER2"; do
+        home=$(getent passwd "$u" | cut -d: -f6) || continue
+        nsenter -t "$pid" -m -u -n -- runuser -u "$u" -- env HOME="$home" podman rm -af -t 0 >/dev/null 2>&1 || true
+    done
+    mapfile -t pids < <(pids_in_mntns "$pid")
+    stop_pids "${pids[@]}"
+    rm -f "/run/slurmd-$node.pid"
+done
+
+if [[ -s /run/slurmctld.pid ]] && grep -q "mpiexec-docker's tests/cluster/up.sh" /etc/slurm/slurm.conf 2>/dev/null; then
+    log "stopping slurmctld"
+    stop_pids "$(cat /run/slurmctld.pid)"
+    rm -f /run/slurmctld.pid
+fi
+if [[ -e $MDT_RUN/started-munged ]]; then
+    log "stopping munged"
+    stop_pids $(pgrep -x munged || true)
+    rm -f "$MDT_RUN/started-munged"
+fi
+
+for node in "${MDT_NODES[@]}"; do
+    ip link del "mdt-$node" 2>/dev/null || true
+    [[ -e /run/netns/$node ]] && ip netns del "$node"
+done
+ip link del "$MDT_BRIDGE" 2>/dev/null || true
+
+if [[ -e $MDT_RUN/mounted-hugetlb ]]; then
+    umount /sys/fs/cgroup/hugetlb 2>/dev/null && rmdir /sys/fs/cgroup/hugetlb 2>/dev/null || true
+    rm -f "$MDT_RUN/mounted-hugetlb"
+fi
+
+if [[ $purge == 1 ]]; then
+    log "purging node stores and image archives"
+    rm -rf "$MDT_STATE"
+    podman rmi -f "$(image_ref openmpi)" "$(image_ref mpich)" >/dev/null 2>&1 || true
+fi
+rmdir "$MDT_RUN" 2>/dev/null || true
+log "cluster down"

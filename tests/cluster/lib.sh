@@ -1,0 +1,60 @@
+# Shared settings and functions of the test-cluster scripts (sourced, not run).
+#
+# The cluster: munged and slurmctld in the root namespaces (the "login node"), and three slurmd nodes,
+# each in its own network, UTS and mount namespace with a private /tmp, /dev/shm and /run pieces, and
+# node-local container storage (rootful /var/lib/containers and the test users' rootless stores under
+# /var/local). Everything it starts is recorded under $MDT_RUN so that teardown stops only that.
+
+set -euo pipefail
+
+MDT_TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+MDT_STATE=${MDT_STATE:-/var/lib/mpiexec-docker-test}   # images, node directories (persistent)
+MDT_RUN=${MDT_RUN:-/run/mpiexec-docker-test}           # pids of what we started
+MDT_NODES=(node1 node2 node3)
+MDT_BRIDGE=mdtbr0
+MDT_NET=10.77.0
+MDT_USER=${MDT_USER:-mpitest}     # the non-root test user (rootless Podman)
+MDT_USER2=${MDT_USER2:-mpitest2}  # a second user, for isolation tests
+MDT_PREFIX=${MDT_PREFIX:-/usr/local}
+MDT_PLUGIN=$MDT_PREFIX/lib/mpiexec-docker/spank_mpiexec_docker.so
+MDT_HELPER=$MDT_PREFIX/bin/mpiexec_docker
+MDT_SHARED=$MDT_STATE/shared      # a directory every node sees (stands in for a shared filesystem)
+MDT_IMAGES=(openmpi mpich)
+
+log() { printf '[cluster] %s\n' "$*" >&2; }
+die() { printf '[cluster] error: %s\n' "$*" >&2; exit 1; }
+
+node_ip() { echo "$MDT_NET.1${1#node}"; }
+
+# pid of a node's slurmd: the anchor of its namespaces
+node_pid() {
+    local f=/run/slurmd-$1.pid
+    [[ -s $f ]] && kill -0 "$(cat "$f")" 2>/dev/null && cat "$f"
+}
+
+# run a command inside a node's namespaces: node_exec node2 podman ps
+node_exec() {
+    local node=$1; shift
+    local pid; pid=$(node_pid "$node") || die "$node is not running"
+    nsenter -t "$pid" -m -u -n -- "$@"
+}
+
+# run a command as a test user with a login-like environment (rootless Podman needs HOME)
+as_user() {
+    local user=$1; shift
+    local home; home=$(getent passwd "$user" | cut -d: -f6)
+    runuser -u "$user" -- env -i HOME="$home" USER="$user" LOGNAME="$user" \
+        PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin "$@"
+}
+
+image_ref() { echo "localhost/md-$1:latest"; }
+
+# all pids whose mount namespace is the one of pid $1 (including $1)
+pids_in_mntns() {
+    local ref; ref=$(readlink "/proc/$1/ns/mnt") || return 0
+    local p
+    for p in /proc/[0-9]*; do
+        [[ $(readlink "$p/ns/mnt" 2>/dev/null) == "$ref" ]] && echo "${p#/proc/}"
+    done
+    return 0
+}

@@ -1,0 +1,284 @@
+#!/usr/bin/env bash
+# Brings the real 3-node Slurm + Podman test cluster up on this machine (Debian 12, as root).
+#
+#   tests/cluster/up.sh           install, build, start; idempotent (a second run only checks)
+#
+# Steps: Debian packages; host fixes Podman/crun need on this machine kind; test users with rootless
+# Podman; the project built and installed (helper + SPANK plugin); MPI test images built offline with
+# mmdebstrap; munge, slurmctld and slurmd node1..node3 in their own namespaces; images loaded into every
+# node's rootful and rootless stores. tests/cluster/down.sh undoes what this started.
+source "$(dirname "$0")/lib.sh"
+
+[[ $(id -u) == 0 ]] || die "run as root (it installs packages and starts Slurm daemons)"
+
+PACKAGES=(podman crun uidmap slirp4netns fuse-overlayfs catatonit
+          slurm-wlm slurm-client munge libslurm-dev slurm-wlm-basic-plugins-dev
+          openmpi-bin libopenmpi-dev mpich libmpich-dev
+          libclang-dev mmdebstrap iproute2 psmisc util-linux hyperfine file binutils)
+
+step_packages() {
+    local missing=()
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [[ ${#missing[@]} == 0 ]] && return
+    log "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# The fixes ../shared/notes/ENVIRONMENT.md measured for Podman 4.3 / crun 1.8 on this machine kind.
+step_host_fixes() {
+    if [[ -d /sys/fs/cgroup/memory ]] && ! mountpoint -q /sys/fs/cgroup/hugetlb; then
+        # crun refuses cgroup v1 "hybrid" while hugetlb sits only on the v2 hierarchy
+        mkdir -p /sys/fs/cgroup/hugetlb
+        mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb
+        touch "$MDT_RUN/mounted-hugetlb"
+    fi
+    mkdir -p /dev/mqueue
+    mountpoint -q /dev/mqueue || mount -t mqueue mqueue /dev/mqueue
+    # no udev here: give these the modes udev gives them on a normal Debian
+    [[ -e /dev/net/tun ]] && chmod 0666 /dev/net/tun
+    [[ -e /dev/fuse ]] && chmod 0666 /dev/fuse
+    mkdir -p /etc/containers
+    cat > /etc/containers/containers.conf <<'EOF'
+# written by mpiexec-docker's tests/cluster/up.sh
+[containers]
+# setrlimit(RLIMIT_NOFILE) is refused on this machine kind
+default_ulimits = []
+
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+EOF
+}
+
+step_users() {
+    local uid=1500 u
+    for u in "$MDT_USER" "$MDT_USER2"; do
+        id "$u" >/dev/null 2>&1 || useradd -m -u "$uid" -s /bin/bash "$u"
+        uid=$((uid + 1))
+        local base=$(( 200000 + ($(id -u "$u") - 1500) * 65536 ))
+        grep -q "^$u:" /etc/subuid || echo "$u:$base:65536" >> /etc/subuid
+        grep -q "^$u:" /etc/subgid || echo "$u:$base:65536" >> /etc/subgid
+        local home; home=$(getent passwd "$u" | cut -d: -f6)
+        install -d /var/local/containers   # the login node's own rootless stores
+        install -d -o "$u" -g "$u" "/var/local/containers/$u"
+        install -d -o "$u" -g "$u" "$home/.config" "$home/.config/containers"
+        # node-local rootless store: /var/local is a different directory on every node
+        cat > "$home/.config/containers/storage.conf" <<EOF
+[storage]
+driver = "overlay"
+graphroot = "/var/local/containers/$u/storage"
+runroot = "/tmp/containers-$u/run"
+EOF
+        chown "$u:$u" "$home/.config/containers/storage.conf"
+    done
+}
+
+step_build() {
+    log "building the helper and the SPANK plugin"
+    "$MDT_TOP/tests/install.sh" --prefix "$MDT_PREFIX" >&2
+}
+
+# Each image: Debian bookworm + one MPI + compilers, with examples/hello built in as /usr/local/bin/mpi_hello.
+image_packages() {
+    case $1 in
+        openmpi) echo openmpi-bin,libopenmpi-dev,gcc,libc6-dev,procps ;;
+        mpich)   echo mpich,libmpich-dev,gcc,libc6-dev,procps ;;
+    esac
+}
+
+step_images() {
+    mkdir -p "$MDT_STATE/images"
+    local name
+    for name in "${MDT_IMAGES[@]}"; do
+        local key; key=$( (image_packages "$name"; cat "$MDT_TOP/examples/hello/hello.c") | sha256sum | cut -c1-16)
+        local archive=$MDT_STATE/images/md-$name-$key.tar
+        if [[ ! -s $archive ]]; then
+            log "building image md-$name with mmdebstrap (offline from Debian packages)"
+            local tmp; tmp=$(mktemp -d /var/tmp/mdt-image.XXXXXX)
+            mmdebstrap --quiet --variant=apt --include="$(image_packages "$name")" \
+                --customize-hook="copy-in $MDT_TOP/examples/hello/hello.c /usr/local/src" \
+                --customize-hook='chroot "$1" mpicc -O2 -o /usr/local/bin/mpi_hello /usr/local/src/hello.c' \
+                --customize-hook='rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/*' \
+                bookworm "$tmp/rootfs.tar" http://deb.debian.org/debian
+            podman rmi -f "$(image_ref "$name")" >/dev/null 2>&1 || true
+            podman import --quiet --change 'CMD ["/bin/bash"]' "$tmp/rootfs.tar" "$(image_ref "$name")" >/dev/null
+            podman save --quiet --format docker-archive -o "$tmp/image.tar" "$(image_ref "$name")"
+            mv "$tmp/image.tar" "$archive"   # only a complete archive gets the final name
+            rm -rf "$tmp"
+            find "$MDT_STATE/images" -name "md-$name-*.tar" ! -name "$(basename "$archive")" -delete
+        fi
+        ln -sfn "$(basename "$archive")" "$MDT_STATE/images/md-$name.tar"
+    done
+}
+
+# Load every image into one store unless it already holds the same image.
+load_images() {   # load_images <runner...>   e.g. load_images node_exec node1
+    local name
+    for name in "${MDT_IMAGES[@]}"; do
+        local archive=$MDT_STATE/images/md-$name.tar
+        local want; want=$(readlink "$archive")
+        local have; have=$("$@" podman image inspect -f '{{.Id}}' "$(image_ref "$name")" 2>/dev/null || true)
+        local stamp=$MDT_STATE/loaded/$(echo "$*" | tr ' /' '__')-$name
+        if [[ -n $have && -f $stamp && $(cat "$stamp") == "$want $have" ]]; then continue; fi
+        "$@" podman load --quiet -i "$archive" >/dev/null
+        have=$("$@" podman image inspect -f '{{.Id}}' "$(image_ref "$name")")
+        mkdir -p "$MDT_STATE/loaded"
+        echo "$want $have" > "$stamp"
+    done
+}
+
+step_network() {
+    if ! ip link show "$MDT_BRIDGE" >/dev/null 2>&1; then
+        ip link add "$MDT_BRIDGE" type bridge
+        ip addr add "$MDT_NET.1/24" dev "$MDT_BRIDGE"
+        ip link set "$MDT_BRIDGE" up
+    fi
+    local node
+    for node in "${MDT_NODES[@]}"; do
+        if [[ ! -e /run/netns/$node ]]; then
+            ip netns add "$node"
+            ip link add "mdt-$node" type veth peer name eth0 netns "$node"
+            ip link set "mdt-$node" master "$MDT_BRIDGE" up
+            ip -n "$node" addr add "$(node_ip "$node")/24" dev eth0
+            ip -n "$node" link set eth0 up
+            ip -n "$node" link set lo up
+            ip -n "$node" route add default via "$MDT_NET.1"
+        fi
+        grep -q "^$(node_ip "$node") $node\$" /etc/hosts || echo "$(node_ip "$node") $node" >> /etc/hosts
+    done
+}
+
+step_slurm_config() {
+    local ctld; ctld=$(hostname)
+    mkdir -p /etc/slurm /var/log/slurm /var/spool/slurmctld /var/spool/slurmd
+    grep -q "^$MDT_NET.1 $ctld-mdt\$" /etc/hosts || echo "$MDT_NET.1 $ctld-mdt" >> /etc/hosts
+    cat > /etc/slurm/slurm.conf <<EOF
+# written by mpiexec-docker's tests/cluster/up.sh: a 3-node test cluster on one machine
+ClusterName=mdtest
+SlurmctldHost=$ctld($MDT_NET.1)
+SlurmUser=root
+AuthType=auth/munge
+CredType=cred/munge
+StateSaveLocation=/var/spool/slurmctld
+SlurmdSpoolDir=/var/spool/slurmd/%n
+SlurmctldPidFile=/run/slurmctld.pid
+SlurmdPidFile=/run/slurmd-%n.pid
+SlurmctldLogFile=/var/log/slurm/slurmctld.log
+SlurmdLogFile=/var/log/slurm/slurmd-%n.log
+SlurmdParameters=config_overrides
+ProctrackType=proctrack/cgroup
+TaskPlugin=task/cgroup
+JobAcctGatherType=jobacct_gather/cgroup
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=200
+MpiDefault=none
+ReturnToService=2
+KillWait=5
+MinJobAge=30
+InactiveLimit=0
+PlugStackConfig=/etc/slurm/plugstack.conf
+NodeName=node1 NodeAddr=$(node_ip node1) CPUs=8 RealMemory=6000 State=UNKNOWN
+NodeName=node2 NodeAddr=$(node_ip node2) CPUs=8 RealMemory=6000 State=UNKNOWN
+NodeName=node3 NodeAddr=$(node_ip node3) CPUs=8 RealMemory=6000 State=UNKNOWN
+PartitionName=debug Nodes=node[1-3] Default=YES MaxTime=INFINITE State=UP
+EOF
+    cat > /etc/slurm/cgroup.conf <<'EOF'
+CgroupPlugin=cgroup/v1
+ConstrainCores=no
+ConstrainDevices=yes
+ConstrainRAMSpace=yes
+EOF
+    cat > /etc/slurm/plugstack.conf <<EOF
+# written by mpiexec-docker's tests/cluster/up.sh
+required $MDT_PLUGIN engine=podman helper=$MDT_HELPER
+EOF
+}
+
+step_daemons() {
+    if ! pgrep -x munged >/dev/null; then
+        install -d -o munge -g munge -m 0755 /run/munge
+        runuser -u munge -- /usr/sbin/munged
+        touch "$MDT_RUN/started-munged"
+    fi
+    if ! { [[ -s /run/slurmctld.pid ]] && kill -0 "$(cat /run/slurmctld.pid)" 2>/dev/null; }; then
+        slurmctld
+    fi
+    local node
+    for node in "${MDT_NODES[@]}"; do
+        node_pid "$node" >/dev/null && continue
+        local dir=$MDT_STATE/nodes/$node
+        mkdir -p "$dir/containers" "$dir/local/containers" /var/spool/slurmd
+        local u
+        for u in "$MDT_USER" "$MDT_USER2"; do
+            install -d -o "$u" -g "$u" "$dir/local/containers/$u"
+        done
+        mkdir -p /run/containers /run/libpod /run/user
+        log "starting slurmd $node"
+        nsenter --net="/run/netns/$node" unshare -m -u --propagation private sh -ec "
+            hostname $node
+            mount -t tmpfs -o mode=1777 tmpfs /tmp
+            mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+            mount -t tmpfs -o mode=0755 tmpfs /run/containers
+            mount -t tmpfs -o mode=0700 tmpfs /run/libpod
+            mount -t tmpfs -o mode=0755 tmpfs /run/user
+            mount --bind $dir/containers /var/lib/containers
+            mount --bind $dir/local /var/local
+            exec slurmd -N $node"
+    done
+    local i
+    for i in $(seq 1 50); do
+        local up=0
+        for node in "${MDT_NODES[@]}"; do node_pid "$node" >/dev/null && up=$((up + 1)); done
+        [[ $up == "${#MDT_NODES[@]}" ]] && break
+        sleep 0.2
+    done
+    for node in "${MDT_NODES[@]}"; do
+        node_pid "$node" >/dev/null || die "slurmd $node did not start: see /var/log/slurm/slurmd-$node.log"
+    done
+    # nodes left DOWN by an earlier run come back
+    scontrol update nodename=node[1-3] state=resume >/dev/null 2>&1 || true
+    for i in $(seq 1 100); do
+        sinfo -h -o '%t' 2>/dev/null | grep -qvE '^(idle|mix|alloc)$' || { [[ -n $(sinfo -h -o %t 2>/dev/null) ]] && break; }
+        sleep 0.3
+    done
+    sinfo -h -o '%t' | grep -qvE '^(idle|mix|alloc)$' && die "nodes not idle: $(sinfo -h -N -o '%N %t %E' | tr '\n' ';')"
+    return 0
+}
+
+step_load_images() {
+    log "loading images into the rootful and rootless stores (login node and each node)"
+    load_images env
+    load_images as_user "$MDT_USER"
+    local node
+    for node in "${MDT_NODES[@]}"; do
+        load_images node_exec "$node"
+        load_images node_exec "$node" runuser -u "$MDT_USER" -- env HOME="$(getent passwd "$MDT_USER" | cut -d: -f6)"
+    done
+}
+
+step_shared() {
+    install -d -m 0755 "$MDT_STATE"
+    install -d -m 1777 "$MDT_SHARED"
+}
+
+main() {
+    mkdir -p "$MDT_RUN" "$MDT_STATE"
+    local t0=$SECONDS
+    step_packages
+    step_host_fixes
+    step_users
+    step_shared
+    step_build
+    step_images
+    step_network
+    step_slurm_config
+    step_daemons
+    step_load_images
+    log "cluster up in $((SECONDS - t0)) s: $(sinfo -h -N -o '%N:%t' | tr '\n' ' ')"
+}
+
+main "$@"

@@ -1,0 +1,194 @@
+//! Shared helpers of the end-to-end tests: they drive the real test cluster that
+//! `tests/cluster/up.sh` starts (Slurm with 3 nodes, Podman rootful and rootless, MPI images).
+//! A test never skips: when the cluster is not there it fails and says how to start it.
+#![allow(dead_code)]
+
+use std::process::{Command, Output, Stdio};
+use std::sync::Once;
+
+/// The non-root test user (rootless Podman), as created by tests/cluster/up.sh.
+pub const USER: &str = "mpitest";
+/// A second user, for isolation tests.
+pub const USER2: &str = "mpitest2";
+pub const NODES: [&str; 3] = ["node1", "node2", "node3"];
+/// Where the installed plugin lives (tests/install.sh).
+pub const PLUGIN: &str = "/usr/local/lib/mpiexec-docker/spank_mpiexec_docker.so";
+pub const HELPER: &str = "/usr/local/bin/mpiexec_docker";
+/// A directory every node sees (stands in for a shared filesystem).
+pub const SHARED: &str = "/var/lib/mpiexec-docker-test/shared";
+
+/// Who runs a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum As {
+    Root,
+    User,
+    User2,
+}
+
+impl As {
+    pub fn name(self) -> &'static str {
+        match self {
+            As::Root => "root",
+            As::User => USER,
+            As::User2 => USER2,
+        }
+    }
+}
+
+/// The result of one command, with everything a failed assertion should show.
+pub struct Run {
+    pub cmd: String,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(cmd: &str, out: Output) -> Run {
+        Run {
+            cmd: cmd.to_string(),
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Panics with the whole picture unless the command exited 0.
+    pub fn success(self) -> Run {
+        assert!(self.ok(), "command failed: {self}");
+        self
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.stdout.lines().map(str::to_string).collect()
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`{}` exited {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.cmd, self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Fails the test with a clear message when the cluster is not up. Checked once per test binary.
+pub fn cluster() {
+    static CHECK: Once = Once::new();
+    CHECK.call_once(|| {
+        let out = Command::new("sinfo")
+            .args(["-h", "-N", "-o", "%N %t"])
+            .output();
+        let text = match out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+            _ => String::new(),
+        };
+        for node in NODES {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(node) && !l.contains("down") && !l.contains("drain")),
+                "the test cluster is not up ({node} missing or down in sinfo: {text:?}); \
+                 start it with `sudo tests/cluster/up.sh`"
+            );
+        }
+    });
+}
+
+/// Runs a shell command line as `who`, in `SHARED` (a directory every node sees).
+pub fn sh(who: As, script: &str) -> Run {
+    sh_in(who, SHARED, script)
+}
+
+/// Runs a shell command line as `who` in `dir`.
+pub fn sh_in(who: As, dir: &str, script: &str) -> Run {
+    let mut cmd = match who {
+        As::Root => {
+            let mut c = Command::new("bash");
+            c.args(["-c", script]);
+            c
+        }
+        user => {
+            let home = format!("/home/{}", user.name());
+            let mut c = Command::new("runuser");
+            c.args(["-u", user.name(), "--", "env", "-i"])
+                .arg(format!("HOME={home}"))
+                .arg(format!("USER={}", user.name()))
+                .arg(format!("LOGNAME={}", user.name()))
+                .arg("PATH=/usr/local/bin:/usr/bin:/bin")
+                .args(["bash", "-c", script]);
+            c
+        }
+    };
+    cmd.current_dir(dir).stdin(Stdio::null());
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `{script}`: {e}"));
+    Run::from(&format!("[{}] {script}", who.name()), out)
+}
+
+/// The pid of a node's slurmd, the anchor of its namespaces.
+pub fn node_pid(node: &str) -> String {
+    std::fs::read_to_string(format!("/run/slurmd-{node}.pid"))
+        .unwrap_or_else(|e| panic!("{node} has no slurmd pid file ({e}); is the cluster up?"))
+        .trim()
+        .to_string()
+}
+
+/// Runs a shell command line inside a node's namespaces, as `who`.
+pub fn on_node(node: &str, who: As, script: &str) -> Run {
+    let pid = node_pid(node);
+    let inner = match who {
+        As::Root => script.to_string(),
+        user => format!(
+            "runuser -u {u} -- env HOME=/home/{u} PATH=/usr/local/bin:/usr/bin:/bin bash -c {q}",
+            u = user.name(),
+            q = shell_quote(script)
+        ),
+    };
+    let out = Command::new("nsenter")
+        .args(["-t", &pid, "-m", "-u", "-n", "--", "bash", "-c", &inner])
+        .stdin(Stdio::null())
+        .output()
+        .expect("nsenter");
+    Run::from(&format!("[{node}/{}] {script}", who.name()), out)
+}
+
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Writes a file readable by everyone into SHARED and returns its path.
+pub fn shared_file(name: &str, content: &str) -> String {
+    let path = format!("{SHARED}/{name}");
+    std::fs::write(&path, content).unwrap();
+    path
+}
+
+/// Submits `script` with `sbatch --wait OPTS` as `who` and returns the job's exit code and output.
+pub fn sbatch(who: As, opts: &str, script: &str) -> Run {
+    let tag = format!(
+        "job-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let script_path = shared_file(&format!("{tag}.sh"), &format!("#!/bin/bash\n{script}\n"));
+    let out_path = format!("{SHARED}/{tag}.out");
+    let mut run = sh(
+        who,
+        &format!("sbatch --wait -o {out_path} {opts} {script_path}"),
+    );
+    run.stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_path);
+    let _ = std::fs::remove_file(&script_path);
+    run.cmd = format!("sbatch {opts} <<< {script}");
+    run
+}
