@@ -4,8 +4,26 @@
 //! per concern. The two front ends stay thin: they parse their inputs, call into these modules and
 //! report errors.
 //!
+//! - [`config`]: the YAML configuration files.
+//! - [`container`]: one container run as data, and the engine command line for it.
+//! - [`devices`]: InfiniBand and GPU devices, limited to the job's allocation.
+//! - [`engine`]: finding Podman/Docker, image presence and pulls.
+//! - [`environment`]: which host variables go into the container.
+//! - [`in_container`]: the helper's in-container side (the mpiexec selector, exec).
+//! - [`launch`]: the host side: a user request to a container spec.
+//! - [`mpi`]: MPI flavour detection and what each flavour needs.
 //! - [`plugstack`]: the SPANK plugin's `plugstack.conf` arguments (`key=value`).
+//! - [`process`]: supervising a child with signal forwarding and shell-style exit codes.
 //! - [`slurm_version`]: Slurm version numbers and the major.minor compatibility rule.
 
+pub mod config;
+pub mod container;
+pub mod devices;
+pub mod engine;
+pub mod environment;
+pub mod in_container;
+pub mod launch;
+pub mod mpi;
 pub mod plugstack;
+pub mod process;
 pub mod slurm_version;

@@ -1,24 +1,68 @@
-//! `mpiexec_docker IMAGE [MPIEXEC_OPTIONS] PROG [ARGS]`: run an MPI job in containers.
-use clap::Parser;
+//! `mpiexec_docker`: one static multi-call binary.
+//!
+//! - on the host, as `mpiexec_docker IMAGE [MPIEXEC_OPTIONS] PROG [ARGS]`: runs the MPI job in a
+//!   container (see [`host`]);
+//! - on the host, as `run_in_docker IMAGE [--] PROG [ARGS]`: runs one program in a container;
+//! - inside our containers (entry point `in-container MODE …`, or called as `mpiexec`/`mpirun`): the
+//!   mpiexec selector, or the plain exec of `run_in_docker`.
+//!
+//! All logic lives in the `mpiexec_docker` library; this crate parses arguments and reports errors.
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "mpiexec_docker",
-    version,
-    about = "Run an MPI job inside a container image"
-)]
-struct Cli {
-    /// Container image (registry reference or image file path)
-    image: String,
-    /// mpiexec options, the program and its arguments
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    args: Vec<String>,
-}
+mod cli;
+mod host;
+
+use std::path::Path;
+
+use mpiexec_docker::in_container;
+use mpiexec_docker::launch::ENV_IN_CONTAINER;
 
 fn main() {
-    env_logger::init();
-    let cli = Cli::parse();
-    log::debug!("{cli:?}");
-    eprintln!("mpiexec_docker: running jobs is not implemented yet");
-    std::process::exit(2);
+    let args: Vec<String> = std::env::args().collect();
+    let name = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let inside = std::env::var_os(ENV_IN_CONTAINER).is_some();
+    init_logging(inside);
+
+    let code = match name.as_str() {
+        _ if inside && args.get(1).map(String::as_str) == Some("in-container") => {
+            in_container_main(
+                args.get(2).map(String::as_str).unwrap_or(""),
+                &args[3.min(args.len())..],
+            )
+        }
+        "mpiexec" | "mpirun" if inside => in_container_main("mpiexec", &args[1..]),
+        "srun" | "ssh" | "rsh" => {
+            eprintln!("mpiexec_docker: the {name} relay is not available in this build");
+            127
+        }
+        "run_in_docker" => host::main(cli::Mode::Exec, &args),
+        _ => host::main(cli::Mode::Mpiexec, &args),
+    };
+    std::process::exit(code);
+}
+
+fn in_container_main(mode: &str, args: &[String]) -> i32 {
+    let err = match mode {
+        "mpiexec" => in_container::run_mpiexec(args),
+        "exec" => in_container::run_exec(args),
+        other => {
+            eprintln!("mpiexec_docker: unknown in-container mode '{other}'");
+            return 2;
+        }
+    };
+    eprintln!("mpiexec_docker: error: {err}");
+    err.exit_code()
+}
+
+/// `RUST_LOG` wins; otherwise warnings only (the helper's own output should not mix with MPI's).
+fn init_logging(inside: bool) {
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"));
+    b.format_timestamp(None);
+    if inside {
+        b.format_target(false);
+    }
+    let _ = b.try_init();
 }

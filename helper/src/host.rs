@@ -1,0 +1,199 @@
+//! The host side: read the configuration, find the engine, make sure the image is there, build the
+//! container from the request, run it with signals forwarded, and leave nothing behind.
+
+use std::io::IsTerminal;
+use std::process::Stdio;
+
+use clap::Parser;
+use mpiexec_docker::config::{Config, PullPolicy};
+use mpiexec_docker::container::run_args;
+use mpiexec_docker::engine::Engine;
+use mpiexec_docker::launch::{self, in_container_command, Request, RuntimeDir};
+use mpiexec_docker::plugstack::EngineKind;
+use mpiexec_docker::process::spawn_forwarding;
+
+use crate::cli::{split_at_image, Cli, Mode};
+
+/// Exit status for "the container could not be started" (as the engines use it).
+const EXIT_ENGINE: i32 = 125;
+const EXIT_USAGE: i32 = 2;
+
+fn fail(code: i32, msg: impl std::fmt::Display) -> i32 {
+    eprintln!("mpiexec_docker: error: {msg}");
+    code
+}
+
+pub fn main(mode: Mode, argv: &[String]) -> i32 {
+    let (ours, mut rest) = split_at_image(&argv[1..]);
+    let cli = match Cli::try_parse_from(std::iter::once(argv[0].clone()).chain(ours)) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_USAGE } else { 0 };
+        }
+    };
+    if cli.verbose > 0 && std::env::var_os("RUST_LOG").is_none() {
+        log::set_max_level(if cli.verbose > 1 {
+            log::LevelFilter::Debug
+        } else {
+            log::LevelFilter::Info
+        });
+    }
+    if mode == Mode::Exec && rest.first().map(String::as_str) == Some("--") {
+        rest.remove(0);
+    }
+    if rest.is_empty() {
+        return fail(
+            EXIT_USAGE,
+            "nothing to run: give mpiexec options and a program after IMAGE",
+        );
+    }
+
+    let config = match Config::load() {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    let kind = match cli
+        .engine
+        .clone()
+        .or_else(|| std::env::var("MPIEXEC_DOCKER_ENGINE").ok())
+    {
+        Some(name) => match name.parse::<EngineKind>() {
+            Ok(k) => k,
+            Err(e) => return fail(EXIT_USAGE, format!("MPIEXEC_DOCKER_ENGINE: {e}")),
+        },
+        None => config.engine,
+    };
+    let pull = match cli.pull.as_deref() {
+        Some("always") => PullPolicy::Always,
+        Some("never") => PullPolicy::Never,
+        Some(_) => PullPolicy::Missing,
+        None => config.pull,
+    };
+    if let Err(e) = launch::check_image_name(&cli.image) {
+        return fail(EXIT_USAGE, e);
+    }
+    let engine = match Engine::find(kind) {
+        Ok(e) => e,
+        Err(e) => return fail(EXIT_ENGINE, e),
+    };
+
+    let host_dir = match std::env::current_dir() {
+        Ok(d) => d,
+        Err(e) => {
+            return fail(
+                EXIT_USAGE,
+                format!("cannot read the current directory: {e}"),
+            )
+        }
+    };
+    let helper = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            return fail(
+                EXIT_ENGINE,
+                format!("cannot find the helper binary itself: {e}"),
+            )
+        }
+    };
+    let runtime = match RuntimeDir::create(&format!("{}", std::process::id())) {
+        Ok(r) => r,
+        Err(e) => return fail(EXIT_ENGINE, e),
+    };
+    let request = Request {
+        image: cli.image.clone(),
+        command: in_container_command(
+            if mode == Mode::Mpiexec {
+                "mpiexec"
+            } else {
+                "exec"
+            },
+            &rest,
+        ),
+        host_dir,
+        env: cli.env.clone(),
+        mounts: cli.mounts.clone(),
+        interactive: true,
+    };
+    let host_env: Vec<(String, String)> = std::env::vars().collect();
+    let spec =
+        match launch::container_spec(&engine, &config, &request, &helper, &runtime, &host_env) {
+            Ok(s) => s,
+            Err(e) => return fail(EXIT_USAGE, e),
+        };
+    let args = run_args(engine.kind, &spec);
+    if cli.dry_run {
+        let words: Vec<String> = std::iter::once(engine.program.display().to_string())
+            .chain(args)
+            .collect();
+        println!(
+            "{}",
+            words
+                .iter()
+                .map(|w| shell_word(w))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        return 0;
+    }
+
+    if let Err(e) = ensure_image(&engine, &cli.image, pull) {
+        return fail(EXIT_ENGINE, e);
+    }
+
+    let mut cmd = engine.command();
+    cmd.args(&args).stdin(Stdio::inherit());
+    log::debug!("{cmd:?}");
+    let mut child = match spawn_forwarding(&mut cmd) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_ENGINE, format!("cannot run {}: {e}", engine.name())),
+    };
+    let code = child.wait().unwrap_or(EXIT_ENGINE);
+    if child.interrupted_by().is_some() || code >= 125 {
+        // the engine client may have gone before the container: make sure it is gone too
+        if let Some(name) = &spec.name {
+            remove_container(&engine, name);
+        }
+    }
+    code
+}
+
+fn ensure_image(
+    engine: &Engine,
+    image: &str,
+    pull: PullPolicy,
+) -> Result<(), mpiexec_docker::engine::EngineError> {
+    let present = engine.image_present(image)?;
+    match (pull, present) {
+        (PullPolicy::Always, _) | (PullPolicy::Missing, false) => {
+            log::info!("pulling {image}");
+            engine.pull(image, std::io::stderr().is_terminal())
+        }
+        (PullPolicy::Never, false) => Err(mpiexec_docker::engine::EngineError::NotLocal {
+            image: image.into(),
+            engine: engine.name(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn remove_container(engine: &Engine, name: &str) {
+    let mut cmd = engine.command();
+    cmd.args(["rm", "--force", name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _ = cmd.status();
+}
+
+/// Quotes a word for a POSIX shell when it needs it.
+fn shell_word(w: &str) -> String {
+    if !w.is_empty()
+        && w.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c))
+    {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', r"'\''"))
+    }
+}

@@ -1,0 +1,225 @@
+//! The configuration file, read with serde_yaml: the site's `/etc/mpiexec-docker/config.yaml`, then the
+//! user's `~/.config/mpiexec-docker/config.yaml` (`$MPIEXEC_DOCKER_CONFIG` replaces the user's file).
+//! A later file overrides single values and extends lists. Every key is optional; an unknown key is an
+//! error naming the file and the key, so a typo never goes unnoticed.
+//!
+//! ```yaml
+//! engine: podman            # podman | docker  ($MPIEXEC_DOCKER_ENGINE and --engine override it)
+//! pull: missing             # missing | always | never: when to pull the image
+//! env: [MY_APP_*, DATA_DIR] # more host variables to pass in (a trailing * is a prefix)
+//! mounts: ["/scratch:/scratch", "/apps:/apps:ro"]   # SRC:DST[:ro|rw], added to every container
+//! devices: { gpus: true, infiniband: true }         # pass GPUs / InfiniBand devices when present
+//! relay_commands: [srun, ssh, rsh]                  # what the in-container relay may run on the host
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::plugstack::EngineKind;
+
+pub const SYSTEM_CONFIG: &str = "/etc/mpiexec-docker/config.yaml";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    /// Pull only when the image is not in the local store.
+    #[default]
+    Missing,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSettings {
+    #[serde(default = "yes")]
+    pub gpus: bool,
+    #[serde(default = "yes")]
+    pub infiniband: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for DeviceSettings {
+    fn default() -> Self {
+        DeviceSettings {
+            gpus: true,
+            infiniband: true,
+        }
+    }
+}
+
+/// One configuration file as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    engine: Option<EngineName>,
+    pull: Option<PullPolicy>,
+    #[serde(default)]
+    env: Vec<String>,
+    #[serde(default)]
+    mounts: Vec<String>,
+    devices: Option<DeviceSettings>,
+    relay_commands: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum EngineName {
+    Podman,
+    Docker,
+}
+
+/// The merged configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub engine: EngineKind,
+    pub pull: PullPolicy,
+    pub env: Vec<String>,
+    pub mounts: Vec<String>,
+    pub devices: DeviceSettings,
+    pub relay_commands: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            engine: EngineKind::Podman,
+            pull: PullPolicy::Missing,
+            env: Vec::new(),
+            mounts: Vec::new(),
+            devices: DeviceSettings::default(),
+            relay_commands: vec!["srun".into(), "ssh".into(), "rsh".into()],
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {message}; fix or remove that line")]
+    Invalid { path: PathBuf, message: String },
+    #[error("config file {path}: cannot read it: {source}")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl Config {
+    /// Reads the system file then the user's (or `$MPIEXEC_DOCKER_CONFIG`); missing files are fine.
+    pub fn load() -> Result<Config, ConfigError> {
+        let user = match std::env::var_os("MPIEXEC_DOCKER_CONFIG") {
+            Some(p) => Some(PathBuf::from(p)),
+            None => std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(".config/mpiexec-docker/config.yaml")),
+        };
+        let mut paths = vec![PathBuf::from(SYSTEM_CONFIG)];
+        paths.extend(user);
+        Self::load_from(&paths)
+    }
+
+    /// Reads `paths` in order; a path that does not exist is skipped.
+    pub fn load_from(paths: &[PathBuf]) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        for path in paths {
+            match std::fs::read_to_string(path) {
+                Ok(text) => config.apply(path, &text)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(ConfigError::Unreadable {
+                        path: path.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    fn apply(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(());
+        }
+        let file: ConfigFile = serde_yaml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        if let Some(engine) = file.engine {
+            self.engine = match engine {
+                EngineName::Podman => EngineKind::Podman,
+                EngineName::Docker => EngineKind::Docker,
+            };
+        }
+        if let Some(pull) = file.pull {
+            self.pull = pull;
+        }
+        self.env.extend(file.env);
+        self.mounts.extend(file.mounts);
+        if let Some(d) = file.devices {
+            self.devices = d;
+        }
+        if let Some(r) = file.relay_commands {
+            self.relay_commands = r;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("mdt-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn defaults_when_no_file() {
+        let c = Config::load_from(&[PathBuf::from("/nonexistent/config.yaml")]).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn user_file_overrides_and_extends() {
+        let sys = write(
+            "sys.yaml",
+            "engine: docker\nenv: [SITE_*]\nmounts: ['/apps:/apps:ro']\n",
+        );
+        let user = write(
+            "user.yaml",
+            "engine: podman\npull: never\nenv: [MINE]\ndevices: {gpus: false}\n",
+        );
+        let c = Config::load_from(&[sys, user]).unwrap();
+        assert_eq!(c.engine, EngineKind::Podman);
+        assert_eq!(c.pull, PullPolicy::Never);
+        assert_eq!(c.env, ["SITE_*", "MINE"]);
+        assert_eq!(c.mounts, ["/apps:/apps:ro"]);
+        assert_eq!(
+            c.devices,
+            DeviceSettings {
+                gpus: false,
+                infiniband: true
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let p = write("typo.yaml", "enigne: docker\n");
+        let err = Config::load_from(std::slice::from_ref(&p))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("typo.yaml") && err.contains("enigne"), "{err}");
+        let p = write("badengine.yaml", "engine: lxc\n");
+        let err = Config::load_from(&[p]).unwrap_err().to_string();
+        assert!(err.contains("lxc"), "{err}");
+    }
+}

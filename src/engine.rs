@@ -1,0 +1,133 @@
+//! The container engine on this machine: finding its binary, whether it runs rootless, and the image
+//! operations that happen before a run (present? pull).
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use thiserror::Error;
+
+use crate::plugstack::EngineKind;
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error("{engine} not found (looked for '{engine}' in PATH={path}); install it or choose another engine with --engine or MPIEXEC_DOCKER_ENGINE")]
+    NotFound { engine: &'static str, path: String },
+    #[error("image '{image}' is not available locally and pulling is disabled (pull: never); load it first with `{engine} load` or `{engine} pull {image}`")]
+    NotLocal { image: String, engine: &'static str },
+    #[error("cannot pull image '{image}': {reason}")]
+    Pull { image: String, reason: String },
+    #[error("cannot run {engine}: {source}")]
+    Spawn {
+        engine: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// A container engine binary.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub kind: EngineKind,
+    pub program: PathBuf,
+}
+
+/// Searches `path_var` (a PATH value) for `name`.
+pub fn which(name: &str, path_var: &OsStr) -> Option<PathBuf> {
+    std::env::split_paths(path_var)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+pub fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+impl Engine {
+    /// Finds the engine in `$PATH`.
+    pub fn find(kind: EngineKind) -> Result<Engine, EngineError> {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let name = kind.command();
+        match which(name, &path) {
+            Some(program) => Ok(Engine { kind, program }),
+            None => Err(EngineError::NotFound {
+                engine: name,
+                path: path.to_string_lossy().into_owned(),
+            }),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.kind.command()
+    }
+
+    /// Podman run by a non-root user: the user's own store and user namespace.
+    pub fn rootless(&self) -> bool {
+        self.kind == EngineKind::Podman && !nix::unistd::geteuid().is_root()
+    }
+
+    pub fn command(&self) -> Command {
+        Command::new(&self.program)
+    }
+
+    /// Whether the image is in the local store.
+    pub fn image_present(&self, image: &str) -> Result<bool, EngineError> {
+        let mut cmd = self.command();
+        match self.kind {
+            EngineKind::Podman => cmd.args(["image", "exists", image]),
+            EngineKind::Docker => cmd.args(["image", "inspect", "--format", "{{.Id}}", image]),
+        };
+        let status = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|source| EngineError::Spawn {
+                engine: self.name(),
+                source,
+            })?;
+        Ok(status.success())
+    }
+
+    /// Pulls the image. On a terminal the engine's own progress is shown; otherwise it is quiet and only
+    /// its last error line is reported.
+    pub fn pull(&self, image: &str, show_progress: bool) -> Result<(), EngineError> {
+        let mut cmd = self.command();
+        cmd.arg("pull");
+        if !show_progress {
+            cmd.arg("--quiet");
+        }
+        cmd.arg(image)
+            .stdin(Stdio::null())
+            .stdout(if show_progress {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
+        cmd.stderr(if show_progress {
+            Stdio::inherit()
+        } else {
+            Stdio::piped()
+        });
+        let out = cmd.output().map_err(|source| EngineError::Spawn {
+            engine: self.name(),
+            source,
+        })?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&out.stderr);
+        let reason = text
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| l.trim().trim_start_matches("Error: ").to_string())
+            .unwrap_or_else(|| format!("{} pull exited with {}", self.name(), out.status));
+        Err(EngineError::Pull {
+            image: image.into(),
+            reason,
+        })
+    }
+}

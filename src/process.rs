@@ -1,0 +1,97 @@
+//! Running a child while forwarding the signals we receive to it, and reporting its end as a shell
+//! would: its exit code, or 128+N when signal N killed it.
+
+use std::io;
+use std::process::{Child, Command, ExitStatus};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::unistd::Pid;
+
+/// The signals a launcher passes on to what it launched (Slurm sends SIGTERM/SIGKILL at scancel, and
+/// SIGCONT/SIGTERM at time limits; users send SIGINT/SIGQUIT; applications use SIGUSR1/2).
+pub const FORWARDED: &[Signal] = &[
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGCONT,
+    Signal::SIGALRM,
+];
+
+/// The shell's convention for an exit status.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(sig)) => 128 + sig,
+        _ => 1,
+    }
+}
+
+/// A running child whose signals are forwarded.
+pub struct Supervised {
+    pub child: Child,
+    /// The last signal received and forwarded (0: none).
+    pub last_signal: Arc<AtomicI32>,
+}
+
+/// Starts `cmd` with the forwarded signals blocked in this process and passed on to the child by a
+/// dedicated thread. (std's spawn resets the child's signal mask, so the child sees them normally.)
+pub fn spawn_forwarding(cmd: &mut Command) -> io::Result<Supervised> {
+    let mut set = SigSet::empty();
+    for s in FORWARDED {
+        set.add(*s);
+    }
+    set.thread_block().map_err(io::Error::from)?;
+    let child = cmd.spawn()?;
+    let pid = Pid::from_raw(child.id() as i32);
+    let last_signal = Arc::new(AtomicI32::new(0));
+    let last = last_signal.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            if let Ok(sig) = set.wait() {
+                if sig != Signal::SIGCONT {
+                    last.store(sig as i32, Ordering::SeqCst);
+                }
+                // the child may be gone already: nothing to do then
+                let _ = kill(pid, sig);
+            }
+        })?;
+    Ok(Supervised { child, last_signal })
+}
+
+impl Supervised {
+    /// Waits for the child; returns its shell-style exit code.
+    pub fn wait(&mut self) -> io::Result<i32> {
+        Ok(exit_code(self.child.wait()?))
+    }
+
+    /// The terminating signal received while the child ran, if any.
+    pub fn interrupted_by(&self) -> Option<i32> {
+        match self.last_signal.load(Ordering::SeqCst) {
+            0 => None,
+            s => Some(s),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_like_a_shell() {
+        let st = Command::new("sh").args(["-c", "exit 7"]).status().unwrap();
+        assert_eq!(exit_code(st), 7);
+        let st = Command::new("sh")
+            .args(["-c", "kill -TERM $$"])
+            .status()
+            .unwrap();
+        assert_eq!(exit_code(st), 128 + 15);
+    }
+}
