@@ -63,7 +63,7 @@ fi
 if [[ $purge == 1 ]]; then
     log "purging node stores and image archives"
     rm -rf "$MDT_STATE"
-    podman rmi -f "$(image_ref openmpi)" "$(image_ref mpich)" >/dev/null 2>&1 || true
+    for name in "${MDT_IMAGES[@]}" nompi; do podman rmi -f "$(image_ref "$name")" >/dev/null 2>&1 || true; done
 fi
 rmdir "$MDT_RUN" 2>/dev/null || true
 log "cluster down"

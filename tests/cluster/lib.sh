@@ -19,7 +19,7 @@ MDT_PREFIX=${MDT_PREFIX:-/usr/local}
 MDT_PLUGIN=$MDT_PREFIX/lib/mpiexec-docker/spank_mpiexec_docker.so
 MDT_HELPER=$MDT_PREFIX/bin/mpiexec_docker
 MDT_SHARED=$MDT_STATE/shared      # a directory every node sees (stands in for a shared filesystem)
-MDT_IMAGES=(openmpi mpich)
+MDT_IMAGES=(openmpi mpich intelmpi)
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 die() { printf '[cluster] error: %s\n' "$*" >&2; exit 1; }

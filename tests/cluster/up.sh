@@ -82,26 +82,60 @@ step_build() {
 }
 
 # Each image: Debian bookworm + one MPI + compilers, with examples/hello built in as /usr/local/bin/mpi_hello.
+# Intel MPI comes from PyPI (impi-rt: runtime, mpiexec.hydra, IMB-MPI1; impi-devel: mpicc), unpacked into
+# /usr/local, over Debian's libfabric.
+IMPI_VERSION=2021.19.0
 image_packages() {
     case $1 in
-        openmpi) echo openmpi-bin,libopenmpi-dev,gcc,libc6-dev,procps ;;
-        mpich)   echo mpich,libmpich-dev,gcc,libc6-dev,procps ;;
+        openmpi)  echo openmpi-bin,libopenmpi-dev,gcc,libc6-dev,procps ;;
+        mpich)    echo mpich,libmpich-dev,gcc,libc6-dev,procps ;;
+        intelmpi) echo libfabric1,gcc,libc6-dev,procps ;;
     esac
+}
+
+# Unpacks the data part of Intel MPI's wheels into $1 (what pip would put under its prefix).
+intel_mpi_tree() {
+    local wheels=$MDT_STATE/wheels
+    mkdir -p "$wheels"
+    if ! ls "$wheels"/impi_rt-$IMPI_VERSION-*.whl "$wheels"/impi_devel-$IMPI_VERSION-*.whl >/dev/null 2>&1; then
+        log "downloading Intel MPI $IMPI_VERSION wheels from PyPI"
+        python3 -m pip download --quiet --no-deps -d "$wheels" "impi-rt==$IMPI_VERSION" "impi-devel==$IMPI_VERSION"
+    fi
+    python3 - "$1" "$wheels"/impi_rt-$IMPI_VERSION-*.whl "$wheels"/impi_devel-$IMPI_VERSION-*.whl <<'PY'
+import os, sys, zipfile
+dest = sys.argv[1]
+for wheel in sys.argv[2:]:
+    with zipfile.ZipFile(wheel) as z:
+        for info in z.infolist():
+            name = info.filename
+            if ".data/data/" not in name or name.endswith("/"):
+                continue
+            path = os.path.join(dest, name.split(".data/data/", 1)[1])
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with z.open(info) as src, open(path, "wb") as out:
+                out.write(src.read())
+            os.chmod(path, ((info.external_attr >> 16) & 0o777) or 0o644)
+PY
 }
 
 step_images() {
     mkdir -p "$MDT_STATE/images"
     local name
     for name in "${MDT_IMAGES[@]}"; do
-        local key; key=$( (image_packages "$name"; cat "$MDT_TOP/examples/hello/hello.c") | sha256sum | cut -c1-16)
+        local key; key=$( (image_packages "$name"; echo "$IMPI_VERSION v2"; cat "$MDT_TOP/examples/hello/hello.c") | sha256sum | cut -c1-16)
         local archive=$MDT_STATE/images/md-$name-$key.tar
         if [[ ! -s $archive ]]; then
             log "building image md-$name with mmdebstrap (offline from Debian packages)"
             local tmp; tmp=$(mktemp -d /var/tmp/mdt-image.XXXXXX)
-            mmdebstrap --quiet --variant=apt --include="$(image_packages "$name")" \
-                --customize-hook="copy-in $MDT_TOP/examples/hello/hello.c /usr/local/src" \
-                --customize-hook='chroot "$1" mpicc -O2 -o /usr/local/bin/mpi_hello /usr/local/src/hello.c' \
-                --customize-hook='rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/*' \
+            local hooks=(--customize-hook="copy-in $MDT_TOP/examples/hello/hello.c /usr/local/src")
+            if [[ $name == intelmpi ]]; then
+                mkdir "$tmp/impi"
+                intel_mpi_tree "$tmp/impi"
+                hooks+=(--customize-hook="sync-in $tmp/impi /usr/local" --customize-hook='chroot "$1" ldconfig')
+            fi
+            hooks+=(--customize-hook='chroot "$1" mpicc -O2 -o /usr/local/bin/mpi_hello /usr/local/src/hello.c'
+                    --customize-hook='rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/*')
+            mmdebstrap --quiet --variant=apt --include="$(image_packages "$name")" "${hooks[@]}" \
                 bookworm "$tmp/rootfs.tar" http://deb.debian.org/debian
             podman rmi -f "$(image_ref "$name")" >/dev/null 2>&1 || true
             podman import --quiet --change 'CMD ["/bin/bash"]' "$tmp/rootfs.tar" "$(image_ref "$name")" >/dev/null
@@ -112,14 +146,26 @@ step_images() {
         fi
         ln -sfn "$(basename "$archive")" "$MDT_STATE/images/md-$name.tar"
     done
+    # an image without any MPI (for the error path): a few files, nothing to run
+    if [[ ! -s $MDT_STATE/images/md-nompi.tar ]]; then
+        local tmp; tmp=$(mktemp -d /var/tmp/mdt-image.XXXXXX)
+        mkdir -p "$tmp/root/etc" "$tmp/root/tmp" "$tmp/root/bin"
+        echo "an image without MPI" > "$tmp/root/etc/motd"
+        tar -C "$tmp/root" -cf "$tmp/root.tar" .
+        podman rmi -f "$(image_ref nompi)" >/dev/null 2>&1 || true
+        podman import --quiet "$tmp/root.tar" "$(image_ref nompi)" >/dev/null
+        podman save --quiet --format docker-archive -o "$tmp/image.tar" "$(image_ref nompi)"
+        mv "$tmp/image.tar" "$MDT_STATE/images/md-nompi.tar"
+        rm -rf "$tmp"
+    fi
 }
 
 # Load every image into one store unless it already holds the same image.
 load_images() {   # load_images <runner...>   e.g. load_images node_exec node1
     local name
-    for name in "${MDT_IMAGES[@]}"; do
+    for name in ${LOAD_IMAGES:-${MDT_IMAGES[*]}}; do
         local archive=$MDT_STATE/images/md-$name.tar
-        local want; want=$(readlink "$archive")
+        local want; want=$(stat -c %n-%Y "$(readlink -f "$archive")")
         local have; have=$("$@" podman image inspect -f '{{.Id}}' "$(image_ref "$name")" 2>/dev/null || true)
         local stamp=$MDT_STATE/loaded/$(echo "$*" | tr ' /' '__')-$name
         if [[ -n $have && -f $stamp && $(cat "$stamp") == "$want $have" ]]; then continue; fi
@@ -251,8 +297,9 @@ step_daemons() {
 
 step_load_images() {
     log "loading images into the rootful and rootless stores (login node and each node)"
-    load_images env
-    load_images as_user "$MDT_USER"
+    # the login node also gets the image without MPI, for the helper's error path
+    LOAD_IMAGES="${MDT_IMAGES[*]} nompi" load_images env
+    LOAD_IMAGES="${MDT_IMAGES[*]} nompi" load_images as_user "$MDT_USER"
     local node
     for node in "${MDT_NODES[@]}"; do
         load_images node_exec "$node"
