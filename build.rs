@@ -16,10 +16,7 @@ use mpiexec_docker::slurm_version::SlurmVersion;
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
-    let top = manifest
-        .parent()
-        .expect("spank-plugin sits in the workspace")
-        .to_path_buf();
+    let top = manifest.parent().expect("spank-plugin sits in the workspace").to_path_buf();
     let fallback = top.join("slurm-headers");
     println!("cargo:rerun-if-env-changed=SLURM_INCLUDE_DIR");
     println!("cargo:rerun-if-env-changed=SLURM_VERSION");
@@ -28,10 +25,7 @@ fn main() {
     let installed = find_installed_headers();
     let (include_dir, header) = match &installed {
         Some(dir) => {
-            println!(
-                "cargo:rerun-if-changed={}",
-                dir.join("slurm/spank.h").display()
-            );
+            println!("cargo:rerun-if-changed={}", dir.join("slurm/spank.h").display());
             (dir.clone(), "slurm/spank.h")
         }
         None => {
@@ -54,10 +48,7 @@ fn main() {
             )
         });
     println!("cargo:rustc-env=SLURM_VERSION_NUMBER={version}");
-    println!(
-        "cargo:rustc-env=SLURM_VERSION_STRING={}",
-        SlurmVersion(version)
-    );
+    println!("cargo:rustc-env=SLURM_VERSION_STRING={}", SlurmVersion(version));
 
     let bindings = bindgen::Builder::default()
         .header(include_dir.join(header).to_string_lossy())
@@ -81,17 +72,10 @@ fn find_installed_headers() -> Option<PathBuf> {
     if let Ok(dir) = env::var("SLURM_INCLUDE_DIR") {
         candidates.push(dir.into());
     }
-    for d in [
-        "/usr/include",
-        "/usr/local/include",
-        "/opt/slurm/include",
-        "/usr/local/slurm/include",
-    ] {
+    for d in ["/usr/include", "/usr/local/include", "/opt/slurm/include", "/usr/local/slurm/include"] {
         candidates.push(d.into());
     }
-    candidates
-        .into_iter()
-        .find(|d| d.join("slurm/spank.h").is_file())
+    candidates.into_iter().find(|d| d.join("slurm/spank.h").is_file())
 }
 
 fn version_from_header(include_dir: &Path) -> Option<u32> {

@@ -46,10 +46,7 @@ fn yes() -> bool {
 
 impl Default for DeviceSettings {
     fn default() -> Self {
-        DeviceSettings {
-            gpus: true,
-            infiniband: true,
-        }
+        DeviceSettings { gpus: true, infiniband: true }
     }
 }
 
@@ -103,10 +100,7 @@ pub enum ConfigError {
     #[error("config file {path}: {message}; fix or remove that line")]
     Invalid { path: PathBuf, message: String },
     #[error("config file {path}: cannot read it: {source}")]
-    Unreadable {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Unreadable { path: PathBuf, source: std::io::Error },
 }
 
 impl Config {
@@ -114,8 +108,7 @@ impl Config {
     pub fn load() -> Result<Config, ConfigError> {
         let user = match std::env::var_os("MPIEXEC_DOCKER_CONFIG") {
             Some(p) => Some(PathBuf::from(p)),
-            None => std::env::var_os("HOME")
-                .map(|h| PathBuf::from(h).join(".config/mpiexec-docker/config.yaml")),
+            None => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/mpiexec-docker/config.yaml")),
         };
         let mut paths = vec![PathBuf::from(SYSTEM_CONFIG)];
         paths.extend(user);
@@ -129,12 +122,7 @@ impl Config {
             match std::fs::read_to_string(path) {
                 Ok(text) => config.apply(path, &text)?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(ConfigError::Unreadable {
-                        path: path.clone(),
-                        source,
-                    })
-                }
+                Err(source) => return Err(ConfigError::Unreadable { path: path.clone(), source }),
             }
         }
         Ok(config)
@@ -144,10 +132,8 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(());
         }
-        let file: ConfigFile = serde_yaml::from_str(text).map_err(|e| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let file: ConfigFile = serde_yaml::from_str(text)
+            .map_err(|e| ConfigError::Invalid { path: path.to_path_buf(), message: e.to_string() })?;
         if let Some(engine) = file.engine {
             self.engine = match engine {
                 EngineName::Podman => EngineKind::Podman,
@@ -189,34 +175,20 @@ mod tests {
 
     #[test]
     fn user_file_overrides_and_extends() {
-        let sys = write(
-            "sys.yaml",
-            "engine: docker\nenv: [SITE_*]\nmounts: ['/apps:/apps:ro']\n",
-        );
-        let user = write(
-            "user.yaml",
-            "engine: podman\npull: never\nenv: [MINE]\ndevices: {gpus: false}\n",
-        );
+        let sys = write("sys.yaml", "engine: docker\nenv: [SITE_*]\nmounts: ['/apps:/apps:ro']\n");
+        let user = write("user.yaml", "engine: podman\npull: never\nenv: [MINE]\ndevices: {gpus: false}\n");
         let c = Config::load_from(&[sys, user]).unwrap();
         assert_eq!(c.engine, EngineKind::Podman);
         assert_eq!(c.pull, PullPolicy::Never);
         assert_eq!(c.env, ["SITE_*", "MINE"]);
         assert_eq!(c.mounts, ["/apps:/apps:ro"]);
-        assert_eq!(
-            c.devices,
-            DeviceSettings {
-                gpus: false,
-                infiniband: true
-            }
-        );
+        assert_eq!(c.devices, DeviceSettings { gpus: false, infiniband: true });
     }
 
     #[test]
     fn unknown_key_names_file_and_key() {
         let p = write("typo.yaml", "enigne: docker\n");
-        let err = Config::load_from(std::slice::from_ref(&p))
-            .unwrap_err()
-            .to_string();
+        let err = Config::load_from(std::slice::from_ref(&p)).unwrap_err().to_string();
         assert!(err.contains("typo.yaml") && err.contains("enigne"), "{err}");
         let p = write("badengine.yaml", "engine: lxc\n");
         let err = Config::load_from(&[p]).unwrap_err().to_string();

@@ -44,29 +44,17 @@ impl Mount {
             match flag {
                 "ro" => readonly = true,
                 "rw" => readonly = false,
-                other => {
-                    return Err(MountError::Flag {
-                        spec: spec.into(),
-                        flag: other.into(),
-                    })
-                }
+                other => return Err(MountError::Flag { spec: spec.into(), flag: other.into() }),
             }
         }
-        Ok(Mount {
-            src: src.into(),
-            dst: dst.into(),
-            readonly,
-        })
+        Ok(Mount { src: src.into(), dst: dst.into(), readonly })
     }
 
     /// Like [`Mount::parse`], and the source must exist.
     pub fn parse_existing(spec: &str) -> Result<Mount, MountError> {
         let m = Mount::parse(spec)?;
         if !m.src.exists() {
-            return Err(MountError::Missing {
-                spec: spec.into(),
-                src: m.src.display().to_string(),
-            });
+            return Err(MountError::Missing { spec: spec.into(), src: m.src.display().to_string() });
         }
         Ok(m)
     }
@@ -88,11 +76,7 @@ pub enum UserMode {
     /// Rootless Podman: keep the caller's uid/gid inside (`--userns=keep-id`).
     KeepId,
     /// Run as this uid:gid with these supplementary groups (Docker, or rootful Podman for a user).
-    Ids {
-        uid: u32,
-        gid: u32,
-        groups: Vec<u32>,
-    },
+    Ids { uid: u32, gid: u32, groups: Vec<u32> },
 }
 
 /// Everything one container run needs.
@@ -146,11 +130,7 @@ impl ContainerSpec {
     }
 
     pub fn mount(&mut self, src: impl AsRef<Path>, dst: impl AsRef<Path>, readonly: bool) {
-        self.mounts.push(Mount {
-            src: src.as_ref().into(),
-            dst: dst.as_ref().into(),
-            readonly,
-        });
+        self.mounts.push(Mount { src: src.as_ref().into(), dst: dst.as_ref().into(), readonly });
     }
 }
 
@@ -184,14 +164,7 @@ pub fn run_args(engine: EngineKind, spec: &ContainerSpec) -> Vec<String> {
     }
     for (k, v) in &spec.ulimits {
         // an empty value is a keyword of its own (Podman's `--ulimit host`)
-        push(
-            "--ulimit",
-            if v.is_empty() {
-                k.clone()
-            } else {
-                format!("{k}={v}")
-            },
-        );
+        push("--ulimit", if v.is_empty() { k.clone() } else { format!("{k}={v}") });
     }
     for m in &spec.mounts {
         push("--volume", m.volume_arg());
@@ -237,45 +210,25 @@ mod tests {
     fn mount_syntax() {
         assert_eq!(
             Mount::parse("/scratch:/data:ro").unwrap(),
-            Mount {
-                src: "/scratch".into(),
-                dst: "/data".into(),
-                readonly: true
-            }
+            Mount { src: "/scratch".into(), dst: "/data".into(), readonly: true }
         );
         assert_eq!(Mount::parse("/apps").unwrap().dst, PathBuf::from("/apps"));
-        assert!(matches!(
-            Mount::parse("scratch:/data"),
-            Err(MountError::Syntax(_))
-        ));
-        assert!(matches!(
-            Mount::parse("/a:/b:rw:x"),
-            Err(MountError::Syntax(_))
-        ));
-        assert!(matches!(
-            Mount::parse("/a:/b:exec"),
-            Err(MountError::Flag { .. })
-        ));
-        assert!(matches!(
-            Mount::parse_existing("/nonexistent-mdt:/x"),
-            Err(MountError::Missing { .. })
-        ));
+        assert!(matches!(Mount::parse("scratch:/data"), Err(MountError::Syntax(_))));
+        assert!(matches!(Mount::parse("/a:/b:rw:x"), Err(MountError::Syntax(_))));
+        assert!(matches!(Mount::parse("/a:/b:exec"), Err(MountError::Flag { .. })));
+        assert!(matches!(Mount::parse_existing("/nonexistent-mdt:/x"), Err(MountError::Missing { .. })));
     }
 
     #[test]
     fn podman_command_line() {
-        let mut spec = ContainerSpec::new(
-            "localhost/md-openmpi",
-            vec!["mpiexec".into(), "-n".into(), "2".into()],
-        );
+        let mut spec = ContainerSpec::new("localhost/md-openmpi", vec!["mpiexec".into(), "-n".into(), "2".into()]);
         spec.name = Some("md-1".into());
         spec.labels.push(("mpiexec-docker".into(), "1".into()));
         spec.user = UserMode::KeepId;
         spec.mount("/home/u/run", "/host", false);
         spec.workdir = Some("/host".into());
         spec.env_names.push("SLURM_JOB_ID".into());
-        spec.env_set
-            .push(("MPIEXEC_DOCKER_IMAGE".into(), "localhost/md-openmpi".into()));
+        spec.env_set.push(("MPIEXEC_DOCKER_IMAGE".into(), "localhost/md-openmpi".into()));
         spec.devices.push("/dev/infiniband/uverbs0".into());
         spec.ulimits.push(("memlock".into(), "-1:-1".into()));
         spec.interactive = true;
@@ -292,17 +245,11 @@ mod tests {
     #[test]
     fn docker_user_ids_and_no_preserve_fds() {
         let mut spec = ContainerSpec::new("img", vec!["true".into()]);
-        spec.user = UserMode::Ids {
-            uid: 1500,
-            gid: 1500,
-            groups: vec![27],
-        };
+        spec.user = UserMode::Ids { uid: 1500, gid: 1500, groups: vec![27] };
         spec.preserve_fds = 1;
         spec.host_namespaces = false;
         let a = run_args(EngineKind::Docker, &spec).join(" ");
         assert_eq!(a, "run --user 1500:1500 --group-add 27 --rm img true");
-        assert!(run_args(EngineKind::Podman, &spec)
-            .join(" ")
-            .contains("--preserve-fds 1"));
+        assert!(run_args(EngineKind::Podman, &spec).join(" ").contains("--preserve-fds 1"));
     }
 }

@@ -28,10 +28,7 @@ impl DeviceRoots {
     pub fn system() -> Self {
         DeviceRoots {
             dev: "/dev".into(),
-            cgroup_devices_list: own_devices_list(
-                Path::new("/proc/self/cgroup"),
-                Path::new("/sys/fs/cgroup/devices"),
-            ),
+            cgroup_devices_list: own_devices_list(Path::new("/proc/self/cgroup"), Path::new("/sys/fs/cgroup/devices")),
         }
     }
 }
@@ -44,14 +41,9 @@ pub fn own_devices_list(proc_cgroup: &Path, devices_mount: &Path) -> Option<Path
         let _id = parts.next()?;
         let controllers = parts.next()?;
         let path = parts.next()?;
-        controllers
-            .split(',')
-            .any(|c| c == "devices")
-            .then(|| path.to_string())
+        controllers.split(',').any(|c| c == "devices").then(|| path.to_string())
     })?;
-    let file = devices_mount
-        .join(path.trim_start_matches('/'))
-        .join("devices.list");
+    let file = devices_mount.join(path.trim_start_matches('/')).join("devices.list");
     file.is_file().then_some(file)
 }
 
@@ -145,9 +137,7 @@ impl DeviceCgroup {
     /// Whether a character device major:minor is allowed.
     pub fn allows_char(&self, major: u64, minor: u64) -> bool {
         self.rules.iter().any(|&(kind, maj, min)| {
-            (kind == 'a' || kind == 'c')
-                && maj.is_none_or(|m| m == major)
-                && min.is_none_or(|m| m == minor)
+            (kind == 'a' || kind == 'c') && maj.is_none_or(|m| m == major) && min.is_none_or(|m| m == minor)
         })
     }
 }
@@ -162,20 +152,15 @@ fn major_minor(path: &Path) -> Option<(u64, u64)> {
 }
 
 fn sorted_entries(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = fs::read_dir(dir)
-        .map(|it| it.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
+    let mut v: Vec<PathBuf> = fs::read_dir(dir).map(|it| it.flatten().map(|e| e.path()).collect()).unwrap_or_default();
     v.sort();
     v
 }
 
 /// Finds the devices to pass in under `roots`, limited by `gpus` and the device cgroup.
 pub fn discover(roots: &DeviceRoots, gpus: &GpuAllocation) -> Vec<Device> {
-    let cgroup = roots
-        .cgroup_devices_list
-        .as_ref()
-        .and_then(|p| fs::read_to_string(p).ok())
-        .map(|t| DeviceCgroup::parse(&t));
+    let cgroup =
+        roots.cgroup_devices_list.as_ref().and_then(|p| fs::read_to_string(p).ok()).map(|t| DeviceCgroup::parse(&t));
     let allowed = |path: &Path| match (&cgroup, major_minor(path)) {
         (Some(cg), Some((maj, min))) => cg.allows_char(maj, min),
         (Some(_), None) => false, // not a character device: nothing to pass
@@ -185,10 +170,7 @@ pub fn discover(roots: &DeviceRoots, gpus: &GpuAllocation) -> Vec<Device> {
 
     for path in sorted_entries(&roots.dev.join("infiniband")) {
         if allowed(&path) {
-            found.push(Device {
-                kind: DeviceKind::InfiniBand,
-                path,
-            });
+            found.push(Device { kind: DeviceKind::InfiniBand, path });
         }
     }
 
@@ -203,16 +185,10 @@ pub fn discover(roots: &DeviceRoots, gpus: &GpuAllocation) -> Vec<Device> {
         };
         if let Ok(index) = rest.parse::<u32>() {
             if gpus.allows(index) && allowed(&path) {
-                nvidia_gpus.push(Device {
-                    kind: DeviceKind::NvidiaGpu(index),
-                    path,
-                });
+                nvidia_gpus.push(Device { kind: DeviceKind::NvidiaGpu(index), path });
             }
         } else if matches!(rest, "ctl" | "-uvm" | "-uvm-tools" | "-modeset") && allowed(&path) {
-            nvidia_ctl.push(Device {
-                kind: DeviceKind::NvidiaControl,
-                path,
-            });
+            nvidia_ctl.push(Device { kind: DeviceKind::NvidiaControl, path });
         }
     }
     if !nvidia_gpus.is_empty() {
@@ -225,26 +201,17 @@ pub fn discover(roots: &DeviceRoots, gpus: &GpuAllocation) -> Vec<Device> {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        let Some(n) = name
-            .strip_prefix("renderD")
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
+        let Some(n) = name.strip_prefix("renderD").and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
         let index = n.saturating_sub(128);
         if gpus.allows(index) && allowed(&path) {
-            amd.push(Device {
-                kind: DeviceKind::AmdRender(index),
-                path,
-            });
+            amd.push(Device { kind: DeviceKind::AmdRender(index), path });
         }
     }
     let kfd = roots.dev.join("kfd");
     if !amd.is_empty() && gpus.allows_any() && allowed(&kfd) {
-        found.push(Device {
-            kind: DeviceKind::AmdKfd,
-            path: kfd,
-        });
+        found.push(Device { kind: DeviceKind::AmdKfd, path: kfd });
         found.extend(amd);
     }
     found
@@ -275,10 +242,7 @@ mod tests {
         let cg = DeviceCgroup::parse("c 1:3 rwm\nc 195:* rw\nb 8:0 r\n");
         assert!(cg.allows_char(1, 3));
         assert!(cg.allows_char(195, 7));
-        assert!(
-            !cg.allows_char(8, 0),
-            "block rules do not allow char devices"
-        );
+        assert!(!cg.allows_char(8, 0), "block rules do not allow char devices");
         assert!(!cg.allows_char(231, 0));
         assert!(DeviceCgroup::parse("a *:* rwm").allows_char(231, 0));
     }
@@ -287,18 +251,11 @@ mod tests {
     fn own_cgroup_file_is_found() {
         let dir = tempdir("cgfind");
         let proc = dir.join("cgroup");
-        fs::write(
-            &proc,
-            "12:pids:/x\n5:devices:/slurm_node1/uid_0/job_7/step_0/task_0\n",
-        )
-        .unwrap();
+        fs::write(&proc, "12:pids:/x\n5:devices:/slurm_node1/uid_0/job_7/step_0/task_0\n").unwrap();
         let list = dir.join("devices/slurm_node1/uid_0/job_7/step_0/task_0");
         fs::create_dir_all(&list).unwrap();
         fs::write(list.join("devices.list"), "a *:* rwm\n").unwrap();
-        assert_eq!(
-            own_devices_list(&proc, &dir.join("devices")),
-            Some(list.join("devices.list"))
-        );
+        assert_eq!(own_devices_list(&proc, &dir.join("devices")), Some(list.join("devices.list")));
         fs::write(&proc, "0::/user.slice\n").unwrap();
         assert_eq!(own_devices_list(&proc, &dir.join("devices")), None);
     }
@@ -336,8 +293,7 @@ mod tests {
             let path = dev.join(name);
             let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
             // SAFETY: mknod on a path we own, in a fresh temporary directory.
-            let rc =
-                unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(maj, min)) };
+            let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(maj, min)) };
             if rc != 0 {
                 real = false;
                 fs::write(&path, "").unwrap();
@@ -347,21 +303,13 @@ mod tests {
     }
 
     fn paths(devs: &[Device]) -> Vec<String> {
-        devs.iter()
-            .map(|d| d.path.file_name().unwrap().to_string_lossy().into_owned())
-            .collect()
+        devs.iter().map(|d| d.path.file_name().unwrap().to_string_lossy().into_owned()).collect()
     }
 
     #[test]
     fn everything_without_limits() {
         let (dev, _) = fake_dev("all");
-        let found = discover(
-            &DeviceRoots {
-                dev,
-                cgroup_devices_list: None,
-            },
-            &GpuAllocation(None),
-        );
+        let found = discover(&DeviceRoots { dev, cgroup_devices_list: None }, &GpuAllocation(None));
         assert_eq!(
             paths(&found),
             [
@@ -382,23 +330,9 @@ mod tests {
     #[test]
     fn only_allocated_gpus() {
         let (dev, _) = fake_dev("alloc");
-        let roots = DeviceRoots {
-            dev,
-            cgroup_devices_list: None,
-        };
+        let roots = DeviceRoots { dev, cgroup_devices_list: None };
         let found = discover(&roots, &GpuAllocation(Some(BTreeSet::from([1]))));
-        assert_eq!(
-            paths(&found),
-            [
-                "rdma_cm",
-                "uverbs0",
-                "nvidia1",
-                "nvidia-uvm",
-                "nvidiactl",
-                "kfd",
-                "renderD129"
-            ]
-        );
+        assert_eq!(paths(&found), ["rdma_cm", "uverbs0", "nvidia1", "nvidia-uvm", "nvidiactl", "kfd", "renderD129"]);
         // a job without GPUs gets InfiniBand only: no control devices either
         let found = discover(&roots, &GpuAllocation(Some(BTreeSet::new())));
         assert_eq!(paths(&found), ["rdma_cm", "uverbs0"]);
@@ -407,24 +341,11 @@ mod tests {
     #[test]
     fn device_cgroup_limits() {
         let (dev, real) = fake_dev("cgroup");
-        assert!(
-            real,
-            "these tests run as root (tests/run.sh) and must create real device nodes"
-        );
+        assert!(real, "these tests run as root (tests/run.sh) and must create real device nodes");
         let list = dev.join("devices.list");
         // what Slurm writes for a step granted nvidia2 and the IB verbs device
-        fs::write(
-            &list,
-            "c 195:2 rwm\nc 195:255 rwm\nc 231:* rwm\nc 1:3 rwm\n",
-        )
-        .unwrap();
-        let found = discover(
-            &DeviceRoots {
-                dev,
-                cgroup_devices_list: Some(list),
-            },
-            &GpuAllocation(None),
-        );
+        fs::write(&list, "c 195:2 rwm\nc 195:255 rwm\nc 231:* rwm\nc 1:3 rwm\n").unwrap();
+        let found = discover(&DeviceRoots { dev, cgroup_devices_list: Some(list) }, &GpuAllocation(None));
         assert_eq!(paths(&found), ["uverbs0", "nvidia2", "nvidiactl"]);
     }
 }

@@ -17,11 +17,10 @@ pub enum EngineError {
     NotLocal { image: String, engine: &'static str },
     #[error("cannot pull image '{image}': {reason}")]
     Pull { image: String, reason: String },
+    #[error("{engine} does not work here: {reason}")]
+    Unavailable { engine: &'static str, reason: String },
     #[error("cannot run {engine}: {source}")]
-    Spawn {
-        engine: &'static str,
-        source: std::io::Error,
-    },
+    Spawn { engine: &'static str, source: std::io::Error },
 }
 
 /// A container engine binary.
@@ -33,16 +32,12 @@ pub struct Engine {
 
 /// Searches `path_var` (a PATH value) for `name`.
 pub fn which(name: &str, path_var: &OsStr) -> Option<PathBuf> {
-    std::env::split_paths(path_var)
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
+    std::env::split_paths(path_var).map(|d| d.join(name)).find(|p| is_executable(p))
 }
 
 pub fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 impl Engine {
@@ -52,10 +47,7 @@ impl Engine {
         let name = kind.command();
         match which(name, &path) {
             Some(program) => Ok(Engine { kind, program }),
-            None => Err(EngineError::NotFound {
-                engine: name,
-                path: path.to_string_lossy().into_owned(),
-            }),
+            None => Err(EngineError::NotFound { engine: name, path: path.to_string_lossy().into_owned() }),
         }
     }
 
@@ -79,16 +71,20 @@ impl Engine {
             EngineKind::Podman => cmd.args(["image", "exists", image]),
             EngineKind::Docker => cmd.args(["image", "inspect", "--format", "{{.Id}}", image]),
         };
-        let status = cmd
+        let out = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map_err(|source| EngineError::Spawn {
-                engine: self.name(),
-                source,
-            })?;
-        Ok(status.success())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|source| EngineError::Spawn { engine: self.name(), source })?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        match (self.kind, out.status.code()) {
+            (_, Some(0)) => Ok(true),
+            // `podman image exists` answers 1 for "no such image", 125 for its own failures
+            (EngineKind::Podman, Some(1)) => Ok(false),
+            (EngineKind::Docker, _) if stderr.contains("No such image") => Ok(false),
+            _ => Err(EngineError::Unavailable { engine: self.name(), reason: last_line(&stderr) }),
+        }
     }
 
     /// Pulls the image. On a terminal the engine's own progress is shown; otherwise it is quiet and only
@@ -99,35 +95,25 @@ impl Engine {
         if !show_progress {
             cmd.arg("--quiet");
         }
-        cmd.arg(image)
-            .stdin(Stdio::null())
-            .stdout(if show_progress {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            });
-        cmd.stderr(if show_progress {
-            Stdio::inherit()
-        } else {
-            Stdio::piped()
-        });
-        let out = cmd.output().map_err(|source| EngineError::Spawn {
-            engine: self.name(),
-            source,
-        })?;
+        cmd.arg(image).stdin(Stdio::null()).stdout(if show_progress { Stdio::inherit() } else { Stdio::null() });
+        cmd.stderr(if show_progress { Stdio::inherit() } else { Stdio::piped() });
+        let out = cmd.output().map_err(|source| EngineError::Spawn { engine: self.name(), source })?;
         if out.status.success() {
             return Ok(());
         }
-        let text = String::from_utf8_lossy(&out.stderr);
-        let reason = text
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .map(|l| l.trim().trim_start_matches("Error: ").to_string())
-            .unwrap_or_else(|| format!("{} pull exited with {}", self.name(), out.status));
-        Err(EngineError::Pull {
-            image: image.into(),
-            reason,
-        })
+        let mut reason = last_line(&String::from_utf8_lossy(&out.stderr));
+        if reason.is_empty() {
+            reason = format!("{} pull exited with {}", self.name(), out.status);
+        }
+        Err(EngineError::Pull { image: image.into(), reason })
     }
+}
+
+/// The last non-empty line of an engine's error output, without its "Error: " prefix.
+fn last_line(text: &str) -> String {
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| l.trim().trim_start_matches("Error: ").to_string())
+        .unwrap_or_default()
 }

@@ -118,10 +118,7 @@ impl EnvFilter {
     where
         I: IntoIterator<Item = (&'a str, &'a str)>,
     {
-        vars.into_iter()
-            .filter(|(k, _)| self.passes(k))
-            .map(|(k, _)| k.to_string())
-            .collect()
+        vars.into_iter().filter(|(k, _)| self.passes(k)).map(|(k, _)| k.to_string()).collect()
     }
 }
 
@@ -154,33 +151,18 @@ mod tests {
     #[test]
     fn host_paths_and_unrelated_variables_stay_out() {
         let f = EnvFilter::default();
-        for name in [
-            "PATH",
-            "LD_LIBRARY_PATH",
-            "HOME",
-            "SHELL",
-            "MY_SECRET",
-            "SSH_AUTH_SOCK",
-            "DISPLAY",
-        ] {
+        for name in ["PATH", "LD_LIBRARY_PATH", "HOME", "SHELL", "MY_SECRET", "SSH_AUTH_SOCK", "DISPLAY"] {
             assert!(!f.passes(name), "{name} must not pass");
         }
     }
 
     #[test]
     fn user_listed_names_and_prefixes() {
-        let f = EnvFilter::new(vec![
-            "MY_APP_*".into(),
-            "DATA_DIR".into(),
-            "LD_LIBRARY_PATH".into(),
-        ]);
+        let f = EnvFilter::new(vec!["MY_APP_*".into(), "DATA_DIR".into(), "LD_LIBRARY_PATH".into()]);
         assert!(f.passes("MY_APP_MODE"));
         assert!(f.passes("DATA_DIR"));
         assert!(!f.passes("DATA_DIRS"));
-        assert!(
-            f.passes("LD_LIBRARY_PATH"),
-            "an exact listing brings in even a host path variable"
-        );
+        assert!(f.passes("LD_LIBRARY_PATH"), "an exact listing brings in even a host path variable");
         assert!(!f.passes("PATH"));
         let names = f.select([("PATH", "/bin"), ("MY_APP_X", "1"), ("SLURM_NTASKS", "2")]);
         assert_eq!(names, ["MY_APP_X", "SLURM_NTASKS"]);

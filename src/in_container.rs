@@ -25,10 +25,7 @@ pub enum InContainerError {
     #[error("program '{program}' not found: it is neither in {HOST_DIR} (your current directory) nor on the PATH of image '{image}'")]
     ProgramNotFound { program: String, image: String },
     #[error("cannot run {program}: {source}")]
-    Exec {
-        program: String,
-        source: std::io::Error,
-    },
+    Exec { program: String, source: std::io::Error },
     #[error("nothing to run: give a program")]
     NoProgram,
 }
@@ -52,22 +49,15 @@ fn image() -> String {
 
 /// `IN_BIN` first, then the image's PATH without it. Returns (full PATH, the image's part).
 pub fn path_with_links(current: Option<OsString>) -> (String, String) {
-    let current = current
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_else(|| DEFAULT_PATH.into());
-    let image_part: Vec<&str> = current
-        .split(':')
-        .filter(|d| !d.is_empty() && *d != IN_BIN)
-        .collect();
+    let current = current.map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|| DEFAULT_PATH.into());
+    let image_part: Vec<&str> = current.split(':').filter(|d| !d.is_empty() && *d != IN_BIN).collect();
     let image_part = image_part.join(":");
     (format!("{IN_BIN}:{image_part}"), image_part)
 }
 
 /// The image's launcher: `mpiexec`, else `mpirun`, on the image's PATH (never our own links).
 pub fn find_launcher(image_path: &str) -> Option<PathBuf> {
-    ["mpiexec", "mpirun", "mpiexec.hydra"]
-        .iter()
-        .find_map(|n| which(n, image_path.as_ref()))
+    ["mpiexec", "mpirun", "mpiexec.hydra"].iter().find_map(|n| which(n, image_path.as_ref()))
 }
 
 /// Runs the launcher's version query (and `mpiname -a` beside it, which MVAPICH2 ships).
@@ -90,11 +80,7 @@ pub fn probe_flavour(launcher: &Path) -> Option<Flavour> {
 /// directory), or a name on PATH or in the working directory.
 pub fn program_exists(program: &str, cwd: &Path, path: &str) -> bool {
     if program.contains('/') {
-        let p = if program.starts_with('/') {
-            PathBuf::from(program)
-        } else {
-            cwd.join(program)
-        };
+        let p = if program.starts_with('/') { PathBuf::from(program) } else { cwd.join(program) };
         return p.exists();
     }
     which(program, path.as_ref()).is_some() || is_executable(&cwd.join(program))
@@ -105,40 +91,25 @@ pub fn run_mpiexec(args: &[String]) -> InContainerError {
     let (full_path, image_path) = path_with_links(std::env::var_os("PATH"));
     std::env::set_var("PATH", &full_path);
     let Some(launcher) = find_launcher(&image_path) else {
-        return InContainerError::NoLauncher {
-            image: image(),
-            path: image_path,
-        };
+        return InContainerError::NoLauncher { image: image(), path: image_path };
     };
     let flavour = probe_flavour(&launcher);
     match &flavour {
         Some(f) => log::info!("{} is {f}", launcher.display()),
-        None => log::warn!(
-            "cannot tell which MPI {} is; running it unchanged",
-            launcher.display()
-        ),
+        None => log::warn!("cannot tell which MPI {} is; running it unchanged", launcher.display()),
     }
     if let Some(i) = mpi::program_index(args) {
         let cwd = std::env::current_dir().unwrap_or_else(|_| HOST_DIR.into());
         if !program_exists(&args[i], &cwd, &full_path) {
-            return InContainerError::ProgramNotFound {
-                program: args[i].clone(),
-                image: image(),
-            };
+            return InContainerError::ProgramNotFound { program: args[i].clone(), image: image() };
         }
     }
     let site = LaunchSite {
         root: nix::unistd::geteuid().is_root(),
         in_slurm: std::env::var_os("SLURM_JOB_ID").is_some(),
-        infiniband: Path::new("/dev/infiniband")
-            .read_dir()
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false),
+        infiniband: Path::new("/dev/infiniband").read_dir().map(|mut d| d.next().is_some()).unwrap_or(false),
     };
-    let adj = flavour
-        .as_ref()
-        .map(|f| mpi::adjustments(f, &site))
-        .unwrap_or_default();
+    let adj = flavour.as_ref().map(|f| mpi::adjustments(f, &site)).unwrap_or_default();
     for (k, v) in &adj.env_defaults {
         if std::env::var_os(k).is_none() {
             std::env::set_var(k, v);
@@ -148,10 +119,7 @@ pub fn run_mpiexec(args: &[String]) -> InContainerError {
     cmd.args(&adj.args).args(args);
     log::debug!("exec {:?}", cmd);
     let source = cmd.exec();
-    InContainerError::Exec {
-        program: launcher.display().to_string(),
-        source,
-    }
+    InContainerError::Exec { program: launcher.display().to_string(), source }
 }
 
 /// `run_in_docker`'s inside: exec the program. Never returns on success.
@@ -163,16 +131,10 @@ pub fn run_exec(args: &[String]) -> InContainerError {
     };
     let cwd = std::env::current_dir().unwrap_or_else(|_| HOST_DIR.into());
     if !program_exists(program, &cwd, &full_path) {
-        return InContainerError::ProgramNotFound {
-            program: program.clone(),
-            image: image(),
-        };
+        return InContainerError::ProgramNotFound { program: program.clone(), image: image() };
     }
     let source = Command::new(program).args(&args[1..]).exec();
-    InContainerError::Exec {
-        program: program.clone(),
-        source,
-    }
+    InContainerError::Exec { program: program.clone(), source }
 }
 
 #[cfg(test)]
@@ -193,11 +155,7 @@ mod tests {
         let cwd = std::env::temp_dir();
         assert!(program_exists("sh", &cwd, "/usr/bin:/bin"));
         assert!(program_exists("/bin/sh", &cwd, ""));
-        assert!(!program_exists(
-            "./definitely-not-here-mdt",
-            &cwd,
-            "/usr/bin"
-        ));
+        assert!(!program_exists("./definitely-not-here-mdt", &cwd, "/usr/bin"));
         assert!(!program_exists("definitely-not-here-mdt", &cwd, "/usr/bin"));
     }
 }

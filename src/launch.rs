@@ -41,18 +41,12 @@ pub enum LaunchError {
     #[error(transparent)]
     Mount(#[from] MountError),
     #[error("cannot prepare {path}: {source}")]
-    RuntimeDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    RuntimeDir { path: PathBuf, source: std::io::Error },
 }
 
 /// Rejects image names that would be read as engine options or split into several words.
 pub fn check_image_name(image: &str) -> Result<(), LaunchError> {
-    if image.is_empty()
-        || image.starts_with('-')
-        || image.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
+    if image.is_empty() || image.starts_with('-') || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(LaunchError::BadImage(image.into()));
     }
     Ok(())
@@ -95,19 +89,10 @@ impl RuntimeDir {
             .filter(|p| p.is_dir())
             .unwrap_or_else(std::env::temp_dir);
         let path = base.join(format!("mpiexec-docker-{}-{tag}", nix::unistd::getuid()));
-        let err = |source| LaunchError::RuntimeDir {
-            path: path.clone(),
-            source,
-        };
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .map_err(err)?;
+        let err = |source| LaunchError::RuntimeDir { path: path.clone(), source };
+        std::fs::DirBuilder::new().mode(0o700).create(&path).map_err(err)?;
         let bin = path.join("bin");
-        std::fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&bin)
-            .map_err(err)?;
+        std::fs::DirBuilder::new().mode(0o755).create(&bin).map_err(err)?;
         for name in LINK_NAMES {
             symlink(IN_HELPER, bin.join(name)).map_err(err)?;
         }
@@ -147,12 +132,7 @@ pub fn container_spec(
         EngineKind::Docker if uid == 0 => UserMode::Default,
         EngineKind::Docker => {
             let groups = nix::unistd::getgroups()
-                .map(|g| {
-                    g.into_iter()
-                        .map(|g| g.as_raw())
-                        .filter(|&g| g != gid)
-                        .collect()
-                })
+                .map(|g| g.into_iter().map(|g| g.as_raw()).filter(|&g| g != gid).collect())
                 .unwrap_or_default();
             UserMode::Ids { uid, gid, groups }
         }
@@ -162,9 +142,7 @@ pub fn container_spec(
     match engine.kind {
         EngineKind::Podman => spec.ulimits.push(("host".into(), String::new())),
         EngineKind::Docker => {
-            if let Ok((soft, hard)) =
-                nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)
-            {
+            if let Ok((soft, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK) {
                 let f = |v: u64| {
                     if v == libc::RLIM_INFINITY {
                         "-1".to_string()
@@ -172,8 +150,7 @@ pub fn container_spec(
                         v.to_string()
                     }
                 };
-                spec.ulimits
-                    .push(("memlock".into(), format!("{}:{}", f(soft), f(hard))));
+                spec.ulimits.push(("memlock".into(), format!("{}:{}", f(soft), f(hard))));
             }
         }
     }
@@ -204,12 +181,7 @@ pub fn container_spec(
     spec.env_set.push((ENV_IMAGE.into(), req.image.clone()));
     spec.env_set.push((ENV_IN_CONTAINER.into(), "1".into()));
 
-    let gpus = GpuAllocation::from_env(|k| {
-        host_env
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.clone())
-    });
+    let gpus = GpuAllocation::from_env(|k| host_env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()));
     spec.devices = devices::discover(&DeviceRoots::system(), &gpus)
         .into_iter()
         .filter(|d| match d.kind {
@@ -219,14 +191,8 @@ pub fn container_spec(
         .map(|d| d.path)
         .collect();
 
-    let host = nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    spec.name = Some(format!(
-        "mpiexec-docker-{host}-{}-{}",
-        std::process::id(),
-        unique_suffix()
-    ));
+    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    spec.name = Some(format!("mpiexec-docker-{host}-{}-{}", std::process::id(), unique_suffix()));
     spec.labels.push((LABEL.into(), "1".into()));
     spec.labels.push((format!("{LABEL}.uid"), uid.to_string()));
     for (var, label) in [("SLURM_JOB_ID", "job"), ("SLURM_STEP_ID", "step")] {
@@ -244,10 +210,8 @@ fn valid_env_name(name: &str) -> bool {
 }
 
 fn unique_suffix() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("{nanos:08x}")
 }
 
@@ -276,10 +240,7 @@ mod tests {
         let dir = RuntimeDir::create("unit-test").unwrap();
         let path = dir.path.clone();
         for name in LINK_NAMES {
-            assert_eq!(
-                std::fs::read_link(dir.bin().join(name)).unwrap(),
-                PathBuf::from(IN_HELPER)
-            );
+            assert_eq!(std::fs::read_link(dir.bin().join(name)).unwrap(), PathBuf::from(IN_HELPER));
         }
         drop(dir);
         assert!(!path.exists());

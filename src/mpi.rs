@@ -46,11 +46,7 @@ pub fn detect(version_output: &str) -> Option<Flavour> {
     for marker in ["(Open MPI)", "(OpenRTE)"] {
         if let Some(pos) = version_output.find(marker) {
             let rest = version_output[pos + marker.len()..].trim_start();
-            let major = rest
-                .split(['.', ' ', '\n'])
-                .next()
-                .and_then(|m| m.parse().ok())
-                .unwrap_or(0);
+            let major = rest.split(['.', ' ', '\n']).next().and_then(|m| m.parse().ok()).unwrap_or(0);
             return Some(Flavour::OpenMpi { major });
         }
     }
@@ -174,16 +170,7 @@ const ONE_VALUE: &[&str] = &[
     "--with-ft",
 ];
 /// Launcher options that take two values (`NAME VALUE`).
-const TWO_VALUES: &[&str] = &[
-    "-genv",
-    "-env",
-    "--mca",
-    "-mca",
-    "--gmca",
-    "-gmca",
-    "--prtemca",
-    "--pmixmca",
-];
+const TWO_VALUES: &[&str] = &["-genv", "-env", "--mca", "-mca", "--gmca", "-gmca", "--prtemca", "--pmixmca"];
 /// Launcher options known to take no value.
 const NO_VALUE: &[&str] = &[
     "--allow-run-as-root",
@@ -258,12 +245,9 @@ mod tests {
     }
 
     // Version outputs as the launchers print them.
-    const OMPI4: &str =
-        "mpirun (Open MPI) 4.1.4\n\nReport bugs to http://www.open-mpi.org/community/help/\n";
-    const OMPI3_ORTE: &str =
-        "mpiexec (OpenRTE) 3.1.3\n\nReport bugs to http://www.open-mpi.org/community/help/\n";
-    const OMPI5: &str =
-        "mpirun (Open MPI) 5.0.3\n\nReport bugs to https://www.open-mpi.org/community/help/\n";
+    const OMPI4: &str = "mpirun (Open MPI) 4.1.4\n\nReport bugs to http://www.open-mpi.org/community/help/\n";
+    const OMPI3_ORTE: &str = "mpiexec (OpenRTE) 3.1.3\n\nReport bugs to http://www.open-mpi.org/community/help/\n";
+    const OMPI5: &str = "mpirun (Open MPI) 5.0.3\n\nReport bugs to https://www.open-mpi.org/community/help/\n";
     const MPICH: &str = "HYDRA build details:\n    Version:                                 4.0.2\n    Release Date:                            Thu Apr  7 12:34:45 CDT 2022\n    CC:                              gcc\n";
     const MVAPICH2_HYDRA: &str = "HYDRA build details:\n    Version:                                 3.2\n    Release Date:                            ---\n    Configure options:                       '--disable-option-checking' '--prefix=/opt/mvapich2' 'MPICHLIB_CFLAGS=-O2' '--with-device=ch3:mrail' '--with-rdma=gen2'\n";
     const MVAPICH2_MPINAME: &str = "MVAPICH2 2.3.7 Wed March 02 22:00:00 EST 2022 ch3:mrail\n";
@@ -277,86 +261,40 @@ mod tests {
         assert_eq!(detect(MPICH), Some(Flavour::Mpich));
         assert_eq!(detect(IMPI), Some(Flavour::IntelMpi));
         assert_eq!(detect(MVAPICH2_MPINAME), Some(Flavour::Mvapich2));
-        assert_eq!(
-            detect(&format!("{MVAPICH2_HYDRA}{MVAPICH2_MPINAME}")),
-            Some(Flavour::Mvapich2)
-        );
+        assert_eq!(detect(&format!("{MVAPICH2_HYDRA}{MVAPICH2_MPINAME}")), Some(Flavour::Mvapich2));
         assert_eq!(detect("bash: mpiexec: command not found"), None);
     }
 
     #[test]
     fn open_mpi_as_root() {
-        let root = LaunchSite {
-            root: true,
-            ..Default::default()
-        };
+        let root = LaunchSite { root: true, ..Default::default() };
         let adj = adjustments(&Flavour::OpenMpi { major: 4 }, &root);
         assert!(adj.args.is_empty());
-        assert!(adj
-            .env_defaults
-            .contains(&("OMPI_ALLOW_RUN_AS_ROOT".into(), "1".into())));
-        assert!(adj
-            .env_defaults
-            .contains(&("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM".into(), "1".into())));
+        assert!(adj.env_defaults.contains(&("OMPI_ALLOW_RUN_AS_ROOT".into(), "1".into())));
+        assert!(adj.env_defaults.contains(&("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM".into(), "1".into())));
         let adj = adjustments(&Flavour::OpenMpi { major: 2 }, &root);
         assert_eq!(adj.args, ["--allow-run-as-root"]);
         let user = LaunchSite::default();
-        assert_eq!(
-            adjustments(&Flavour::OpenMpi { major: 4 }, &user),
-            Adjustments::default()
-        );
+        assert_eq!(adjustments(&Flavour::OpenMpi { major: 4 }, &user), Adjustments::default());
     }
 
     #[test]
     fn intel_mpi_bootstrap_and_fabric() {
         let laptop = LaunchSite::default();
         let adj = adjustments(&Flavour::IntelMpi, &laptop);
-        assert!(adj
-            .env_defaults
-            .contains(&("I_MPI_HYDRA_BOOTSTRAP".into(), "fork".into())));
-        assert!(adj
-            .env_defaults
-            .contains(&("FI_PROVIDER".into(), "tcp".into())));
-        let cluster = LaunchSite {
-            in_slurm: true,
-            infiniband: true,
-            ..Default::default()
-        };
-        assert!(adjustments(&Flavour::IntelMpi, &cluster)
-            .env_defaults
-            .is_empty());
+        assert!(adj.env_defaults.contains(&("I_MPI_HYDRA_BOOTSTRAP".into(), "fork".into())));
+        assert!(adj.env_defaults.contains(&("FI_PROVIDER".into(), "tcp".into())));
+        let cluster = LaunchSite { in_slurm: true, infiniband: true, ..Default::default() };
+        assert!(adjustments(&Flavour::IntelMpi, &cluster).env_defaults.is_empty());
     }
 
     #[test]
     fn finds_the_program() {
         assert_eq!(program_index(&strings(&["-np", "4", "./hello"])), Some(2));
         assert_eq!(program_index(&strings(&["./hello", "-n", "3"])), Some(0));
-        assert_eq!(
-            program_index(&strings(&[
-                "-n",
-                "2",
-                "--mca",
-                "btl",
-                "self,vader",
-                "hello"
-            ])),
-            Some(5)
-        );
-        assert_eq!(
-            program_index(&strings(&[
-                "-genv",
-                "A",
-                "1",
-                "-ppn=2",
-                "--oversubscribe",
-                "x"
-            ])),
-            Some(5)
-        );
-        assert_eq!(
-            program_index(&strings(&["--map-by=node", "-x", "FOO", "a.out"])),
-            Some(3)
-        );
+        assert_eq!(program_index(&strings(&["-n", "2", "--mca", "btl", "self,vader", "hello"])), Some(5));
+        assert_eq!(program_index(&strings(&["-genv", "A", "1", "-ppn=2", "--oversubscribe", "x"])), Some(5));
+        assert_eq!(program_index(&strings(&["--map-by=node", "-x", "FOO", "a.out"])), Some(3));
         assert_eq!(program_index(&strings(&["--weird-option", "a.out"])), None);
         assert_eq!(program_index(&strings(&["-n", "2"])), None);
         assert_eq!(program_index(&strings(&["-l", "./a.out"])), Some(1));

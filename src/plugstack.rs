@@ -82,11 +82,7 @@ pub enum PlugstackError {
     #[error("unknown plugstack.conf argument '{key}' (known: {}); fix or remove it in plugstack.conf", KNOWN_KEYS.join(", "))]
     UnknownKey { key: String },
     #[error("plugstack.conf argument '{key}={value}': {reason}")]
-    BadValue {
-        key: String,
-        value: String,
-        reason: String,
-    },
+    BadValue { key: String, value: String, reason: String },
 }
 
 impl PluginArgs {
@@ -95,33 +91,17 @@ impl PluginArgs {
         let mut args = PluginArgs::default();
         for word in words {
             let word = word.as_ref();
-            let (key, value) = word
-                .split_once('=')
-                .ok_or_else(|| PlugstackError::NotKeyValue {
-                    word: word.to_string(),
-                })?;
-            let bad = |reason: String| PlugstackError::BadValue {
-                key: key.to_string(),
-                value: value.to_string(),
-                reason,
-            };
+            let (key, value) =
+                word.split_once('=').ok_or_else(|| PlugstackError::NotKeyValue { word: word.to_string() })?;
+            let bad =
+                |reason: String| PlugstackError::BadValue { key: key.to_string(), value: value.to_string(), reason };
             match key {
                 "engine" => args.engine = value.parse().map_err(bad)?,
                 "helper" => args.helper = absolute(value).map_err(bad)?,
                 "config" => args.config = absolute(value).map_err(bad)?,
-                "mounts" => {
-                    args.mounts = value
-                        .split(',')
-                        .filter(|m| !m.is_empty())
-                        .map(str::to_string)
-                        .collect()
-                }
+                "mounts" => args.mounts = value.split(',').filter(|m| !m.is_empty()).map(str::to_string).collect(),
                 "sbatch_support" => args.sbatch_support = parse_bool(value).map_err(bad)?,
-                _ => {
-                    return Err(PlugstackError::UnknownKey {
-                        key: key.to_string(),
-                    })
-                }
+                _ => return Err(PlugstackError::UnknownKey { key: key.to_string() }),
             }
         }
         Ok(args)
@@ -176,37 +156,19 @@ mod tests {
     #[test]
     fn unknown_key_is_named() {
         let err = PluginArgs::parse(&["engine=podman", "enigne=docker"]).unwrap_err();
-        assert_eq!(
-            err,
-            PlugstackError::UnknownKey {
-                key: "enigne".into()
-            }
-        );
+        assert_eq!(err, PlugstackError::UnknownKey { key: "enigne".into() });
         let text = err.to_string();
-        assert!(
-            text.contains("'enigne'") && text.contains("engine, helper"),
-            "{text}"
-        );
+        assert!(text.contains("'enigne'") && text.contains("engine, helper"), "{text}");
     }
 
     #[test]
     fn bad_values_are_named() {
         let err = PluginArgs::parse(&["engine=lxc"]).unwrap_err().to_string();
-        assert!(
-            err.contains("engine=lxc") && err.contains("podman or docker"),
-            "{err}"
-        );
-        let err = PluginArgs::parse(&["helper=bin/x"])
-            .unwrap_err()
-            .to_string();
+        assert!(err.contains("engine=lxc") && err.contains("podman or docker"), "{err}");
+        let err = PluginArgs::parse(&["helper=bin/x"]).unwrap_err().to_string();
         assert!(err.contains("absolute"), "{err}");
         let err = PluginArgs::parse(&["podman"]).unwrap_err();
-        assert_eq!(
-            err,
-            PlugstackError::NotKeyValue {
-                word: "podman".into()
-            }
-        );
+        assert_eq!(err, PlugstackError::NotKeyValue { word: "podman".into() });
         assert!(PluginArgs::parse(&["sbatch_support=maybe"]).is_err());
     }
 }

@@ -51,17 +51,15 @@ pub fn spawn_forwarding(cmd: &mut Command) -> io::Result<Supervised> {
     let pid = Pid::from_raw(child.id() as i32);
     let last_signal = Arc::new(AtomicI32::new(0));
     let last = last_signal.clone();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || loop {
-            if let Ok(sig) = set.wait() {
-                if sig != Signal::SIGCONT {
-                    last.store(sig as i32, Ordering::SeqCst);
-                }
-                // the child may be gone already: nothing to do then
-                let _ = kill(pid, sig);
+    std::thread::Builder::new().name("signals".into()).spawn(move || loop {
+        if let Ok(sig) = set.wait() {
+            if sig != Signal::SIGCONT {
+                last.store(sig as i32, Ordering::SeqCst);
             }
-        })?;
+            // the child may be gone already: nothing to do then
+            let _ = kill(pid, sig);
+        }
+    })?;
     Ok(Supervised { child, last_signal })
 }
 
@@ -88,10 +86,7 @@ mod tests {
     fn exit_codes_like_a_shell() {
         let st = Command::new("sh").args(["-c", "exit 7"]).status().unwrap();
         assert_eq!(exit_code(st), 7);
-        let st = Command::new("sh")
-            .args(["-c", "kill -TERM $$"])
-            .status()
-            .unwrap();
+        let st = Command::new("sh").args(["-c", "kill -TERM $$"]).status().unwrap();
         assert_eq!(exit_code(st), 128 + 15);
     }
 }

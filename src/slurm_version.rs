@@ -56,18 +56,9 @@ mod tests {
     #[test]
     fn encodes_like_slurm() {
         assert_eq!(SlurmVersion::new(22, 5, 8).0, 0x160508);
-        assert_eq!(
-            SlurmVersion::parse("slurm 22.05.8"),
-            Some(SlurmVersion(0x160508))
-        );
-        assert_eq!(
-            SlurmVersion::parse("23.11"),
-            Some(SlurmVersion::new(23, 11, 0))
-        );
-        assert_eq!(
-            SlurmVersion::parse("24.05.1-2").unwrap().to_string(),
-            "24.05.1"
-        );
+        assert_eq!(SlurmVersion::parse("slurm 22.05.8"), Some(SlurmVersion(0x160508)));
+        assert_eq!(SlurmVersion::parse("23.11"), Some(SlurmVersion::new(23, 11, 0)));
+        assert_eq!(SlurmVersion::parse("24.05.1-2").unwrap().to_string(), "24.05.1");
         assert_eq!(SlurmVersion::parse("garbage"), None);
     }
 

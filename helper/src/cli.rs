@@ -59,18 +59,14 @@ pub fn split_at_image(args: &[String]) -> (Vec<String>, Vec<String>) {
         if a == "--" {
             // `-- IMAGE …`
             let end = (i + 2).min(args.len());
-            let mut ours = args[..i].to_vec();
-            ours.extend_from_slice(&args[i + 1..end]);
+            // keep "--" so that clap reads IMAGE as a value even when it looks like an option
+            let ours = args[..end].to_vec();
             return (ours, args[end..].to_vec());
         }
         if !a.starts_with('-') {
             return (args[..=i].to_vec(), args[i + 1..].to_vec());
         }
-        i += if TAKES_VALUE.contains(&a.as_str()) {
-            2
-        } else {
-            1
-        };
+        i += if TAKES_VALUE.contains(&a.as_str()) { 2 } else { 1 };
     }
     (args.to_vec(), Vec::new())
 }
@@ -85,16 +81,16 @@ mod tests {
 
     #[test]
     fn splits_at_the_image() {
-        let (ours, rest) = split_at_image(&s(&[
-            "--engine", "docker", "-e", "FOO", "img", "-v", "-np", "2", "a.out",
-        ]));
+        let (ours, rest) = split_at_image(&s(&["--engine", "docker", "-e", "FOO", "img", "-v", "-np", "2", "a.out"]));
         assert_eq!(ours, s(&["--engine", "docker", "-e", "FOO", "img"]));
         assert_eq!(rest, s(&["-v", "-np", "2", "a.out"]));
         let (ours, rest) = split_at_image(&s(&["--dry-run", "img", "--", "x"]));
         assert_eq!(ours, s(&["--dry-run", "img"]));
         assert_eq!(rest, s(&["--", "x"]));
-        let cli =
-            Cli::try_parse_from(std::iter::once("mpiexec_docker".to_string()).chain(ours)).unwrap();
+        let (ours, rest) = split_at_image(&s(&["--", "-img", "x"]));
+        assert_eq!(ours, s(&["--", "-img"]));
+        assert_eq!(rest, s(&["x"]));
+        let cli = Cli::try_parse_from(std::iter::once("mpiexec_docker".to_string()).chain(ours)).unwrap();
         assert!(cli.dry_run && cli.image == "img");
     }
 }

@@ -33,31 +33,20 @@ pub fn main(mode: Mode, argv: &[String]) -> i32 {
         }
     };
     if cli.verbose > 0 && std::env::var_os("RUST_LOG").is_none() {
-        log::set_max_level(if cli.verbose > 1 {
-            log::LevelFilter::Debug
-        } else {
-            log::LevelFilter::Info
-        });
+        log::set_max_level(if cli.verbose > 1 { log::LevelFilter::Debug } else { log::LevelFilter::Info });
     }
     if mode == Mode::Exec && rest.first().map(String::as_str) == Some("--") {
         rest.remove(0);
     }
     if rest.is_empty() {
-        return fail(
-            EXIT_USAGE,
-            "nothing to run: give mpiexec options and a program after IMAGE",
-        );
+        return fail(EXIT_USAGE, "nothing to run: give mpiexec options and a program after IMAGE");
     }
 
     let config = match Config::load() {
         Ok(c) => c,
         Err(e) => return fail(EXIT_USAGE, e),
     };
-    let kind = match cli
-        .engine
-        .clone()
-        .or_else(|| std::env::var("MPIEXEC_DOCKER_ENGINE").ok())
-    {
+    let kind = match cli.engine.clone().or_else(|| std::env::var("MPIEXEC_DOCKER_ENGINE").ok()) {
         Some(name) => match name.parse::<EngineKind>() {
             Ok(k) => k,
             Err(e) => return fail(EXIT_USAGE, format!("MPIEXEC_DOCKER_ENGINE: {e}")),
@@ -80,21 +69,11 @@ pub fn main(mode: Mode, argv: &[String]) -> i32 {
 
     let host_dir = match std::env::current_dir() {
         Ok(d) => d,
-        Err(e) => {
-            return fail(
-                EXIT_USAGE,
-                format!("cannot read the current directory: {e}"),
-            )
-        }
+        Err(e) => return fail(EXIT_USAGE, format!("cannot read the current directory: {e}")),
     };
     let helper = match std::env::current_exe() {
         Ok(p) => p,
-        Err(e) => {
-            return fail(
-                EXIT_ENGINE,
-                format!("cannot find the helper binary itself: {e}"),
-            )
-        }
+        Err(e) => return fail(EXIT_ENGINE, format!("cannot find the helper binary itself: {e}")),
     };
     let runtime = match RuntimeDir::create(&format!("{}", std::process::id())) {
         Ok(r) => r,
@@ -102,38 +81,21 @@ pub fn main(mode: Mode, argv: &[String]) -> i32 {
     };
     let request = Request {
         image: cli.image.clone(),
-        command: in_container_command(
-            if mode == Mode::Mpiexec {
-                "mpiexec"
-            } else {
-                "exec"
-            },
-            &rest,
-        ),
+        command: in_container_command(if mode == Mode::Mpiexec { "mpiexec" } else { "exec" }, &rest),
         host_dir,
         env: cli.env.clone(),
         mounts: cli.mounts.clone(),
         interactive: true,
     };
     let host_env: Vec<(String, String)> = std::env::vars().collect();
-    let spec =
-        match launch::container_spec(&engine, &config, &request, &helper, &runtime, &host_env) {
-            Ok(s) => s,
-            Err(e) => return fail(EXIT_USAGE, e),
-        };
+    let spec = match launch::container_spec(&engine, &config, &request, &helper, &runtime, &host_env) {
+        Ok(s) => s,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
     let args = run_args(engine.kind, &spec);
     if cli.dry_run {
-        let words: Vec<String> = std::iter::once(engine.program.display().to_string())
-            .chain(args)
-            .collect();
-        println!(
-            "{}",
-            words
-                .iter()
-                .map(|w| shell_word(w))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
+        let words: Vec<String> = std::iter::once(engine.program.display().to_string()).chain(args).collect();
+        println!("{}", words.iter().map(|w| shell_word(w)).collect::<Vec<_>>().join(" "));
         return 0;
     }
 
@@ -158,40 +120,29 @@ pub fn main(mode: Mode, argv: &[String]) -> i32 {
     code
 }
 
-fn ensure_image(
-    engine: &Engine,
-    image: &str,
-    pull: PullPolicy,
-) -> Result<(), mpiexec_docker::engine::EngineError> {
+fn ensure_image(engine: &Engine, image: &str, pull: PullPolicy) -> Result<(), mpiexec_docker::engine::EngineError> {
     let present = engine.image_present(image)?;
     match (pull, present) {
         (PullPolicy::Always, _) | (PullPolicy::Missing, false) => {
             log::info!("pulling {image}");
             engine.pull(image, std::io::stderr().is_terminal())
         }
-        (PullPolicy::Never, false) => Err(mpiexec_docker::engine::EngineError::NotLocal {
-            image: image.into(),
-            engine: engine.name(),
-        }),
+        (PullPolicy::Never, false) => {
+            Err(mpiexec_docker::engine::EngineError::NotLocal { image: image.into(), engine: engine.name() })
+        }
         _ => Ok(()),
     }
 }
 
 fn remove_container(engine: &Engine, name: &str) {
     let mut cmd = engine.command();
-    cmd.args(["rm", "--force", name])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.args(["rm", "--force", name]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     let _ = cmd.status();
 }
 
 /// Quotes a word for a POSIX shell when it needs it.
 fn shell_word(w: &str) -> String {
-    if !w.is_empty()
-        && w.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c))
-    {
+    if !w.is_empty() && w.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c)) {
         w.to_string()
     } else {
         format!("'{}'", w.replace('\'', r"'\''"))

@@ -28,10 +28,7 @@ fn main() {
 
     let code = match name.as_str() {
         _ if inside && args.get(1).map(String::as_str) == Some("in-container") => {
-            in_container_main(
-                args.get(2).map(String::as_str).unwrap_or(""),
-                &args[3.min(args.len())..],
-            )
+            in_container_main(args.get(2).map(String::as_str).unwrap_or(""), &args[3.min(args.len())..])
         }
         "mpiexec" | "mpirun" if inside => in_container_main("mpiexec", &args[1..]),
         "srun" | "ssh" | "rsh" => {

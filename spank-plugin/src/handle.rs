@@ -80,9 +80,7 @@ impl Spank {
     pub fn uid(&self) -> Result<u32, SpankError> {
         let mut value: libc::uid_t = 0;
         // SAFETY: S_JOB_UID takes one `uid_t *`.
-        check(unsafe {
-            ffi::spank_get_item(self.raw, ffi::spank_item::S_JOB_UID, &mut value as *mut _)
-        } as i64)?;
+        check(unsafe { ffi::spank_get_item(self.raw, ffi::spank_item::S_JOB_UID, &mut value as *mut _) } as i64)?;
         Ok(value)
     }
 
@@ -90,20 +88,12 @@ impl Spank {
     pub fn slurm_version(&self) -> Result<String, SpankError> {
         let mut value: *const c_char = std::ptr::null();
         // SAFETY: S_SLURM_VERSION takes one `char **`; Slurm owns the returned string.
-        check(unsafe {
-            ffi::spank_get_item(
-                self.raw,
-                ffi::spank_item::S_SLURM_VERSION,
-                &mut value as *mut _,
-            )
-        } as i64)?;
+        check(unsafe { ffi::spank_get_item(self.raw, ffi::spank_item::S_SLURM_VERSION, &mut value as *mut _) } as i64)?;
         if value.is_null() {
             return Err(SpankError(ffi::ESPANK_ERROR as i64));
         }
         // SAFETY: non-null, NUL-terminated, owned by Slurm for the callback's duration.
-        Ok(unsafe { CStr::from_ptr(value) }
-            .to_string_lossy()
-            .into_owned())
+        Ok(unsafe { CStr::from_ptr(value) }.to_string_lossy().into_owned())
     }
 }
 

@@ -17,10 +17,7 @@ pub static PLUGIN_ARGS: Mutex<Option<Result<PluginArgs, String>>> = Mutex::new(N
 
 pub fn init(spank: &Spank, args: &[String]) -> Result<(), String> {
     let ctx = context();
-    log::debug!(
-        "init in {ctx:?} context, built for Slurm {}",
-        crate::BUILT_FOR_SLURM
-    );
+    log::debug!("init in {ctx:?} context, built for Slurm {}", crate::BUILT_FOR_SLURM);
     if matches!(ctx, Context::Local | Context::Allocator | Context::Remote) {
         crate::options::register_all(spank).map_err(|e| format!("cannot register options: {e}"))?;
     }
@@ -39,17 +36,9 @@ pub fn init(spank: &Spank, args: &[String]) -> Result<(), String> {
 }
 
 pub fn task_init(_spank: &Spank, _args: &[String]) -> Result<(), String> {
-    let image = OPTIONS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .image
-        .clone();
+    let image = OPTIONS.lock().unwrap_or_else(|e| e.into_inner()).image.clone();
     let Some(_image) = image else { return Ok(()) };
-    if let Some(Err(msg)) = PLUGIN_ARGS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-    {
+    if let Some(Err(msg)) = PLUGIN_ARGS.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
         return Err(msg.clone());
     }
     Ok(())

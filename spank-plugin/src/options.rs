@@ -25,8 +25,7 @@ pub fn register_all(spank: &Spank) -> Result<(), crate::handle::SpankError> {
     let image = Box::leak(Box::new(ffi::spank_option {
         name: c"container-image".as_ptr() as *mut c_char,
         arginfo: c"[USER@][REGISTRY#]IMAGE[:TAG]|PATH".as_ptr() as *mut c_char,
-        usage: c"[mpiexec-docker] run the job's tasks in this container image (Podman/Docker)"
-            .as_ptr() as *mut c_char,
+        usage: c"[mpiexec-docker] run the job's tasks in this container image (Podman/Docker)".as_ptr() as *mut c_char,
         has_arg: 1,
         val: OPT_IMAGE,
         cb: Some(option_cb),
@@ -40,17 +39,13 @@ extern "C" fn option_cb(val: c_int, optarg: *const c_char, _remote: c_int) -> c_
             String::new()
         } else {
             // SAFETY: Slurm passes a NUL-terminated argument string valid for this call.
-            unsafe { CStr::from_ptr(optarg) }
-                .to_string_lossy()
-                .into_owned()
+            unsafe { CStr::from_ptr(optarg) }.to_string_lossy().into_owned()
         };
         let mut opts = OPTIONS.lock().unwrap_or_else(|e| e.into_inner());
         match val {
             OPT_IMAGE => {
                 if value.trim().is_empty() {
-                    return Err(
-                        "--container-image needs an image name or an image file path".to_string(),
-                    );
+                    return Err("--container-image needs an image name or an image file path".to_string());
                 }
                 opts.image = Some(value);
             }

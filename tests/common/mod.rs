@@ -70,11 +70,7 @@ impl Run {
 
 impl std::fmt::Display for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "`{}` exited {:?}\n--- stdout\n{}--- stderr\n{}",
-            self.cmd, self.code, self.stdout, self.stderr
-        )
+        write!(f, "`{}` exited {:?}\n--- stdout\n{}--- stderr\n{}", self.cmd, self.code, self.stdout, self.stderr)
     }
 }
 
@@ -82,17 +78,14 @@ impl std::fmt::Display for Run {
 pub fn cluster() {
     static CHECK: Once = Once::new();
     CHECK.call_once(|| {
-        let out = Command::new("sinfo")
-            .args(["-h", "-N", "-o", "%N %t"])
-            .output();
+        let out = Command::new("sinfo").args(["-h", "-N", "-o", "%N %t"]).output();
         let text = match out {
             Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
             _ => String::new(),
         };
         for node in NODES {
             assert!(
-                text.lines()
-                    .any(|l| l.starts_with(node) && !l.contains("down") && !l.contains("drain")),
+                text.lines().any(|l| l.starts_with(node) && !l.contains("down") && !l.contains("drain")),
                 "the test cluster is not up ({node} missing or down in sinfo: {text:?}); \
                  start it with `sudo tests/cluster/up.sh`"
             );
@@ -126,9 +119,7 @@ pub fn sh_in(who: As, dir: &str, script: &str) -> Run {
         }
     };
     cmd.current_dir(dir).stdin(Stdio::null());
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run `{script}`: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run `{script}`: {e}"));
     Run::from(&format!("[{}] {script}", who.name()), out)
 }
 
@@ -175,17 +166,11 @@ pub fn sbatch(who: As, opts: &str, script: &str) -> Run {
     let tag = format!(
         "job-{}-{}",
         std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
     );
     let script_path = shared_file(&format!("{tag}.sh"), &format!("#!/bin/bash\n{script}\n"));
     let out_path = format!("{SHARED}/{tag}.out");
-    let mut run = sh(
-        who,
-        &format!("sbatch --wait -o {out_path} {opts} {script_path}"),
-    );
+    let mut run = sh(who, &format!("sbatch --wait -o {out_path} {opts} {script_path}"));
     run.stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
     let _ = std::fs::remove_file(&out_path);
     let _ = std::fs::remove_file(&script_path);
