@@ -87,10 +87,12 @@ mod tests {
         let (ours, rest) = split_at_image(&s(&["--dry-run", "img", "--", "x"]));
         assert_eq!(ours, s(&["--dry-run", "img"]));
         assert_eq!(rest, s(&["--", "x"]));
+        let cli = Cli::try_parse_from(std::iter::once("mpiexec_docker".to_string()).chain(ours)).unwrap();
+        assert!(cli.dry_run && cli.image == "img");
         let (ours, rest) = split_at_image(&s(&["--", "-img", "x"]));
         assert_eq!(ours, s(&["--", "-img"]));
         assert_eq!(rest, s(&["x"]));
         let cli = Cli::try_parse_from(std::iter::once("mpiexec_docker".to_string()).chain(ours)).unwrap();
-        assert!(cli.dry_run && cli.image == "img");
+        assert_eq!(cli.image, "-img", "after --, IMAGE is read as a value (and then rejected by the image check)");
     }
 }
