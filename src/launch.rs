@@ -96,11 +96,17 @@ impl RuntimeDir {
         for name in LINK_NAMES {
             symlink(IN_HELPER, bin.join(name)).map_err(err)?;
         }
+        std::fs::DirBuilder::new().mode(0o700).create(path.join("relay")).map_err(err)?;
         Ok(RuntimeDir { path })
     }
 
     pub fn bin(&self) -> PathBuf {
         self.path.join("bin")
+    }
+
+    /// The directory of the relay socket, mounted at [`crate::relay::IN_RELAY_DIR`].
+    pub fn relay(&self) -> PathBuf {
+        self.path.join("relay")
     }
 }
 
@@ -159,6 +165,7 @@ pub fn container_spec(
     spec.workdir = Some(HOST_DIR.into());
     spec.mount(helper, IN_HELPER, true);
     spec.mount(runtime.bin(), IN_BIN, true);
+    spec.mount(runtime.relay(), crate::relay::IN_RELAY_DIR, false);
     for m in config.mounts.iter().chain(&req.mounts) {
         spec.mounts.push(Mount::parse_existing(m)?);
     }

@@ -14,6 +14,7 @@
 //! - [`mpi`]: MPI flavour detection and what each flavour needs.
 //! - [`plugstack`]: the SPANK plugin's `plugstack.conf` arguments (`key=value`).
 //! - [`process`]: supervising a child with signal forwarding and shell-style exit codes.
+//! - [`relay`]: the in-container srun/ssh relay to the host (protocol, rewrite, server, client).
 //! - [`slurm_version`]: Slurm version numbers and the major.minor compatibility rule.
 
 pub mod config;
@@ -26,4 +27,5 @@ pub mod launch;
 pub mod mpi;
 pub mod plugstack;
 pub mod process;
+pub mod relay;
 pub mod slurm_version;

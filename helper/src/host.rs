@@ -8,9 +8,12 @@ use clap::Parser;
 use mpiexec_docker::config::{Config, PullPolicy};
 use mpiexec_docker::container::run_args;
 use mpiexec_docker::engine::Engine;
+use mpiexec_docker::environment::EnvFilter;
 use mpiexec_docker::launch::{self, in_container_command, Request, RuntimeDir};
 use mpiexec_docker::plugstack::EngineKind;
 use mpiexec_docker::process::spawn_forwarding;
+use mpiexec_docker::relay::server::{self, RelayConfig};
+use mpiexec_docker::relay::SOCKET_NAME;
 
 use crate::cli::{split_at_image, Cli, Mode};
 
@@ -88,6 +91,9 @@ pub fn main(mode: Mode, argv: &[String]) -> i32 {
         interactive: true,
     };
     let host_env: Vec<(String, String)> = std::env::vars().collect();
+    if let Err(e) = start_relay(&runtime, &cli, kind, &config, &request) {
+        return fail(EXIT_ENGINE, e);
+    }
     let spec = match launch::container_spec(&engine, &config, &request, &helper, &runtime, &host_env) {
         Ok(s) => s,
         Err(e) => return fail(EXIT_USAGE, e),
@@ -118,6 +124,36 @@ pub fn main(mode: Mode, argv: &[String]) -> i32 {
         }
     }
     code
+}
+
+/// Serves the in-container srun/ssh relay for this run: remote programs start through `run_in_docker`
+/// with the same engine, image, variables and mounts.
+fn start_relay(
+    runtime: &RuntimeDir,
+    cli: &Cli,
+    kind: EngineKind,
+    config: &Config,
+    req: &Request,
+) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the helper binary itself: {e}"))?;
+    let run_in_docker = exe.with_file_name("run_in_docker");
+    let mut wrap = vec![run_in_docker.display().to_string(), "--engine".into(), kind.command().into()];
+    for e in &cli.env {
+        wrap.extend(["-e".to_string(), e.clone()]);
+    }
+    for m in &cli.mounts {
+        wrap.extend(["-m".to_string(), m.clone()]);
+    }
+    wrap.extend([cli.image.clone(), "--".into()]);
+    let relay = RelayConfig {
+        allowed: config.relay_commands.clone(),
+        wrap,
+        host_dir: req.host_dir.clone(),
+        host_path: std::env::var_os("PATH").unwrap_or_default(),
+        env_filter: EnvFilter::new(config.env.clone()),
+    };
+    server::start(&runtime.relay().join(SOCKET_NAME), relay)
+        .map_err(|e| format!("cannot start the srun/ssh relay: {e}"))
 }
 
 fn ensure_image(engine: &Engine, image: &str, pull: PullPolicy) -> Result<(), mpiexec_docker::engine::EngineError> {

@@ -31,10 +31,7 @@ fn main() {
             in_container_main(args.get(2).map(String::as_str).unwrap_or(""), &args[3.min(args.len())..])
         }
         "mpiexec" | "mpirun" if inside => in_container_main("mpiexec", &args[1..]),
-        "srun" | "ssh" | "rsh" => {
-            eprintln!("mpiexec_docker: the {name} relay is not available in this build");
-            127
-        }
+        "srun" | "ssh" | "rsh" if inside => mpiexec_docker::relay::client::run(&name, &args[1..]),
         "run_in_docker" => host::main(cli::Mode::Exec, &args),
         _ => host::main(cli::Mode::Mpiexec, &args),
     };

@@ -1,0 +1,18 @@
+//! The srun/ssh relay: inside the container, `srun`, `ssh` and `rsh` are the helper, which hands the
+//! call to the `mpiexec_docker` process on the host over a Unix socket; the host runs its own `srun`
+//! (or `ssh`) with the remote program prefixed by `run_in_docker`, so remote daemons and ranks run in
+//! the same image.
+//!
+//! - [`protocol`]: the wire format (argv as a list, environment, working directory; stdin, stdout and
+//!   stderr passed as file descriptors; signals one way, the exit status the other).
+//! - [`rewrite`]: turning the container's `srun …`/`ssh …` into the host's command line.
+//! - [`server`] (host) and [`client`] (container).
+
+pub mod client;
+pub mod protocol;
+pub mod rewrite;
+pub mod server;
+
+/// Where the relay directory is mounted in the container; the socket is [`SOCKET_NAME`] in it.
+pub const IN_RELAY_DIR: &str = "/.mpiexec-docker/relay";
+pub const SOCKET_NAME: &str = "relay.sock";
