@@ -165,9 +165,8 @@ pub fn send_message(mut sock: &UnixStream, msg: &Message) -> io::Result<()> {
 /// Reads one message; `Ok(None)` at end of stream.
 pub fn recv_message(mut sock: &UnixStream) -> io::Result<Option<Message>> {
     let mut tag = [0u8; 1];
-    match sock.read(&mut tag)? {
-        0 => return Ok(None),
-        _ => {}
+    if sock.read(&mut tag)? == 0 {
+        return Ok(None);
     }
     let mut word = [0u8; 4];
     sock.read_exact(&mut word)?;
