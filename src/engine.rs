@@ -117,3 +117,40 @@ fn last_line(text: &str) -> String {
         .map(|l| l.trim().trim_start_matches("Error: ").to_string())
         .unwrap_or_default()
 }
+
+impl Engine {
+    /// Removes containers by name or id, whatever their state; errors (already gone) are ignored.
+    pub fn remove(&self, names: &[String]) {
+        if names.is_empty() {
+            return;
+        }
+        let mut cmd = self.command();
+        cmd.args(["rm", "--force"]);
+        if self.kind == EngineKind::Podman {
+            cmd.args(["--time", "0"]);
+        }
+        cmd.args(names).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        let _ = cmd.status();
+    }
+
+    /// Ids of the containers carrying every `label=value` of `labels`.
+    pub fn containers_with(&self, labels: &[(String, String)]) -> Result<Vec<String>, EngineError> {
+        let mut cmd = self.command();
+        cmd.args(["ps", "--all", "--quiet", "--no-trunc"]);
+        for (k, v) in labels {
+            cmd.arg("--filter").arg(format!("label={k}={v}"));
+        }
+        let out = cmd
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|source| EngineError::Spawn { engine: self.name(), source })?;
+        if !out.status.success() {
+            return Err(EngineError::Unavailable {
+                engine: self.name(),
+                reason: last_line(&String::from_utf8_lossy(&out.stderr)),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect())
+    }
+}

@@ -3,8 +3,9 @@
 
 use std::io;
 use std::process::{Child, Command, ExitStatus};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::unistd::Pid;
@@ -37,11 +38,24 @@ pub struct Supervised {
     pub child: Child,
     /// The last signal received and forwarded (0: none).
     pub last_signal: Arc<AtomicI32>,
+    done: Arc<AtomicBool>,
 }
+
+/// Signals that end a job (scancel, time limit, Ctrl-C, hang-up).
+fn terminating(sig: Signal) -> bool {
+    matches!(sig, Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP | Signal::SIGQUIT)
+}
+
+/// How long the child gets to end by itself after a terminating signal before `on_terminate` runs.
+pub const GRACE: Duration = Duration::from_millis(1500);
 
 /// Starts `cmd` with the forwarded signals blocked in this process and passed on to the child by a
 /// dedicated thread. (std's spawn resets the child's signal mask, so the child sees them normally.)
-pub fn spawn_forwarding(cmd: &mut Command) -> io::Result<Supervised> {
+///
+/// After a terminating signal, when the child has not ended within [`GRACE`], `on_terminate` runs once
+/// on that thread: Slurm follows SIGTERM with SIGKILL after `KillWait`, so cleanup that must happen
+/// (removing a container whose engine client may already be gone) cannot wait for the child.
+pub fn spawn_forwarding(cmd: &mut Command, on_terminate: Option<Box<dyn FnOnce() + Send>>) -> io::Result<Supervised> {
     let mut set = SigSet::empty();
     for s in FORWARDED {
         set.add(*s);
@@ -50,7 +64,9 @@ pub fn spawn_forwarding(cmd: &mut Command) -> io::Result<Supervised> {
     let child = cmd.spawn()?;
     let pid = Pid::from_raw(child.id() as i32);
     let last_signal = Arc::new(AtomicI32::new(0));
-    let last = last_signal.clone();
+    let done = Arc::new(AtomicBool::new(false));
+    let (last, finished) = (last_signal.clone(), done.clone());
+    let mut on_terminate = on_terminate;
     std::thread::Builder::new().name("signals".into()).spawn(move || loop {
         if let Ok(sig) = set.wait() {
             if sig != Signal::SIGCONT {
@@ -58,15 +74,28 @@ pub fn spawn_forwarding(cmd: &mut Command) -> io::Result<Supervised> {
             }
             // the child may be gone already: nothing to do then
             let _ = kill(pid, sig);
+            if terminating(sig) {
+                if let Some(cleanup) = on_terminate.take() {
+                    let until = Instant::now() + GRACE;
+                    while !finished.load(Ordering::SeqCst) && Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    if !finished.load(Ordering::SeqCst) {
+                        cleanup();
+                    }
+                }
+            }
         }
     })?;
-    Ok(Supervised { child, last_signal })
+    Ok(Supervised { child, last_signal, done })
 }
 
 impl Supervised {
     /// Waits for the child; returns its shell-style exit code.
     pub fn wait(&mut self) -> io::Result<i32> {
-        Ok(exit_code(self.child.wait()?))
+        let status = self.child.wait();
+        self.done.store(true, Ordering::SeqCst);
+        Ok(exit_code(status?))
     }
 
     /// The terminating signal received while the child ran, if any.

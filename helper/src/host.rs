@@ -112,7 +112,11 @@ pub fn main(mode: Mode, argv: &[String]) -> i32 {
     let mut cmd = engine.command();
     cmd.args(&args).stdin(Stdio::inherit());
     log::debug!("{cmd:?}");
-    let mut child = match spawn_forwarding(&mut cmd) {
+    let cleanup: Option<Box<dyn FnOnce() + Send>> = spec.name.clone().map(|name| {
+        let engine = engine.clone();
+        Box::new(move || remove_container(&engine, &name)) as Box<dyn FnOnce() + Send>
+    });
+    let mut child = match spawn_forwarding(&mut cmd, cleanup) {
         Ok(c) => c,
         Err(e) => return fail(EXIT_ENGINE, format!("cannot run {}: {e}", engine.name())),
     };
@@ -171,9 +175,7 @@ fn ensure_image(engine: &Engine, image: &str, pull: PullPolicy) -> Result<(), mp
 }
 
 fn remove_container(engine: &Engine, name: &str) {
-    let mut cmd = engine.command();
-    cmd.args(["rm", "--force", name]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    let _ = cmd.status();
+    engine.remove(&[name.to_string()]);
 }
 
 /// Quotes a word for a POSIX shell when it needs it.

@@ -10,6 +10,7 @@
 
 mod cli;
 mod host;
+mod sweep;
 
 use std::path::Path;
 
@@ -33,6 +34,7 @@ fn main() {
         "mpiexec" | "mpirun" if inside => in_container_main("mpiexec", &args[1..]),
         "srun" | "ssh" | "rsh" if inside => mpiexec_docker::relay::client::run(&name, &args[1..]),
         "run_in_docker" => host::main(cli::Mode::Exec, &args),
+        _ if args.get(1).map(String::as_str) == Some("sweep") => sweep::main(&args[2..]),
         _ => host::main(cli::Mode::Mpiexec, &args),
     };
     std::process::exit(code);

@@ -11,6 +11,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 pub mod ffi;
 pub mod handle;
 mod init;
+mod job_script;
 pub mod options;
 pub mod slurm_log;
 
@@ -90,3 +91,15 @@ macro_rules! callback {
 
 callback!(slurm_spank_init, init::init);
 callback!(slurm_spank_task_init, init::task_init);
+callback!(slurm_spank_job_epilog, job_epilog);
+
+/// The epilog never reports failure to Slurm: that would drain the node.
+fn job_epilog(spank: &Spank, args: &[String]) -> Result<(), String> {
+    if init::PLUGIN_ARGS.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+        let _ = init::init(spank, args);
+    }
+    if let Err(e) = job_script::job_epilog(spank, args) {
+        log::error!("{e}");
+    }
+    Ok(())
+}

@@ -220,16 +220,16 @@ TaskPlugin=task/cgroup
 JobAcctGatherType=jobacct_gather/cgroup
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
-DefMemPerCPU=200
+DefMemPerCPU=1000
 MpiDefault=none
 ReturnToService=2
 KillWait=5
 MinJobAge=30
 InactiveLimit=0
 PlugStackConfig=/etc/slurm/plugstack.conf
-NodeName=node1 NodeAddr=$(node_ip node1) CPUs=8 RealMemory=6000 State=UNKNOWN
-NodeName=node2 NodeAddr=$(node_ip node2) CPUs=8 RealMemory=6000 State=UNKNOWN
-NodeName=node3 NodeAddr=$(node_ip node3) CPUs=8 RealMemory=6000 State=UNKNOWN
+NodeName=node1 NodeAddr=$(node_ip node1) CPUs=8 RealMemory=16000 State=UNKNOWN
+NodeName=node2 NodeAddr=$(node_ip node2) CPUs=8 RealMemory=16000 State=UNKNOWN
+NodeName=node3 NodeAddr=$(node_ip node3) CPUs=8 RealMemory=16000 State=UNKNOWN
 PartitionName=debug Nodes=node[1-3] Default=YES MaxTime=INFINITE State=UP
 EOF
     cat > /etc/slurm/cgroup.conf <<'EOF'

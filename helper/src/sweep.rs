@@ -1,0 +1,58 @@
+//! `mpiexec_docker sweep --job JOBID`: removes every container of ours that belongs to a job, in the
+//! caller's store (Podman, and Docker when it is there). The SPANK plugin runs it at the end of each
+//! job on every node, as root and as the job's user, so that nothing survives a job whatever killed it.
+
+use mpiexec_docker::engine::Engine;
+use mpiexec_docker::launch::LABEL;
+use mpiexec_docker::plugstack::EngineKind;
+
+pub fn main(args: &[String]) -> i32 {
+    let mut job = None;
+    let mut engines = vec![EngineKind::Podman, EngineKind::Docker];
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--job" => job = it.next().cloned(),
+            "--engine" => match it.next().map(|e| e.parse::<EngineKind>()) {
+                Some(Ok(k)) => engines = vec![k],
+                _ => return usage(),
+            },
+            _ => return usage(),
+        }
+    }
+    let Some(job) = job.filter(|j| !j.is_empty() && j.chars().all(|c| c.is_ascii_digit())) else { return usage() };
+    let mut failed = false;
+    for kind in engines {
+        let Ok(engine) = Engine::find(kind) else { continue };
+        // A removal can race with one that a killed task started (the record then sits in
+        // "Stopping"): look again after removing, a few times.
+        for attempt in 0..5 {
+            match engine.containers_with(&[(format!("{LABEL}.job"), job.clone())]) {
+                Ok(ids) if ids.is_empty() => break,
+                Ok(ids) => {
+                    log::info!("removing {} container(s) of job {job} ({})", ids.len(), engine.name());
+                    if attempt > 0 {
+                        std::thread::sleep(std::time::Duration::from_millis(300));
+                    }
+                    engine.remove(&ids);
+                }
+                // a Docker client without a daemon, say: nothing of ours can be there
+                Err(e) if kind == EngineKind::Docker => {
+                    log::debug!("{e}");
+                    break;
+                }
+                Err(e) => {
+                    eprintln!("mpiexec_docker: error: sweep of job {job}: {e}");
+                    failed = true;
+                    break;
+                }
+            }
+        }
+    }
+    i32::from(failed)
+}
+
+fn usage() -> i32 {
+    eprintln!("mpiexec_docker: error: usage: mpiexec_docker sweep --job JOBID [--engine podman|docker]");
+    2
+}
