@@ -74,6 +74,11 @@ pub fn in_container_command(mode: &str, args: &[String]) -> Vec<String> {
     c
 }
 
+/// Where per-run directories go: `$XDG_RUNTIME_DIR`, else the temporary directory.
+pub fn runtime_base() -> PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).filter(|p| p.is_dir()).unwrap_or_else(std::env::temp_dir)
+}
+
 /// A private per-run directory on the host (0700) holding the links mounted at [`IN_BIN`]. Removed
 /// when dropped.
 #[derive(Debug)]
@@ -84,11 +89,7 @@ pub struct RuntimeDir {
 impl RuntimeDir {
     pub fn create(tag: &str) -> Result<RuntimeDir, LaunchError> {
         use std::os::unix::fs::{symlink, DirBuilderExt};
-        let base = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .filter(|p| p.is_dir())
-            .unwrap_or_else(std::env::temp_dir);
-        let path = base.join(format!("mpiexec-docker-{}-{tag}", nix::unistd::getuid()));
+        let path = runtime_base().join(format!("mpiexec-docker-{}-{tag}", nix::unistd::getuid()));
         let err = |source| LaunchError::RuntimeDir { path: path.clone(), source };
         std::fs::DirBuilder::new().mode(0o700).create(&path).map_err(err)?;
         let bin = path.join("bin");

@@ -49,7 +49,25 @@ pub fn main(args: &[String]) -> i32 {
             }
         }
     }
+    remove_stale_runtime_dirs();
     i32::from(failed)
+}
+
+/// Removes this user's per-run directories (relay socket, links) whose helper process is gone: a
+/// helper killed by SIGKILL cannot remove its own.
+fn remove_stale_runtime_dirs() {
+    use std::os::unix::fs::MetadataExt;
+    let uid = nix::unistd::getuid();
+    let prefix = format!("mpiexec-docker-{uid}-");
+    let Ok(entries) = std::fs::read_dir(mpiexec_docker::launch::runtime_base()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let owned = entry.metadata().map(|m| m.uid() == uid.as_raw()).unwrap_or(false);
+        if owned && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn usage() -> i32 {
