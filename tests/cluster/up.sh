@@ -84,38 +84,12 @@ step_build() {
 # Each image: Debian bookworm + one MPI + compilers, with examples/hello built in as /usr/local/bin/mpi_hello.
 # Intel MPI comes from PyPI (impi-rt: runtime, mpiexec.hydra, IMB-MPI1; impi-devel: mpicc), unpacked into
 # /usr/local, over Debian's libfabric.
-IMPI_VERSION=2021.19.0
 image_packages() {
     case $1 in
         openmpi)  echo openmpi-bin,libopenmpi-dev,gcc,libc6-dev,procps ;;
         mpich)    echo mpich,libmpich-dev,gcc,libc6-dev,procps ;;
         intelmpi) echo libfabric1,gcc,libc6-dev,procps ;;
     esac
-}
-
-# Unpacks the data part of Intel MPI's wheels into $1 (what pip would put under its prefix).
-intel_mpi_tree() {
-    local wheels=$MDT_STATE/wheels
-    mkdir -p "$wheels"
-    if ! ls "$wheels"/impi_rt-$IMPI_VERSION-*.whl "$wheels"/impi_devel-$IMPI_VERSION-*.whl >/dev/null 2>&1; then
-        log "downloading Intel MPI $IMPI_VERSION wheels from PyPI"
-        python3 -m pip download --quiet --no-deps -d "$wheels" "impi-rt==$IMPI_VERSION" "impi-devel==$IMPI_VERSION"
-    fi
-    python3 - "$1" "$wheels"/impi_rt-$IMPI_VERSION-*.whl "$wheels"/impi_devel-$IMPI_VERSION-*.whl <<'PY'
-import os, sys, zipfile
-dest = sys.argv[1]
-for wheel in sys.argv[2:]:
-    with zipfile.ZipFile(wheel) as z:
-        for info in z.infolist():
-            name = info.filename
-            if ".data/data/" not in name or name.endswith("/"):
-                continue
-            path = os.path.join(dest, name.split(".data/data/", 1)[1])
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with z.open(info) as src, open(path, "wb") as out:
-                out.write(src.read())
-            os.chmod(path, ((info.external_attr >> 16) & 0o777) or 0o644)
-PY
 }
 
 step_images() {

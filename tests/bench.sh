@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Benchmarks of mpiexec-docker against bare metal, both measured in the same run on the test cluster.
+#   tests/bench.sh [REPS]      (as root; runs the MPI parts as the test user with rootless Podman)
+# Prints Markdown tables (the source of BENCHMARKS.md):
+#   1. launch: `mpiexec_docker IMAGE -np 2 hello` against bare `mpiexec -np 2 hello` (Open MPI 4.1.4 and
+#      MPICH 4.0.2 on the host and in the images), median of REPS runs;
+#   2. data path: our ping-pong (Open MPI) and Intel MPI's IMB-MPI1 PingPong, container against bare;
+#   3. relay: a relayed srun round trip against the host's srun, in the same allocation;
+#   4. multi-node launch: mpiexec_docker against bare mpiexec in the same 3-node allocation.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+source "$top/tests/cluster/lib.sh"
+REPS=${1:-10}
+bash "$top/tests/cluster/up.sh" >&2
+
+W=$MDT_SHARED/bench
+rm -rf "$W"; install -d -o "$MDT_USER" -g "$MDT_USER" "$W"
+cp "$top/examples/hello/hello.c" "$top/examples/pingpong/pingpong.c" "$W/"
+chown "$MDT_USER:$MDT_USER" "$W"/*.c
+U() { as_user "$MDT_USER" bash -c "cd $W && $1"; }
+
+# host binaries against the host's MPI, image binaries against the image's
+U "mpicc.openmpi -O2 -o hello_ompi hello.c && mpicc.openmpi -O2 -o pingpong_ompi pingpong.c"
+U "mpicc.mpich -O2 -o hello_mpich hello.c"
+U "run_in_docker $(image_ref openmpi) mpicc -O2 -o pingpong_img pingpong.c"
+
+# Intel MPI on the host: the same wheels as the image, unpacked beside the test state
+IMPI=$MDT_STATE/impi-host
+if [[ ! -x $IMPI/bin/IMB-MPI1 ]]; then
+    mkdir -p "$IMPI"
+    intel_mpi_tree "$IMPI"
+fi
+
+# median and min of the wall-clock seconds of REPS runs of a command (as the test user)
+timeit() {
+    local cmd=$1 i t0 t1
+    U "$cmd" >/dev/null 2>&1   # warm-up (first rootless run maps the image for keep-id)
+    for i in $(seq "$REPS"); do
+        t0=$(date +%s.%N); U "$cmd" >/dev/null 2>&1; t1=$(date +%s.%N)
+        echo "$t0 $t1"
+    done | python3 -c '
+import sys, statistics
+d = [float(b) - float(a) for a, b in (l.split() for l in sys.stdin)]
+print(f"{statistics.median(d):.3f} {min(d):.3f}")'
+}
+
+echo "## Launch on one machine (login node, rootless Podman, $REPS runs, seconds)"
+echo
+echo "| MPI | bare median | bare min | mpiexec_docker median | min | added (median) |"
+echo "| --- | --- | --- | --- | --- | --- |"
+for flavour in openmpi mpich; do
+    case $flavour in
+        openmpi) bare="mpiexec.openmpi -np 2 ./hello_ompi" ;;
+        mpich)   bare="mpiexec.mpich -np 2 ./hello_mpich" ;;
+    esac
+    read -r bm bn < <(timeit "$bare")
+    read -r cm cn < <(timeit "mpiexec_docker $(image_ref $flavour) -np 2 mpi_hello")
+    printf '| %s | %s | %s | %s | %s | %s |\n' "$flavour" "$bm" "$bn" "$cm" "$cn" "$(python3 -c "print(f'{$cm - $bm:.3f}')")"
+done
+read -r pm pn < <(timeit "podman run --rm --network host --ipc host --pid host --userns keep-id $(image_ref openmpi) true")
+echo
+echo "For scale: one \`podman run --rm … true\` of the same image: median $pm s, min $pn s."
+echo
+
+echo "## Data path: ping-pong, 2 ranks on one node (container against bare)"
+echo
+echo "Our ping-pong (examples/pingpong), Open MPI 4.1.4, half round trip:"
+echo
+U "mpiexec.openmpi -np 2 ./pingpong_ompi" > "$W/pp-bare.txt"
+U "mpiexec_docker $(image_ref openmpi) -np 2 ./pingpong_img" > "$W/pp-cont.txt"
+python3 - "$W/pp-bare.txt" "$W/pp-cont.txt" <<'PY'
+import sys
+def load(p):
+    rows = {}
+    for line in open(p):
+        parts = line.split()
+        if len(parts) == 3 and parts[0].isdigit():
+            rows[int(parts[0])] = (float(parts[1]), float(parts[2]))
+    return rows
+bare, cont = load(sys.argv[1]), load(sys.argv[2])
+print("| bytes | bare µs | container µs | bare MB/s | container MB/s | bandwidth ratio |")
+print("| --- | --- | --- | --- | --- | --- |")
+for n in sorted(bare):
+    if n in cont and n in (0, 1, 1024, 65536, 1048576, 4194304):
+        (bl, bb), (cl, cb) = bare[n], cont[n]
+        ratio = f"{cb / bb:.3f}" if bb else "–"
+        print(f"| {n} | {bl:.3f} | {cl:.3f} | {bb:.1f} | {cb:.1f} | {ratio} |")
+PY
+echo
+echo "Intel MPI 2021.19 \`IMB-MPI1 PingPong\` (FI_PROVIDER=tcp, shared memory within the node):"
+echo
+IMB="IMB-MPI1 PingPong -msglog 0:22 -iter 2000"
+U "export PATH=$IMPI/bin:\$PATH LD_LIBRARY_PATH=$IMPI/lib I_MPI_HYDRA_BOOTSTRAP=fork FI_PROVIDER=tcp; mpiexec -n 2 $IMB" > "$W/imb-bare.txt"
+U "mpiexec_docker $(image_ref intelmpi) -n 2 $IMB" > "$W/imb-cont.txt"
+python3 - "$W/imb-bare.txt" "$W/imb-cont.txt" <<'PY'
+import sys
+def load(p):
+    rows, on = {}, False
+    for line in open(p):
+        if "Benchmarking PingPong" in line:
+            on = True
+        parts = line.split()
+        if on and len(parts) == 4 and parts[0].isdigit():
+            rows[int(parts[0])] = (float(parts[2]), float(parts[3]))
+    return rows
+bare, cont = load(sys.argv[1]), load(sys.argv[2])
+print("| bytes | bare µs | container µs | bare MB/s | container MB/s | bandwidth ratio |")
+print("| --- | --- | --- | --- | --- | --- |")
+for n in sorted(bare):
+    if n in cont and n in (0, 1, 1024, 65536, 1048576, 4194304):
+        (bl, bb), (cl, cb) = bare[n], cont[n]
+        ratio = f"{cb / bb:.3f}" if bb else "–"
+        print(f"| {n} | {bl:.2f} | {cl:.2f} | {bb:.1f} | {cb:.1f} | {ratio} |")
+PY
+echo
+
+echo "## Relay (inside one 2-node allocation, 20 calls each, milliseconds per call)"
+echo
+job_out=$W/relay.txt
+as_user "$MDT_USER" bash -c "cd $W && sbatch --wait -N2 -n2 -t 5 -o $job_out --wrap '
+loop() { local t0=\$(date +%s%N); for i in \$(seq 20); do \"\$@\" >/dev/null 2>&1; done; echo \$(( (\$(date +%s%N) - t0) / 20000 )); }
+echo direct-version \$(loop srun --version)
+echo direct-true \$(loop srun -N1 -n1 true)
+run_in_docker $(image_ref openmpi) bash -c \"\$(declare -f loop); echo relayed-version \\\$(loop srun --version); echo relayed-true \\\$(loop srun -N1 -n1 true)\"
+'" >/dev/null
+python3 - "$job_out" <<'PY'
+import sys
+v = {}
+for line in open(sys.argv[1]):
+    p = line.split()
+    if len(p) == 2 and p[1].lstrip("-").isdigit():
+        v[p[0]] = int(p[1]) / 1000
+print("| call | host srun | through the relay | added |")
+print("| --- | --- | --- | --- |")
+print(f"| `srun --version` (relay round trip only) | {v['direct-version']:.1f} | {v['relayed-version']:.1f} | {v['relayed-version'] - v['direct-version']:.1f} |")
+print(f"| `srun -N1 -n1 true` (remote side in a container) | {v['direct-true']:.1f} | {v['relayed-true']:.1f} | {v['relayed-true'] - v['direct-true']:.1f} |")
+PY
+echo
+
+echo "## Multi-node launch (one 3-node allocation, 3 ranks, seconds, median of 5)"
+echo
+job_out=$W/multi.txt
+as_user "$MDT_USER" bash -c "cd $W && sbatch --wait -N3 -n3 -t 5 -o $job_out --wrap '
+t() { local t0=\$(date +%s%N); \"\$@\" >/dev/null 2>&1; echo \$(( (\$(date +%s%N) - t0) / 1000000 )); }
+\"\$@\" 2>/dev/null
+mpiexec_docker $(image_ref openmpi) mpi_hello >/dev/null 2>&1
+for i in 1 2 3 4 5; do echo bare \$(t mpiexec.openmpi ./hello_ompi); echo container \$(t mpiexec_docker $(image_ref openmpi) mpi_hello); done
+'" >/dev/null
+python3 - "$job_out" <<'PY'
+import sys, statistics
+v = {"bare": [], "container": []}
+for line in open(sys.argv[1]):
+    p = line.split()
+    if len(p) == 2 and p[0] in v:
+        v[p[0]].append(int(p[1]) / 1000)
+b, c = statistics.median(v["bare"]), statistics.median(v["container"])
+print("| launcher | median s |")
+print("| --- | --- |")
+print(f"| bare `mpiexec` (Open MPI) | {b:.3f} |")
+print(f"| `mpiexec_docker` | {c:.3f} |")
+print(f"| added | {c - b:.3f} |")
+PY
