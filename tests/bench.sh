@@ -117,12 +117,19 @@ echo
 echo "## Relay (inside one 2-node allocation, 20 calls each, milliseconds per call)"
 echo
 job_out=$W/relay.txt
-as_user "$MDT_USER" bash -c "cd $W && sbatch --wait -N2 -n2 -t 5 -o $job_out --wrap '
-loop() { local t0=\$(date +%s%N); for i in \$(seq 20); do \"\$@\" >/dev/null 2>&1; done; echo \$(( (\$(date +%s%N) - t0) / 20000 )); }
+cat > "$W/relay-loop.sh" <<'EOF'
+# microseconds per call of "$@", over 20 calls
+loop() { local t0 i; t0=$(date +%s%N); for i in $(seq 20); do "$@" >/dev/null 2>&1; done; echo $(( ($(date +%s%N) - t0) / 20000 )); }
+EOF
+cat > "$W/relay-job.sh" <<EOF
+#!/bin/bash
+source ./relay-loop.sh
 echo direct-version \$(loop srun --version)
 echo direct-true \$(loop srun -N1 -n1 true)
-run_in_docker $(image_ref openmpi) bash -c \"\$(declare -f loop); echo relayed-version \\\$(loop srun --version); echo relayed-true \\\$(loop srun -N1 -n1 true)\"
-'" >/dev/null
+run_in_docker $(image_ref openmpi) bash -c 'source ./relay-loop.sh; echo relayed-version \$(loop srun --version); echo relayed-true \$(loop srun -N1 -n1 true)'
+EOF
+chown "$MDT_USER:$MDT_USER" "$W"/relay-*.sh
+U "sbatch --wait -N2 -n2 -t 5 -o $job_out relay-job.sh" >/dev/null
 python3 - "$job_out" <<'PY'
 import sys
 v = {}
@@ -140,12 +147,17 @@ echo
 echo "## Multi-node launch (one 3-node allocation, 3 ranks, seconds, median of 5)"
 echo
 job_out=$W/multi.txt
-as_user "$MDT_USER" bash -c "cd $W && sbatch --wait -N3 -n3 -t 5 -o $job_out --wrap '
-t() { local t0=\$(date +%s%N); \"\$@\" >/dev/null 2>&1; echo \$(( (\$(date +%s%N) - t0) / 1000000 )); }
-\"\$@\" 2>/dev/null
-mpiexec_docker $(image_ref openmpi) mpi_hello >/dev/null 2>&1
-for i in 1 2 3 4 5; do echo bare \$(t mpiexec.openmpi ./hello_ompi); echo container \$(t mpiexec_docker $(image_ref openmpi) mpi_hello); done
-'" >/dev/null
+cat > "$W/multi-job.sh" <<EOF
+#!/bin/bash
+t() { local t0=\$(date +%s%N); "\$@" >/dev/null 2>&1; echo \$(( (\$(date +%s%N) - t0) / 1000000 )); }
+mpiexec_docker $(image_ref openmpi) mpi_hello >/dev/null 2>&1   # warm-up
+for i in 1 2 3 4 5; do
+    echo bare \$(t mpiexec.openmpi ./hello_ompi)
+    echo container \$(t mpiexec_docker $(image_ref openmpi) mpi_hello)
+done
+EOF
+chown "$MDT_USER:$MDT_USER" "$W/multi-job.sh"
+U "sbatch --wait -N3 -n3 -t 5 -o $job_out multi-job.sh" >/dev/null
 python3 - "$job_out" <<'PY'
 import sys, statistics
 v = {"bare": [], "container": []}
