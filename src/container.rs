@@ -100,6 +100,8 @@ pub struct ContainerSpec {
     pub interactive: bool,
     pub tty: bool,
     pub remove: bool,
+    /// Start in the background and print the container id (`--detach`).
+    pub detach: bool,
     /// Keep this many file descriptors above stdio open in the container (Podman `--preserve-fds`).
     pub preserve_fds: u32,
     pub entrypoint: Option<String>,
@@ -123,6 +125,7 @@ impl ContainerSpec {
             interactive: false,
             tty: false,
             remove: true,
+            detach: false,
             preserve_fds: 0,
             entrypoint: None,
             command,
@@ -189,6 +192,9 @@ pub fn run_args(engine: EngineKind, spec: &ContainerSpec) -> Vec<String> {
     }
     if spec.remove {
         a.push("--rm".into());
+    }
+    if spec.detach {
+        a.push("--detach".into());
     }
     if spec.interactive {
         a.push("--interactive".into());

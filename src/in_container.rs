@@ -122,6 +122,15 @@ pub fn run_mpiexec(args: &[String]) -> InContainerError {
     InContainerError::Exec { program: launcher.display().to_string(), source }
 }
 
+/// The placeholder process of a step container: waits for a signal, doing nothing. Tasks join the
+/// container's namespaces; this only keeps them alive.
+pub fn run_pause() -> ! {
+    loop {
+        // SAFETY: pause() has no preconditions; it returns only when a handled signal arrives.
+        unsafe { libc::pause() };
+    }
+}
+
 /// `run_in_docker`'s inside: exec the program. Never returns on success.
 pub fn run_exec(args: &[String]) -> InContainerError {
     let (full_path, _) = path_with_links(std::env::var_os("PATH"));

@@ -64,10 +64,13 @@ echo
 
 echo "## Data path: ping-pong, 2 ranks on one node (container against bare)"
 echo
-echo "Our ping-pong (examples/pingpong), Open MPI 4.1.4, half round trip:"
+echo "Our ping-pong (examples/pingpong), Open MPI 4.1.4, half round trip, best of 3 runs per size:"
 echo
-U "mpiexec.openmpi -np 2 ./pingpong_ompi" > "$W/pp-bare.txt"
-U "mpiexec_docker $(image_ref openmpi) -np 2 ./pingpong_img" > "$W/pp-cont.txt"
+# three alternating runs each; per size the best (this 2-core VM is noisy)
+for i in 1 2 3; do
+    U "mpiexec.openmpi -np 2 ./pingpong_ompi" >> "$W/pp-bare.txt"
+    U "mpiexec_docker $(image_ref openmpi) -np 2 ./pingpong_img" >> "$W/pp-cont.txt"
+done
 python3 - "$W/pp-bare.txt" "$W/pp-cont.txt" <<'PY'
 import sys
 def load(p):
@@ -75,7 +78,9 @@ def load(p):
     for line in open(p):
         parts = line.split()
         if len(parts) == 3 and parts[0].isdigit():
-            rows[int(parts[0])] = (float(parts[1]), float(parts[2]))
+            n, lat, bw = int(parts[0]), float(parts[1]), float(parts[2])
+            old = rows.get(n)
+            rows[n] = (min(lat, old[0]), max(bw, old[1])) if old else (lat, bw)
     return rows
 bare, cont = load(sys.argv[1]), load(sys.argv[2])
 print("| bytes | bare µs | container µs | bare MB/s | container MB/s | bandwidth ratio |")
@@ -87,11 +92,13 @@ for n in sorted(bare):
         print(f"| {n} | {bl:.3f} | {cl:.3f} | {bb:.1f} | {cb:.1f} | {ratio} |")
 PY
 echo
-echo "Intel MPI 2021.19 \`IMB-MPI1 PingPong\` (FI_PROVIDER=tcp, shared memory within the node):"
+echo "Intel MPI 2021.19 \`IMB-MPI1 PingPong\` (FI_PROVIDER=tcp, shared memory within the node), best of 3 runs per size:"
 echo
 IMB="IMB-MPI1 PingPong -msglog 0:22 -iter 2000"
-U "export PATH=$IMPI/bin:\$PATH LD_LIBRARY_PATH=$IMPI/lib I_MPI_HYDRA_BOOTSTRAP=fork FI_PROVIDER=tcp; mpiexec -n 2 $IMB" > "$W/imb-bare.txt"
-U "mpiexec_docker $(image_ref intelmpi) -n 2 $IMB" > "$W/imb-cont.txt"
+for i in 1 2 3; do
+    U "export PATH=$IMPI/bin:\$PATH LD_LIBRARY_PATH=$IMPI/lib I_MPI_HYDRA_BOOTSTRAP=fork FI_PROVIDER=tcp; mpiexec -n 2 $IMB" >> "$W/imb-bare.txt"
+    U "mpiexec_docker $(image_ref intelmpi) -n 2 $IMB" >> "$W/imb-cont.txt"
+done
 python3 - "$W/imb-bare.txt" "$W/imb-cont.txt" <<'PY'
 import sys
 def load(p):
@@ -101,7 +108,11 @@ def load(p):
             on = True
         parts = line.split()
         if on and len(parts) == 4 and parts[0].isdigit():
-            rows[int(parts[0])] = (float(parts[2]), float(parts[3]))
+            n, lat, bw = int(parts[0]), float(parts[2]), float(parts[3])
+            old = rows.get(n)
+            rows[n] = (min(lat, old[0]), max(bw, old[1])) if old else (lat, bw)
+        if "All processes entering MPI_Finalize" in line:
+            on = False
     return rows
 bare, cont = load(sys.argv[1]), load(sys.argv[2])
 print("| bytes | bare µs | container µs | bare MB/s | container MB/s | bandwidth ratio |")

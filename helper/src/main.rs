@@ -10,6 +10,7 @@
 
 mod cli;
 mod host;
+mod step;
 mod sweep;
 
 use std::path::Path;
@@ -35,6 +36,7 @@ fn main() {
         "srun" | "ssh" | "rsh" if inside => mpiexec_docker::relay::client::run(&name, &args[1..]),
         "run_in_docker" => host::main(cli::Mode::Exec, &args),
         _ if args.get(1).map(String::as_str) == Some("sweep") => sweep::main(&args[2..]),
+        _ if args.get(1).map(String::as_str) == Some("step-container") => step::main(&args[2..]),
         _ => host::main(cli::Mode::Mpiexec, &args),
     };
     std::process::exit(code);
@@ -44,6 +46,7 @@ fn in_container_main(mode: &str, args: &[String]) -> i32 {
     let err = match mode {
         "mpiexec" => in_container::run_mpiexec(args),
         "exec" => in_container::run_exec(args),
+        "pause" => in_container::run_pause(),
         other => {
             eprintln!("mpiexec_docker: unknown in-container mode '{other}'");
             return 2;

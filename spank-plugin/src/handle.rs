@@ -112,3 +112,25 @@ pub unsafe fn plugin_args(argc: c_int, argv: *mut *mut c_char) -> Vec<String> {
         })
         .collect()
 }
+
+impl Spank {
+    pub fn gid(&self) -> Result<u32, SpankError> {
+        let mut value: libc::gid_t = 0;
+        // SAFETY: S_JOB_GID takes one `gid_t *`.
+        check(unsafe { ffi::spank_get_item(self.raw, ffi::spank_item::S_JOB_GID, &mut value as *mut _) } as i64)?;
+        Ok(value)
+    }
+
+    /// A variable of the job's environment (remote context).
+    pub fn getenv(&self, name: &str) -> Option<String> {
+        let name = std::ffi::CString::new(name).ok()?;
+        let mut buf = vec![0u8; 4096];
+        // SAFETY: buf is writable for its length; Slurm NUL-terminates what it writes.
+        let rc = unsafe { ffi::spank_getenv(self.raw, name.as_ptr(), buf.as_mut_ptr() as *mut c_char, buf.len() as c_int) };
+        if rc as i64 != 0 {
+            return None;
+        }
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        Some(String::from_utf8_lossy(&buf[..end]).into_owned())
+    }
+}

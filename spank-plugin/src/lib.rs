@@ -12,6 +12,7 @@ pub mod ffi;
 pub mod handle;
 mod init;
 mod job_script;
+mod remote;
 pub mod options;
 pub mod slurm_log;
 
@@ -90,8 +91,23 @@ macro_rules! callback {
 }
 
 callback!(slurm_spank_init, init::init);
-callback!(slurm_spank_task_init, init::task_init);
+callback!(slurm_spank_task_init, task_init);
+callback!(slurm_spank_user_init, remote::user_init);
+callback!(slurm_spank_exit, exit);
 callback!(slurm_spank_job_epilog, job_epilog);
+
+/// In slurmstepd: a bad plugstack.conf (kept by `init`) or a failed container start fails the task.
+fn task_init(spank: &Spank, args: &[String]) -> Result<(), String> {
+    init::task_init(spank, args)?;
+    remote::task_init(spank, args)
+}
+
+fn exit(spank: &Spank, args: &[String]) -> Result<(), String> {
+    if handle::context() == handle::Context::Remote {
+        remote::exit(spank, args)?;
+    }
+    Ok(())
+}
 
 /// The epilog never reports failure to Slurm: that would drain the node.
 fn job_epilog(spank: &Spank, args: &[String]) -> Result<(), String> {

@@ -1,0 +1,160 @@
+//! `mpiexec_docker step-container start|stop`: the container a SPANK step's tasks join.
+//!
+//! The plugin calls `start` once per node per step (from `slurm_spank_user_init`, as the job's user):
+//! it starts a placeholder container (the helper pausing, with the host's network, IPC and PID
+//! namespaces, the job's working directory mounted at the same path) and prints its process id. Each
+//! task then joins that container's namespaces and stays an ordinary child of slurmstepd. `stop`
+//! removes the container when the step ends.
+//!
+//! ```text
+//! mpiexec_docker step-container start --job J --step S --image IMAGE --workdir DIR [--engine E] [--mount SPEC]...
+//! mpiexec_docker step-container stop --job J --step S [--engine E]
+//! ```
+
+use std::process::Stdio;
+
+use mpiexec_docker::config::{Config, PullPolicy};
+use mpiexec_docker::container::run_args;
+use mpiexec_docker::engine::Engine;
+use mpiexec_docker::launch::{self, in_container_command, Request, RuntimeDir};
+use mpiexec_docker::plugstack::EngineKind;
+
+struct Args {
+    start: bool,
+    job: String,
+    step: String,
+    image: String,
+    workdir: String,
+    engine: Option<EngineKind>,
+    mounts: Vec<String>,
+}
+
+fn parse(args: &[String]) -> Result<Args, String> {
+    let mut a = Args {
+        start: false,
+        job: String::new(),
+        step: String::new(),
+        image: String::new(),
+        workdir: String::new(),
+        engine: None,
+        mounts: Vec::new(),
+    };
+    let mut it = args.iter();
+    match it.next().map(String::as_str) {
+        Some("start") => a.start = true,
+        Some("stop") => {}
+        _ => return Err("usage: mpiexec_docker step-container start|stop --job J --step S …".into()),
+    }
+    while let Some(k) = it.next() {
+        let v = it.next().cloned().ok_or_else(|| format!("{k} needs a value"))?;
+        match k.as_str() {
+            "--job" => a.job = v,
+            "--step" => a.step = v,
+            "--image" => a.image = v,
+            "--workdir" => a.workdir = v,
+            "--engine" => a.engine = Some(v.parse()?),
+            "--mount" => a.mounts.push(v),
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    if a.job.is_empty() || a.step.is_empty() {
+        return Err("--job and --step are required".into());
+    }
+    Ok(a)
+}
+
+/// The container's name: one per job, step and node.
+fn name(job: &str, step: &str) -> String {
+    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    format!("mpiexec-docker-{job}.{step}-{host}")
+}
+
+pub fn main(args: &[String]) -> i32 {
+    match run(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("mpiexec_docker: error: {e}");
+            1
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    let a = parse(args)?;
+    let config = Config::load().map_err(|e| e.to_string())?;
+    let engine = Engine::find(a.engine.unwrap_or(config.engine)).map_err(|e| e.to_string())?;
+    let name = name(&a.job, &a.step);
+    if !a.start {
+        engine.remove(&[name]);
+        return Ok(());
+    }
+    launch::check_image_name(&a.image).map_err(|e| e.to_string())?;
+    if !engine.image_present(&a.image).map_err(|e| e.to_string())? {
+        if config.pull == PullPolicy::Never {
+            return Err(format!("image '{}' is not available on this node and pulling is disabled", a.image));
+        }
+        engine.pull(&a.image, false).map_err(|e| e.to_string())?;
+    }
+    // a leftover of an earlier attempt with the same name would block the start
+    engine.remove(&[name.clone()]);
+    let runtime = RuntimeDir::create(&format!("{}", std::process::id())).map_err(|e| e.to_string())?;
+    let request = Request {
+        image: a.image.clone(),
+        command: in_container_command("pause", &[]),
+        host_dir: a.workdir.clone().into(),
+        env: Vec::new(),
+        mounts: a.mounts.clone(),
+        interactive: false,
+    };
+    let host_env: Vec<(String, String)> = std::env::vars().collect();
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut spec =
+        launch::container_spec(&engine, &config, &request, &exe, &runtime, &host_env).map_err(|e| e.to_string())?;
+    spec.name = Some(name.clone());
+    spec.labels.retain(|(k, _)| k != "mpiexec-docker.job" && k != "mpiexec-docker.step");
+    spec.labels.push(("mpiexec-docker.job".into(), a.job.clone()));
+    spec.labels.push(("mpiexec-docker.step".into(), a.step.clone()));
+    spec.remove = false;
+    spec.detach = true;
+    spec.interactive = false;
+    // the tasks see the job's working directory where it is on the host, and the node's /tmp and
+    // Slurm spool (PMIx server files) for direct MPI launch
+    spec.mount(&a.workdir, &a.workdir, false);
+    spec.workdir = Some(a.workdir.clone().into());
+    for dir in ["/tmp", "/var/spool/slurmd", "/var/spool/slurm"] {
+        if std::path::Path::new(dir).is_dir() && dir != a.workdir {
+            spec.mount(dir, dir, false);
+        }
+    }
+    // the runtime directory must outlive this process: the container keeps using its links
+    let keep = runtime.path.clone();
+    std::mem::forget(runtime);
+    let out = engine
+        .command()
+        .args(run_args(engine.kind, &spec))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", engine.name()))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(&keep);
+        let text = String::from_utf8_lossy(&out.stderr);
+        return Err(format!(
+            "cannot start the container for image '{}': {}",
+            a.image,
+            text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim()
+        ));
+    }
+    let pid = engine
+        .command()
+        .args(["inspect", "--format", "{{.State.Pid}}", &name])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let pid = String::from_utf8_lossy(&pid.stdout).trim().to_string();
+    if pid.is_empty() || pid == "0" {
+        engine.remove(&[name]);
+        return Err(format!("the container for image '{}' did not stay up", a.image));
+    }
+    println!("{pid}");
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! slurmstepd (remote context): the tasks of a step with `--container-image` run in the image.
+//!
+//! How (Slurm 22.05 and later alike, no `spank_prepend_task_argv` needed):
+//! - `user_init` (once per node per step, as the job's user, before any task forks) starts one
+//!   placeholder container through the helper (`mpiexec_docker step-container start`) and keeps its
+//!   process id. Failures are kept, not returned: a failing `user_init` of a batch step drains the node.
+//! - `task_init` (in each task, as the user, just before exec) joins that container's user namespace
+//!   (rootless Podman) and mount namespace and changes to the working directory; Slurm then execs the
+//!   task's program from the image's file system. The task stays slurmstepd's child: the step's cgroup,
+//!   signals, exit status, limits and accounting are Slurm's own. A kept failure fails the task here,
+//!   with its message, and only the job.
+//! - `exit` (once per node per step) removes the container; the job epilog sweeps anything left.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use mpiexec_docker::plugstack::PluginArgs;
+
+use crate::ffi::spank_item;
+use crate::handle::Spank;
+use crate::init::PLUGIN_ARGS;
+use crate::options::OPTIONS;
+
+/// Slurm's step id of the extern step (no tasks to wrap).
+const EXTERN_STEP: u32 = 0xfffffffc;
+
+#[derive(Debug, Clone)]
+struct StepContainer {
+    pid: i32,
+    workdir: String,
+    job: u32,
+    step: u32,
+    uid: u32,
+    gid: u32,
+}
+
+static STEP: Mutex<Option<Result<StepContainer, String>>> = Mutex::new(None);
+
+fn plugin_args() -> Result<PluginArgs, String> {
+    PLUGIN_ARGS.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(|| Ok(PluginArgs::default()))
+}
+
+fn image() -> Option<String> {
+    OPTIONS.lock().unwrap_or_else(|e| e.into_inner()).image.clone()
+}
+
+pub fn user_init(spank: &Spank, _args: &[String]) -> Result<(), String> {
+    let Some(image) = image() else { return Ok(()) };
+    let result = start(spank, &image);
+    if let Err(e) = &result {
+        log::error!("{e}");
+    }
+    *STEP.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+    Ok(())
+}
+
+fn start(spank: &Spank, image: &str) -> Result<StepContainer, String> {
+    let args = plugin_args()?;
+    let job = spank.get_u32(spank_item::S_JOB_ID).map_err(|e| format!("cannot read the job id: {e}"))?;
+    let step = spank.get_u32(spank_item::S_JOB_STEPID).map_err(|e| format!("cannot read the step id: {e}"))?;
+    if step == EXTERN_STEP {
+        return Err("the extern step has no tasks".into());
+    }
+    let uid = spank.uid().map_err(|e| e.to_string())?;
+    let gid = spank.gid().map_err(|e| e.to_string())?;
+    let user = nix::unistd::User::from_uid(uid.into()).ok().flatten().ok_or(format!("no passwd entry for uid {uid}"))?;
+    let workdir = spank.getenv("PWD").filter(|d| d.starts_with('/')).unwrap_or_else(|| user.dir.display().to_string());
+    let mut cmd = helper_as(&args, &user, uid, gid);
+    cmd.args(["step-container", "start", "--engine", args.engine.command()]);
+    cmd.args(["--job", &job.to_string(), "--step", &step.to_string(), "--image", image, "--workdir", &workdir]);
+    for m in &args.mounts {
+        cmd.args(["--mount", m]);
+    }
+    let out = cmd.output().map_err(|e| format!("cannot run {}: {e}", args.helper.display()))?;
+    if !out.status.success() {
+        let text = String::from_utf8_lossy(&out.stderr);
+        let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("the helper failed").trim();
+        return Err(format!("--container-image={image}: {}", line.trim_start_matches("mpiexec_docker: error: ")));
+    }
+    let pid = String::from_utf8_lossy(&out.stdout).trim().parse::<i32>().map_err(|_| "the helper printed no pid".to_string())?;
+    Ok(StepContainer { pid, workdir, job, step, uid, gid })
+}
+
+/// The helper, run as the job's user with a clean environment of theirs.
+fn helper_as(args: &PluginArgs, user: &nix::unistd::User, uid: u32, gid: u32) -> Command {
+    let mut cmd = Command::new(&args.helper);
+    cmd.env_clear()
+        .env("HOME", &user.dir)
+        .env("USER", &user.name)
+        .env("LOGNAME", &user.name)
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::null());
+    if uid != 0 {
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setresgid(gid, gid, gid) != 0 || libc::setresuid(uid, uid, uid) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd
+}
+
+pub fn task_init(_spank: &Spank, _args: &[String]) -> Result<(), String> {
+    let Some(image) = image() else { return Ok(()) };
+    let step = STEP.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match step {
+        None => Err(format!("--container-image={image}: no container was prepared for this step")),
+        Some(Err(e)) => Err(e),
+        Some(Ok(c)) => join(&c).map_err(|e| format!("--container-image={image}: cannot enter the container: {e}")),
+    }
+}
+
+/// Joins the container's user (when it has its own) and mount namespaces, then its working directory.
+fn join(c: &StepContainer) -> Result<(), String> {
+    use nix::sched::{setns, CloneFlags};
+    let open = |ns: &str| std::fs::File::open(format!("/proc/{}/ns/{ns}", c.pid)).map_err(|e| format!("{ns}: {e}"));
+    let user_ns = open("user")?;
+    let mnt_ns = open("mnt")?;
+    let own_user = std::fs::read_link("/proc/self/ns/user").map_err(|e| e.to_string())?;
+    let their_user = std::fs::read_link(format!("/proc/{}/ns/user", c.pid)).map_err(|e| e.to_string())?;
+    if own_user != their_user {
+        setns(&user_ns, CloneFlags::CLONE_NEWUSER).map_err(|e| format!("user namespace: {e}"))?;
+    }
+    setns(&mnt_ns, CloneFlags::CLONE_NEWNS).map_err(|e| format!("mount namespace: {e}"))?;
+    std::env::set_current_dir(&c.workdir).map_err(|e| format!("{}: {e}", c.workdir))?;
+    Ok(())
+}
+
+/// Removes the step's container (as its user: rootless stores are per user).
+pub fn exit(_spank: &Spank, _args: &[String]) -> Result<(), String> {
+    let step = STEP.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let Some(Ok(c)) = step else { return Ok(()) };
+    let args = plugin_args().unwrap_or_default();
+    let Some(user) = nix::unistd::User::from_uid(c.uid.into()).ok().flatten() else { return Ok(()) };
+    let mut cmd = helper_as(&args, &user, c.uid, c.gid);
+    cmd.args(["step-container", "stop", "--engine", args.engine.command()]);
+    cmd.args(["--job", &c.job.to_string(), "--step", &c.step.to_string()]);
+    match cmd.stdout(Stdio::null()).stderr(Stdio::null()).status() {
+        Ok(s) if s.success() => {}
+        other => log::error!("removing the container of step {}.{}: {other:?}", c.job, c.step),
+    }
+    Ok(())
+}
