@@ -126,7 +126,8 @@ impl Spank {
         let name = std::ffi::CString::new(name).ok()?;
         let mut buf = vec![0u8; 4096];
         // SAFETY: buf is writable for its length; Slurm NUL-terminates what it writes.
-        let rc = unsafe { ffi::spank_getenv(self.raw, name.as_ptr(), buf.as_mut_ptr() as *mut c_char, buf.len() as c_int) };
+        let rc =
+            unsafe { ffi::spank_getenv(self.raw, name.as_ptr(), buf.as_mut_ptr() as *mut c_char, buf.len() as c_int) };
         if rc as i64 != 0 {
             return None;
         }

@@ -12,8 +12,8 @@ pub mod ffi;
 pub mod handle;
 mod init;
 mod job_script;
-mod remote;
 pub mod options;
+mod remote;
 pub mod slurm_log;
 
 use handle::Spank;

@@ -33,7 +33,7 @@ pub fn register_all(spank: &Spank) -> Result<(), crate::handle::SpankError> {
     spank.register_option(image)
 }
 
-extern "C" fn option_cb(val: c_int, optarg: *const c_char, _remote: c_int) -> c_int {
+extern "C" fn option_cb(val: c_int, optarg: *const c_char, remote: c_int) -> c_int {
     crate::guard("option", || {
         let value = if optarg.is_null() {
             String::new()
@@ -46,6 +46,10 @@ extern "C" fn option_cb(val: c_int, optarg: *const c_char, _remote: c_int) -> c_
             OPT_IMAGE => {
                 if value.trim().is_empty() {
                     return Err("--container-image needs an image name or an image file path".to_string());
+                }
+                if remote == 0 {
+                    // rejected at submit time, before any node is used
+                    mpiexec_docker::launch::check_image_name(&value).map_err(|e| format!("--container-image: {e}"))?;
                 }
                 opts.image = Some(value);
             }

@@ -47,10 +47,8 @@ fn image() -> Option<String> {
 
 pub fn user_init(spank: &Spank, _args: &[String]) -> Result<(), String> {
     let Some(image) = image() else { return Ok(()) };
+    // a failure is reported by task_init, once per task, and fails only the job
     let result = start(spank, &image);
-    if let Err(e) = &result {
-        log::error!("{e}");
-    }
     *STEP.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
     Ok(())
 }
@@ -64,7 +62,8 @@ fn start(spank: &Spank, image: &str) -> Result<StepContainer, String> {
     }
     let uid = spank.uid().map_err(|e| e.to_string())?;
     let gid = spank.gid().map_err(|e| e.to_string())?;
-    let user = nix::unistd::User::from_uid(uid.into()).ok().flatten().ok_or(format!("no passwd entry for uid {uid}"))?;
+    let user =
+        nix::unistd::User::from_uid(uid.into()).ok().flatten().ok_or(format!("no passwd entry for uid {uid}"))?;
     let workdir = spank.getenv("PWD").filter(|d| d.starts_with('/')).unwrap_or_else(|| user.dir.display().to_string());
     let mut cmd = helper_as(&args, &user, uid, gid);
     cmd.args(["step-container", "start", "--engine", args.engine.command()]);
@@ -78,7 +77,10 @@ fn start(spank: &Spank, image: &str) -> Result<StepContainer, String> {
         let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("the helper failed").trim();
         return Err(format!("--container-image={image}: {}", line.trim_start_matches("mpiexec_docker: error: ")));
     }
-    let pid = String::from_utf8_lossy(&out.stdout).trim().parse::<i32>().map_err(|_| "the helper printed no pid".to_string())?;
+    let pid = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse::<i32>()
+        .map_err(|_| "the helper printed no pid".to_string())?;
     Ok(StepContainer { pid, workdir, job, step, uid, gid })
 }
 

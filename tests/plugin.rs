@@ -1,0 +1,212 @@
+//! The SPANK plugin's `--container-image`: tasks run in the image and stay Slurm's tasks (exit codes,
+//! signals, cgroups), one container per node per step, MPI direct launch, clear errors that never drain
+//! a node, and nothing left behind; as root (rootful Podman) and as the test user (rootless Podman).
+
+mod common;
+use common::*;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+const OPENMPI: &str = "localhost/md-openmpi";
+const MPICH: &str = "localhost/md-mpich";
+
+static CLUSTER: RwLock<()> = RwLock::new(());
+
+fn shared() -> RwLockReadGuard<'static, ()> {
+    cluster();
+    CLUSTER.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    cluster();
+    CLUSTER.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Our containers on every node (both stores) and our processes, as findings.
+fn leftovers() -> Vec<String> {
+    let mut found = Vec::new();
+    for node in NODES {
+        for who in [As::User, As::Root] {
+            let run =
+                on_node(node, who, "podman ps -a --filter label=mpiexec-docker --format '{{.Names}} {{.Status}}'");
+            found.extend(
+                run.lines().into_iter().filter(|l| !l.is_empty()).map(|l| format!("{node}/{}: {l}", who.name())),
+            );
+        }
+    }
+    let procs = sh(As::Root, "ps -eo user,args | grep -E 'conmon|mpiexec_docker|in-container' | grep -v grep || true")
+        .success();
+    found.extend(procs.lines().into_iter().filter(|l| !l.is_empty()).map(|l| format!("process: {l}")));
+    let stray = sh(As::Root, "ps -eo ppid,stat,args | awk '$1 == 1 && $2 !~ /^Z/ && /slurmstepd/'").success();
+    found.extend(stray.lines().into_iter().filter(|l| !l.is_empty()).map(|l| format!("stray step: {l}")));
+    found
+}
+
+fn assert_clean_within(secs: u64) {
+    let mut left = leftovers();
+    for _ in 0..secs * 2 {
+        if left.is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        left = leftovers();
+    }
+    panic!("left behind: {left:#?}");
+}
+
+fn nodes_idle() {
+    let run = sh(As::Root, "sinfo -h -N -o '%N %t'").success();
+    assert!(run.lines().iter().all(|l| !l.contains("drain") && !l.contains("down")), "no node may be drained: {run}");
+}
+
+#[test]
+fn tasks_run_in_the_image_on_every_node() {
+    let _g = shared();
+    for (who, uid) in [(As::User, "1500"), (As::Root, "0")] {
+        let run = sh(who, &format!("srun --container-image={OPENMPI} -N3 -n3 sh -c 'echo $(hostname) $(id -u) $(pwd) $(ls /usr/local/bin/mpi_hello)'"))
+            .success();
+        let mut lines = run.lines();
+        lines.sort();
+        let want: Vec<String> = NODES.iter().map(|n| format!("{n} {uid} {SHARED} /usr/local/bin/mpi_hello")).collect();
+        assert_eq!(lines, want, "{run}");
+    }
+}
+
+#[test]
+fn open_mpi_direct_launch_with_pmix() {
+    let _g = shared();
+    let run = sh(As::User, &format!("srun --mpi=pmix --container-image={OPENMPI} -N3 -n6 mpi_hello")).success();
+    let mut lines: Vec<String> = run.lines().into_iter().filter(|l| l.starts_with("Hello")).collect();
+    lines.sort();
+    assert_eq!(lines.len(), 6, "{run}");
+    for (i, l) in lines.iter().enumerate() {
+        assert!(l.starts_with(&format!("Hello from rank {i} of 6 on node")), "{run}");
+    }
+    for node in NODES {
+        assert!(lines.iter().any(|l| l.contains(&format!(" on {node} "))), "no rank on {node}: {run}");
+    }
+}
+
+#[test]
+fn exit_codes_and_signals_are_the_tasks_own() {
+    let _g = shared();
+    for who in [As::User, As::Root] {
+        let run = sh(who, &format!("srun --container-image={OPENMPI} -n1 sh -c 'exit 7'"));
+        assert_eq!(run.code, Some(7), "{run}");
+        let bare = sh(who, "srun -n1 sh -c 'kill -TERM $$'");
+        let run = sh(who, &format!("srun --container-image={OPENMPI} -n1 sh -c 'kill -TERM $$'"));
+        assert_eq!(run.code, bare.code, "a task killed by SIGTERM ends as a bare one does: {run}");
+        assert!(run.stderr.contains("Terminated"), "{run}");
+    }
+}
+
+#[test]
+fn one_container_per_node_per_step_in_the_step_cgroup() {
+    let _g = shared();
+    let run = sh(
+        As::User,
+        &format!(
+            "srun --container-image={MPICH} -N1 -n4 sh -c 'readlink /proc/self/ns/mnt; grep memory /proc/self/cgroup'"
+        ),
+    )
+    .success();
+    let lines = run.lines();
+    let mnt: std::collections::BTreeSet<&String> = lines.iter().filter(|l| l.starts_with("mnt:")).collect();
+    assert_eq!(mnt.len(), 1, "the 4 tasks share one container: {run}");
+    let host_mnt = sh(As::User, "readlink /proc/self/ns/mnt").success();
+    assert!(!mnt.contains(&host_mnt.stdout.trim().to_string()), "and it is not the host's: {run}");
+    let cgroups: Vec<&String> = lines.iter().filter(|l| l.contains(":memory:")).collect();
+    assert_eq!(cgroups.len(), 4, "{run}");
+    for c in cgroups {
+        assert!(c.contains("/uid_1500/job_") && c.contains("/step_0/task_"), "tasks stay in the step's cgroup: {run}");
+    }
+}
+
+#[test]
+fn a_memory_limit_kills_like_a_bare_task() {
+    let _g = shared();
+    let run = sh(
+        As::User,
+        &format!("srun --mem=60M --container-image={OPENMPI} -n1 sh -c 'head -c 400M /dev/zero | tail > /dev/null'"),
+    );
+    assert!(!run.ok(), "{run}");
+    assert!(run.stderr.contains("Out Of Memory") || run.stderr.contains("oom-kill"), "{run}");
+}
+
+#[test]
+fn bad_images_fail_the_step_clearly_and_drain_nothing() {
+    let _g = shared();
+    // rejected at submit time, before any node is used
+    let run = sh(As::User, "srun --container-image='img --privileged' -n1 true");
+    assert!(!run.ok() && run.stderr.contains("not a valid image name"), "{run}");
+    // an image no node can get fails on the node, once per task, naming the image
+    let run = sh(As::User, "srun --container-image=localhost/no-such-image -N2 -n2 true");
+    assert_eq!(run.code, Some(1), "{run}");
+    assert!(run.stderr.contains("--container-image=localhost/no-such-image: cannot pull image"), "{run}");
+    let run = sh(As::User, "sbatch --wait -o /dev/null --container-image=localhost/no-such-image --wrap true");
+    assert!(!run.ok(), "{run}");
+    nodes_idle();
+}
+
+#[test]
+fn sbatch_runs_the_batch_script_in_the_image() {
+    let _g = shared();
+    let run = sbatch(As::User, &format!("-N1 -n1 --container-image={OPENMPI}"), "ls /usr/local/bin/mpi_hello; id -u");
+    assert!(run.ok(), "{run}");
+    assert_eq!(run.lines(), ["/usr/local/bin/mpi_hello", "1500"], "{run}");
+}
+
+#[test]
+fn scancel_leaves_nothing() {
+    let _g = exclusive();
+    let job = sh(
+        As::User,
+        &format!(
+            "cd {SHARED} && sbatch --parsable -N3 -n3 -o /dev/null --wrap 'srun --container-image={OPENMPI} sleep 120'"
+        ),
+    )
+    .success();
+    let job = job.stdout.trim().to_string();
+    let mut up = false;
+    for _ in 0..120 {
+        up = NODES.iter().all(|n| {
+            !on_node(n, As::User, &format!("podman ps -q --filter label=mpiexec-docker.job={job}"))
+                .stdout
+                .trim()
+                .is_empty()
+        });
+        if up {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert!(up, "the step's containers never ran on all nodes");
+    sh(As::Root, &format!("scancel {job}")).success();
+    assert_clean_within(20);
+    nodes_idle();
+}
+
+#[test]
+fn kill_9_of_the_tasks_leaves_nothing() {
+    let _g = exclusive();
+    let job = sh(As::User, &format!("cd {SHARED} && sbatch --parsable -N1 -w node2 -n1 -o /dev/null --wrap 'srun --container-image={OPENMPI} sleep 120'"))
+        .success();
+    let job = job.stdout.trim().to_string();
+    let mut pid = String::new();
+    for _ in 0..120 {
+        pid = sh(As::Root, "pgrep -u 1500 -x sleep | head -1").stdout.trim().to_string();
+        if !pid.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert!(!pid.is_empty(), "the task never started");
+    sh(As::Root, &format!("kill -9 {pid}")).success();
+    for _ in 0..60 {
+        if sh(As::Root, &format!("squeue -h -j {job}")).stdout.trim().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_clean_within(20);
+    nodes_idle();
+}
