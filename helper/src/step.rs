@@ -96,7 +96,7 @@ fn run(args: &[String]) -> Result<(), String> {
         engine.pull(&a.image, false).map_err(|e| e.to_string())?;
     }
     // a leftover of an earlier attempt with the same name would block the start
-    engine.remove(&[name.clone()]);
+    engine.remove(std::slice::from_ref(&name));
     let runtime = RuntimeDir::create(&format!("{}", std::process::id())).map_err(|e| e.to_string())?;
     let request = Request {
         image: a.image.clone(),
