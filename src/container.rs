@@ -102,6 +102,8 @@ pub struct ContainerSpec {
     pub remove: bool,
     /// Start in the background and print the container id (`--detach`).
     pub detach: bool,
+    /// Read-only root file system (`--read-only`).
+    pub read_only: bool,
     /// Keep this many file descriptors above stdio open in the container (Podman `--preserve-fds`).
     pub preserve_fds: u32,
     pub entrypoint: Option<String>,
@@ -126,6 +128,7 @@ impl ContainerSpec {
             tty: false,
             remove: true,
             detach: false,
+            read_only: false,
             preserve_fds: 0,
             entrypoint: None,
             command,
@@ -195,6 +198,9 @@ pub fn run_args(engine: EngineKind, spec: &ContainerSpec) -> Vec<String> {
     }
     if spec.detach {
         a.push("--detach".into());
+    }
+    if spec.read_only {
+        a.push("--read-only".into());
     }
     if spec.interactive {
         a.push("--interactive".into());

@@ -6,6 +6,7 @@
 //!
 //! - [`config`]: the YAML configuration files.
 //! - [`container`]: one container run as data, and the engine command line for it.
+//! - [`container_options`]: the plugin's `--container-*` options (pyxis syntax) and their env defaults.
 //! - [`devices`]: InfiniBand and GPU devices, limited to the job's allocation.
 //! - [`engine`]: finding Podman/Docker, image presence and pulls.
 //! - [`environment`]: which host variables go into the container.
@@ -19,6 +20,7 @@
 
 pub mod config;
 pub mod container;
+pub mod container_options;
 pub mod devices;
 pub mod engine;
 pub mod environment;

@@ -6,7 +6,8 @@
 #      MPICH 4.0.2 on the host and in the images), median of REPS runs;
 #   2. data path: our ping-pong (Open MPI) and Intel MPI's IMB-MPI1 PingPong, container against bare;
 #   3. relay: a relayed srun round trip against the host's srun, in the same allocation;
-#   4. multi-node launch: mpiexec_docker against bare mpiexec in the same 3-node allocation.
+#   4. multi-node launch: mpiexec_docker against bare mpiexec in the same 3-node allocation;
+#   5. step launch: `srun --container-image=IMAGE -N1 -n{1,4,16} true` against the bare step.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 source "$top/tests/cluster/lib.sh"
@@ -183,3 +184,14 @@ print(f"| bare `mpiexec` (Open MPI) | {b:.3f} |")
 print(f"| `mpiexec_docker` | {c:.3f} |")
 print(f"| added | {c - b:.3f} |")
 PY
+echo
+
+echo "## Step launch with --container-image (one node, rootless Podman, seconds, median of $REPS)"
+echo
+echo "| tasks | bare \`srun -N1 -nN true\` | with \`--container-image\` | added |"
+echo "| --- | --- | --- | --- |"
+for n in 1 4 16; do
+    read -r bm _ < <(timeit "srun -N1 -n$n --overcommit true")
+    read -r cm _ < <(timeit "srun -N1 -n$n --overcommit --container-image=$(image_ref openmpi) true")
+    printf '| %s | %s | %s | %s |\n' "$n" "$bm" "$cm" "$(python3 -c "print(f'{$cm - $bm:.3f}')")"
+done

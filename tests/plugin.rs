@@ -210,3 +210,91 @@ fn kill_9_of_the_tasks_leaves_nothing() {
     assert_clean_within(20);
     nodes_idle();
 }
+
+#[test]
+fn companion_options_mounts_workdir_env_remap_root_readonly() {
+    let _g = shared();
+    let src = format!("{SHARED}/plugin-mount-src");
+    sh(As::Root, &format!("rm -rf {src} && mkdir -p {src} && echo from-host > {src}/file && chown -R {USER} {src}"))
+        .success();
+    let run = sh(
+        As::User,
+        &format!(
+            "srun --container-image={OPENMPI} --container-mounts={src}:/data:ro --container-workdir=/data -n1 \
+             sh -c 'pwd; cat file; touch new 2>/dev/null || echo read-only'"
+        ),
+    )
+    .success();
+    assert_eq!(run.lines(), ["/data", "from-host", "read-only"], "{run}");
+
+    // the image's environment applies to the tasks; --container-env lets the job's value win
+    let run =
+        sh(As::User, &format!("MD_IMAGE_FLAVOUR=host srun --container-image={OPENMPI} -n1 printenv MD_IMAGE_FLAVOUR"))
+            .success();
+    assert_eq!(run.stdout.trim(), "openmpi", "{run}");
+    let run = sh(
+        As::User,
+        &format!("MD_IMAGE_FLAVOUR=host srun --container-image={OPENMPI} --container-env=MD_IMAGE_FLAVOUR -n1 printenv MD_IMAGE_FLAVOUR"),
+    )
+    .success();
+    assert_eq!(run.stdout.trim(), "host", "{run}");
+
+    // root inside, mapped to the user: no host privilege (files made as "root" belong to the user)
+    let dir = format!("{SHARED}/plugin-remap");
+    sh(As::Root, &format!("rm -rf {dir} && mkdir -p {dir} && chown {USER} {dir}")).success();
+    let run = sh_in(
+        As::User,
+        &dir,
+        &format!("srun --container-image={OPENMPI} --container-remap-root -n1 sh -c 'id -u; touch made'"),
+    )
+    .success();
+    assert_eq!(run.stdout.trim(), "0", "{run}");
+    let owner = sh(As::Root, &format!("stat -c %U {dir}/made")).success();
+    assert_eq!(owner.stdout.trim(), USER, "{owner}");
+
+    // read-only root file system
+    let run = sh(As::User, &format!("srun --container-image={OPENMPI} --container-readonly -n1 sh -c 'touch /etc/x 2>/dev/null || echo read-only'"))
+        .success();
+    assert_eq!(run.stdout.trim(), "read-only", "{run}");
+
+    // environment defaults
+    let run =
+        sh(As::User, &format!("MPIEXEC_DOCKER_CONTAINER_IMAGE={MPICH} srun -n1 ls /usr/bin/mpichversion")).success();
+    assert_eq!(run.stdout.trim(), "/usr/bin/mpichversion", "{run}");
+}
+
+#[test]
+fn bad_companion_options_are_rejected_at_submit_time() {
+    let _g = shared();
+    for (opt, says) in [
+        ("--container-mounts=relative:/x", "--container-mounts: mount 'relative:/x'"),
+        ("--container-workdir=data", "--container-workdir: 'data' is not an absolute path"),
+        ("--container-env=A-B", "--container-env: 'A-B' is not a variable name"),
+    ] {
+        for (tool, tail) in [("srun -n1", "true"), ("sbatch -o /dev/null", "--wrap true")] {
+            let run = sh(As::User, &format!("{tool} {opt} --container-image={OPENMPI} {tail}"));
+            assert!(!run.ok() && run.stderr.contains(says), "{tool} {opt}: {run}");
+        }
+    }
+    nodes_idle();
+}
+
+#[test]
+fn sixty_four_concurrent_single_task_steps() {
+    let _g = exclusive();
+    // one allocation over the 3 nodes; 64 single-task steps at once spread over them, each with its
+    // own container (each container start runs Podman in the job's memory cgroup: give it room)
+    let run = sbatch(
+        As::User,
+        "-N3 -n3 --mem=6G -t 10",
+        &format!(
+            "for i in $(seq 64); do srun --overlap -N1 -n1 -w node$((i % 3 + 1)) --container-image={OPENMPI} \
+             sh -c 'ls /usr/local/bin/mpi_hello >/dev/null && echo ok' & done; wait"
+        ),
+    );
+    assert!(run.ok(), "{run}");
+    let ok = run.lines().iter().filter(|l| *l == "ok").count();
+    assert_eq!(ok, 64, "every step succeeds: {run}");
+    assert_clean_within(30);
+    nodes_idle();
+}

@@ -8,15 +8,21 @@
 //!
 //! ```text
 //! mpiexec_docker step-container start --job J --step S --image IMAGE --workdir DIR [--engine E] [--mount SPEC]...
+//!     [--container-workdir DIR] [--mount-home DIR] [--remap-root] [--readonly]
+//! (prints the container's pid, then the image's environment, one NAME=VALUE a line)
 //! mpiexec_docker step-container stop --job J --step S [--engine E]
 //! ```
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::Stdio;
+use std::time::Duration;
+
+use nix::fcntl::{Flock, FlockArg};
 
 use mpiexec_docker::config::{Config, PullPolicy};
 use mpiexec_docker::container::run_args;
-use mpiexec_docker::engine::Engine;
-use mpiexec_docker::launch::{self, in_container_command, Request, RuntimeDir};
+use mpiexec_docker::engine::{output_within, Engine};
+use mpiexec_docker::launch::{self, in_container_command, runtime_base, Request, RuntimeDir};
 use mpiexec_docker::plugstack::EngineKind;
 
 struct Args {
@@ -27,6 +33,10 @@ struct Args {
     workdir: String,
     engine: Option<EngineKind>,
     mounts: Vec<String>,
+    container_workdir: Option<String>,
+    remap_root: bool,
+    readonly: bool,
+    mount_home: Option<String>,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -38,6 +48,10 @@ fn parse(args: &[String]) -> Result<Args, String> {
         workdir: String::new(),
         engine: None,
         mounts: Vec::new(),
+        container_workdir: None,
+        remap_root: false,
+        readonly: false,
+        mount_home: None,
     };
     let mut it = args.iter();
     match it.next().map(String::as_str) {
@@ -46,6 +60,17 @@ fn parse(args: &[String]) -> Result<Args, String> {
         _ => return Err("usage: mpiexec_docker step-container start|stop --job J --step S …".into()),
     }
     while let Some(k) = it.next() {
+        match k.as_str() {
+            "--remap-root" => {
+                a.remap_root = true;
+                continue;
+            }
+            "--readonly" => {
+                a.readonly = true;
+                continue;
+            }
+            _ => {}
+        }
         let v = it.next().cloned().ok_or_else(|| format!("{k} needs a value"))?;
         match k.as_str() {
             "--job" => a.job = v,
@@ -54,6 +79,8 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--workdir" => a.workdir = v,
             "--engine" => a.engine = Some(v.parse()?),
             "--mount" => a.mounts.push(v),
+            "--container-workdir" => a.container_workdir = Some(v),
+            "--mount-home" => a.mount_home = Some(v),
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -79,11 +106,37 @@ pub fn main(args: &[String]) -> i32 {
     }
 }
 
+/// The longest one engine call may take here.
+const ENGINE_LIMIT: Duration = Duration::from_secs(120);
+
+/// One engine operation at a time per user and node: many steps starting at once would otherwise
+/// run that many Podman processes against the same store (lock contention, memory in the job's
+/// cgroup). The lock is a file in the node-local runtime directory; it is released when we exit.
+fn node_lock() -> Result<Flock<std::fs::File>, String> {
+    let path = runtime_base().join(format!("mpiexec-docker-{}.lock", nix::unistd::getuid()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| format!("{}: {e}", path.display()))
+}
+
+fn engine_output(engine: &Engine, args: &[String]) -> Result<std::process::Output, String> {
+    let mut cmd = engine.command();
+    cmd.args(args).stdin(Stdio::null());
+    output_within(&mut cmd, ENGINE_LIMIT)
+        .map_err(|e| format!("{} {}: {e}", engine.name(), args.first().map(String::as_str).unwrap_or("")))
+}
+
 fn run(args: &[String]) -> Result<(), String> {
     let a = parse(args)?;
     let config = Config::load().map_err(|e| e.to_string())?;
     let engine = Engine::find(a.engine.unwrap_or(config.engine)).map_err(|e| e.to_string())?;
     let name = name(&a.job, &a.step);
+    let _lock = node_lock()?;
     if !a.start {
         engine.remove(&[name]);
         return Ok(());
@@ -120,7 +173,17 @@ fn run(args: &[String]) -> Result<(), String> {
     // the tasks see the job's working directory where it is on the host, and the node's /tmp and
     // Slurm spool (PMIx server files) for direct MPI launch
     spec.mount(&a.workdir, &a.workdir, false);
-    spec.workdir = Some(a.workdir.clone().into());
+    if let Some(home) = &a.mount_home {
+        if home != &a.workdir && std::path::Path::new(home).is_dir() {
+            spec.mount(home, home, false);
+        }
+    }
+    spec.workdir = Some(a.container_workdir.clone().unwrap_or_else(|| a.workdir.clone()).into());
+    spec.read_only = a.readonly;
+    if a.remap_root {
+        // root inside; with rootless Podman that root is the caller on the host, no more
+        spec.user = mpiexec_docker::container::UserMode::Default;
+    }
     for dir in ["/tmp", "/var/spool/slurmd", "/var/spool/slurm"] {
         if std::path::Path::new(dir).is_dir() && dir != a.workdir {
             spec.mount(dir, dir, false);
@@ -129,12 +192,7 @@ fn run(args: &[String]) -> Result<(), String> {
     // the runtime directory must outlive this process: the container keeps using its links
     let keep = runtime.path.clone();
     std::mem::forget(runtime);
-    let out = engine
-        .command()
-        .args(run_args(engine.kind, &spec))
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", engine.name()))?;
+    let out = engine_output(&engine, &run_args(engine.kind, &spec))?;
     if !out.status.success() {
         let _ = std::fs::remove_dir_all(&keep);
         let text = String::from_utf8_lossy(&out.stderr);
@@ -144,17 +202,24 @@ fn run(args: &[String]) -> Result<(), String> {
             text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim()
         ));
     }
-    let pid = engine
-        .command()
-        .args(["inspect", "--format", "{{.State.Pid}}", &name])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| e.to_string())?;
+    let pid = engine_output(&engine, &["inspect".into(), "--format".into(), "{{.State.Pid}}".into(), name.clone()])?;
     let pid = String::from_utf8_lossy(&pid.stdout).trim().to_string();
     if pid.is_empty() || pid == "0" {
         engine.remove(&[name]);
         return Err(format!("the container for image '{}' did not stay up", a.image));
     }
+    // the image's environment, for the tasks (they inherit the job's, not the image's)
+    let env = engine_output(
+        &engine,
+        &[
+            "image".into(),
+            "inspect".into(),
+            "--format".into(),
+            "{{range .Config.Env}}{{println .}}{{end}}".into(),
+            a.image.clone(),
+        ],
+    )?;
     println!("{pid}");
+    print!("{}", String::from_utf8_lossy(&env.stdout));
     Ok(())
 }

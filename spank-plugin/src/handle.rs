@@ -134,4 +134,12 @@ impl Spank {
         let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
         Some(String::from_utf8_lossy(&buf[..end]).into_owned())
     }
+
+    /// Sets a variable of the task's or job's environment (remote context), replacing it.
+    pub fn setenv(&self, name: &str, value: &str) -> Result<(), SpankError> {
+        let n = std::ffi::CString::new(name).map_err(|_| SpankError(ffi::ESPANK_ERROR as i64))?;
+        let v = std::ffi::CString::new(value).map_err(|_| SpankError(ffi::ESPANK_ERROR as i64))?;
+        // SAFETY: valid C strings for the duration of the call; Slurm copies them.
+        check(unsafe { ffi::spank_setenv(self.raw, n.as_ptr(), v.as_ptr(), 1) } as i64)
+    }
 }

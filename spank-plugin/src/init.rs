@@ -10,7 +10,6 @@ use std::sync::Mutex;
 use mpiexec_docker::plugstack::PluginArgs;
 
 use crate::handle::{context, Context, Spank};
-use crate::options::OPTIONS;
 
 /// The plugstack.conf arguments, or the error they gave, as parsed by `init` in this process.
 pub static PLUGIN_ARGS: Mutex<Option<Result<PluginArgs, String>>> = Mutex::new(None);
@@ -36,8 +35,9 @@ pub fn init(spank: &Spank, args: &[String]) -> Result<(), String> {
 }
 
 pub fn task_init(_spank: &Spank, _args: &[String]) -> Result<(), String> {
-    let image = OPTIONS.lock().unwrap_or_else(|e| e.into_inner()).image.clone();
-    let Some(_image) = image else { return Ok(()) };
+    if crate::remote::requested().is_none() {
+        return Ok(());
+    }
     if let Some(Err(msg)) = PLUGIN_ARGS.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
         return Err(msg.clone());
     }

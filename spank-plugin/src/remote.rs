@@ -15,6 +15,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
+use mpiexec_docker::container_options::ContainerOptions;
 use mpiexec_docker::plugstack::PluginArgs;
 
 use crate::ffi::spank_item;
@@ -28,32 +29,45 @@ const EXTERN_STEP: u32 = 0xfffffffc;
 #[derive(Debug, Clone)]
 struct StepContainer {
     pid: i32,
+    /// Where the tasks start, inside.
     workdir: String,
+    /// The image's environment, applied to each task except the names of `keep`.
+    image_env: Vec<(String, String)>,
+    keep: Vec<String>,
     job: u32,
     step: u32,
     uid: u32,
     gid: u32,
 }
 
+/// The step's container: None when the step asked for none.
 static STEP: Mutex<Option<Result<StepContainer, String>>> = Mutex::new(None);
+
+/// Whether this step asked for a container (after `user_init`).
+pub fn requested() -> Option<()> {
+    STEP.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|_| ())
+}
 
 fn plugin_args() -> Result<PluginArgs, String> {
     PLUGIN_ARGS.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(|| Ok(PluginArgs::default()))
 }
 
-fn image() -> Option<String> {
-    OPTIONS.lock().unwrap_or_else(|e| e.into_inner()).image.clone()
-}
-
 pub fn user_init(spank: &Spank, _args: &[String]) -> Result<(), String> {
-    let Some(image) = image() else { return Ok(()) };
+    // options not given on the command line take their defaults from the job's environment
+    let given = OPTIONS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let result = match given.with_env_defaults(|k| spank.getenv(k)) {
+        Ok(opts) => match opts.image.clone() {
+            None => return Ok(()),
+            Some(image) => start(spank, &image, &opts),
+        },
+        Err(e) => Err(e.to_string()),
+    };
     // a failure is reported by task_init, once per task, and fails only the job
-    let result = start(spank, &image);
     *STEP.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
     Ok(())
 }
 
-fn start(spank: &Spank, image: &str) -> Result<StepContainer, String> {
+fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> Result<StepContainer, String> {
     let args = plugin_args()?;
     let job = spank.get_u32(spank_item::S_JOB_ID).map_err(|e| format!("cannot read the job id: {e}"))?;
     let step = spank.get_u32(spank_item::S_JOB_STEPID).map_err(|e| format!("cannot read the step id: {e}"))?;
@@ -68,8 +82,20 @@ fn start(spank: &Spank, image: &str) -> Result<StepContainer, String> {
     let mut cmd = helper_as(&args, &user, uid, gid);
     cmd.args(["step-container", "start", "--engine", args.engine.command()]);
     cmd.args(["--job", &job.to_string(), "--step", &step.to_string(), "--image", image, "--workdir", &workdir]);
-    for m in &args.mounts {
+    for m in args.mounts.iter().chain(opts.mounts.iter().flatten()) {
         cmd.args(["--mount", m]);
+    }
+    if let Some(w) = &opts.workdir {
+        cmd.args(["--container-workdir", w]);
+    }
+    if opts.mount_home == Some(true) {
+        cmd.arg("--mount-home").arg(&user.dir);
+    }
+    if opts.remap_root == Some(true) {
+        cmd.arg("--remap-root");
+    }
+    if opts.readonly == Some(true) {
+        cmd.arg("--readonly");
     }
     let out = cmd.output().map_err(|e| format!("cannot run {}: {e}", args.helper.display()))?;
     if !out.status.success() {
@@ -77,11 +103,12 @@ fn start(spank: &Spank, image: &str) -> Result<StepContainer, String> {
         let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("the helper failed").trim();
         return Err(format!("--container-image={image}: {}", line.trim_start_matches("mpiexec_docker: error: ")));
     }
-    let pid = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse::<i32>()
-        .map_err(|_| "the helper printed no pid".to_string())?;
-    Ok(StepContainer { pid, workdir, job, step, uid, gid })
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let pid = lines.next().and_then(|l| l.trim().parse::<i32>().ok()).ok_or("the helper printed no pid")?;
+    let image_env = lines.filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let workdir = opts.workdir.clone().unwrap_or(workdir);
+    Ok(StepContainer { pid, workdir, image_env, keep: opts.env.clone().unwrap_or_default(), job, step, uid, gid })
 }
 
 /// The helper, run as the job's user with a clean environment of theirs.
@@ -107,13 +134,19 @@ fn helper_as(args: &PluginArgs, user: &nix::unistd::User, uid: u32, gid: u32) ->
     cmd
 }
 
-pub fn task_init(_spank: &Spank, _args: &[String]) -> Result<(), String> {
-    let Some(image) = image() else { return Ok(()) };
+pub fn task_init(spank: &Spank, _args: &[String]) -> Result<(), String> {
     let step = STEP.lock().unwrap_or_else(|e| e.into_inner()).clone();
     match step {
-        None => Err(format!("--container-image={image}: no container was prepared for this step")),
+        None => Ok(()),
         Some(Err(e)) => Err(e),
-        Some(Ok(c)) => join(&c).map_err(|e| format!("--container-image={image}: cannot enter the container: {e}")),
+        Some(Ok(c)) => {
+            for (k, v) in &c.image_env {
+                if !c.keep.contains(k) {
+                    spank.setenv(k, v).map_err(|e| format!("cannot set {k} for the task: {e}"))?;
+                }
+            }
+            join(&c).map_err(|e| format!("cannot enter the step's container: {e}"))
+        }
     }
 }
 

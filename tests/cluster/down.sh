@@ -27,13 +27,16 @@ for node in "${MDT_NODES[@]}"; do
     pid=$(node_pid "$node" || true)
     [[ -n $pid ]] || continue
     log "stopping $node (slurmd $pid and everything in its namespaces)"
-    # containers first, so that Podman's records and mounts go too
-    nsenter -t "$pid" -m -u -n -- podman rm -af -t 0 >/dev/null 2>&1 || true
+    # containers first, so that Podman's records and mounts go too (bounded: a Podman wedged on a
+    # lock must not wedge the teardown)
+    timeout 30 nsenter -t "$pid" -m -u -n -- podman rm -af -t 0 >/dev/null 2>&1 || true
     for u in "$MDT_USER" "$MDT_USER2"; do
         home=$(getent passwd "$u" | cut -d: -f6) || continue
-        nsenter -t "$pid" -m -u -n -- runuser -u "$u" -- env HOME="$home" podman rm -af -t 0 >/dev/null 2>&1 || true
+        timeout 30 nsenter -t "$pid" -m -u -n -- runuser -u "$u" -- env HOME="$home" podman rm -af -t 0 >/dev/null 2>&1 || true
     done
-    mapfile -t pids < <(pids_in_mntns "$pid")
+    # every process of the node: in its mount namespace, or in its network namespace (rootless
+    # Podman's conmon lives in Podman's own mount namespace but in the node's network)
+    mapfile -t pids < <({ pids_in_mntns "$pid"; ip netns pids "$node" 2>/dev/null; } | sort -u)
     stop_pids "${pids[@]}"
     rm -f "/run/slurmd-$node.pid"
 done

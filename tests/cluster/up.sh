@@ -96,7 +96,7 @@ step_images() {
     mkdir -p "$MDT_STATE/images"
     local name
     for name in "${MDT_IMAGES[@]}"; do
-        local key; key=$( (image_packages "$name"; echo "$IMPI_VERSION v2"; cat "$MDT_TOP/examples/hello/hello.c") | sha256sum | cut -c1-16)
+        local key; key=$( (image_packages "$name"; echo "$IMPI_VERSION v3"; cat "$MDT_TOP/examples/hello/hello.c") | sha256sum | cut -c1-16)
         local archive=$MDT_STATE/images/md-$name-$key.tar
         if [[ ! -s $archive ]]; then
             log "building image md-$name with mmdebstrap (offline from Debian packages)"
@@ -112,7 +112,8 @@ step_images() {
             mmdebstrap --quiet --variant=apt --include="$(image_packages "$name")" "${hooks[@]}" \
                 bookworm "$tmp/rootfs.tar" http://deb.debian.org/debian
             podman rmi -f "$(image_ref "$name")" >/dev/null 2>&1 || true
-            podman import --quiet --change 'CMD ["/bin/bash"]' "$tmp/rootfs.tar" "$(image_ref "$name")" >/dev/null
+            podman import --quiet --change 'CMD ["/bin/bash"]' --change "ENV MD_IMAGE_FLAVOUR=$name" \
+                "$tmp/rootfs.tar" "$(image_ref "$name")" >/dev/null
             podman save --quiet --format docker-archive -o "$tmp/image.tar" "$(image_ref "$name")"
             mv "$tmp/image.tar" "$archive"   # only a complete archive gets the final name
             rm -rf "$tmp"

@@ -1,0 +1,236 @@
+//! The plugin's container options, with pyxis's names and syntax, and their environment defaults.
+//!
+//! | option | env default | meaning |
+//! | --- | --- | --- |
+//! | `--container-image=IMAGE` | `MPIEXEC_DOCKER_CONTAINER_IMAGE` | run the tasks in IMAGE |
+//! | `--container-mounts=SRC:DST[:ro][,...]` | `…_MOUNTS` | more bind mounts |
+//! | `--container-workdir=PATH` | `…_WORKDIR` | working directory inside (default: the job's) |
+//! | `--container-env=NAME[,...]` | `…_ENV` | these job variables win over the image's |
+//! | `--[no-]container-remap-root` | `…_REMAP_ROOT` | be root inside (mapped to you; no host privilege) |
+//! | `--[no-]container-mount-home` | `…_MOUNT_HOME` | mount your home directory at its path |
+//! | `--container-readonly` / `--container-writable` | `…_READONLY` | read-only root file system |
+
+use thiserror::Error;
+
+use crate::container::Mount;
+use crate::launch::check_image_name;
+use crate::plugstack::parse_bool;
+
+/// One option: its name (without `--`), placeholder, help, and whether it takes a value.
+#[derive(Debug, Clone, Copy)]
+pub struct OptionDef {
+    pub name: &'static str,
+    pub arginfo: Option<&'static str>,
+    pub usage: &'static str,
+}
+
+pub const OPTIONS: &[OptionDef] = &[
+    OptionDef {
+        name: "container-image",
+        arginfo: Some("[USER@][REGISTRY#]IMAGE[:TAG]|PATH"),
+        usage: "[mpiexec-docker] run the job's tasks in this container image (Podman/Docker)",
+    },
+    OptionDef {
+        name: "container-mounts",
+        arginfo: Some("SRC:DST[:ro][,...]"),
+        usage: "[mpiexec-docker] bind mount host paths into the container",
+    },
+    OptionDef {
+        name: "container-workdir",
+        arginfo: Some("PATH"),
+        usage: "[mpiexec-docker] working directory inside the container (default: the job's)",
+    },
+    OptionDef {
+        name: "container-env",
+        arginfo: Some("NAME[,...]"),
+        usage: "[mpiexec-docker] these job variables override the image's",
+    },
+    OptionDef {
+        name: "container-remap-root",
+        arginfo: None,
+        usage: "[mpiexec-docker] be root inside the container (no host privilege)",
+    },
+    OptionDef {
+        name: "no-container-remap-root",
+        arginfo: None,
+        usage: "[mpiexec-docker] keep your own uid inside (default)",
+    },
+    OptionDef {
+        name: "container-mount-home",
+        arginfo: None,
+        usage: "[mpiexec-docker] mount your home directory in the container",
+    },
+    OptionDef {
+        name: "no-container-mount-home",
+        arginfo: None,
+        usage: "[mpiexec-docker] do not mount your home directory (default)",
+    },
+    OptionDef {
+        name: "container-readonly",
+        arginfo: None,
+        usage: "[mpiexec-docker] make the container's root file system read-only",
+    },
+    OptionDef {
+        name: "container-writable",
+        arginfo: None,
+        usage: "[mpiexec-docker] keep the container's root file system writable (default)",
+    },
+];
+
+/// Environment variable holding the default of an option: `MPIEXEC_DOCKER_CONTAINER_<NAME>`.
+pub fn env_name(option: &str) -> String {
+    format!("MPIEXEC_DOCKER_{}", option.trim_start_matches("no-").to_ascii_uppercase().replace('-', "_"))
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum OptionError {
+    #[error("--{option}: {reason}")]
+    Bad { option: String, reason: String },
+    #[error("unknown option --{0}")]
+    Unknown(String),
+}
+
+/// The values given on the command line (None: not given).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerOptions {
+    pub image: Option<String>,
+    pub mounts: Option<Vec<String>>,
+    pub workdir: Option<String>,
+    pub env: Option<Vec<String>>,
+    pub remap_root: Option<bool>,
+    pub mount_home: Option<bool>,
+    pub readonly: Option<bool>,
+}
+
+fn list(value: &str) -> Vec<String> {
+    value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+}
+
+impl ContainerOptions {
+    /// Records and validates one option as given.
+    pub fn apply(&mut self, option: &str, value: &str) -> Result<(), OptionError> {
+        let bad = |reason: String| OptionError::Bad { option: option.to_string(), reason };
+        match option {
+            "container-image" => {
+                if value.trim().is_empty() {
+                    return Err(bad("needs an image name or an image file path".into()));
+                }
+                check_image_name(value).map_err(|e| bad(e.to_string()))?;
+                self.image = Some(value.to_string());
+            }
+            "container-mounts" => {
+                let mounts = list(value);
+                for m in &mounts {
+                    Mount::parse(m).map_err(|e| bad(e.to_string()))?;
+                }
+                self.mounts = Some(mounts);
+            }
+            "container-workdir" => {
+                if !value.starts_with('/') {
+                    return Err(bad(format!("'{value}' is not an absolute path")));
+                }
+                self.workdir = Some(value.to_string());
+            }
+            "container-env" => {
+                let names = list(value);
+                if let Some(n) = names.iter().find(|n| !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) {
+                    return Err(bad(format!("'{n}' is not a variable name")));
+                }
+                self.env = Some(names);
+            }
+            "container-remap-root" => self.remap_root = Some(true),
+            "no-container-remap-root" => self.remap_root = Some(false),
+            "container-mount-home" => self.mount_home = Some(true),
+            "no-container-mount-home" => self.mount_home = Some(false),
+            "container-readonly" => self.readonly = Some(true),
+            "container-writable" => self.readonly = Some(false),
+            other => return Err(OptionError::Unknown(other.to_string())),
+        }
+        Ok(())
+    }
+
+    /// Fills what was not given from the environment defaults (`get` reads the job's environment).
+    pub fn with_env_defaults<F: Fn(&str) -> Option<String>>(mut self, get: F) -> Result<Self, OptionError> {
+        let mut defaults = ContainerOptions::default();
+        for (option, is_bool) in [
+            ("container-image", false),
+            ("container-mounts", false),
+            ("container-workdir", false),
+            ("container-env", false),
+            ("container-remap-root", true),
+            ("container-mount-home", true),
+            ("container-readonly", true),
+        ] {
+            let var = env_name(option);
+            let Some(value) = get(&var).filter(|v| !v.is_empty()) else { continue };
+            if is_bool {
+                let on = parse_bool(&value).map_err(|reason| OptionError::Bad { option: var.clone(), reason })?;
+                let name = if on { option.to_string() } else { format!("no-{option}") };
+                let name = if option == "container-readonly" && !on { "container-writable".to_string() } else { name };
+                defaults.apply(&name, "")?;
+            } else {
+                defaults
+                    .apply(option, &value)
+                    .map_err(|e| OptionError::Bad { option: var.clone(), reason: e.to_string() })?;
+            }
+        }
+        self.image = self.image.or(defaults.image);
+        self.mounts = self.mounts.or(defaults.mounts);
+        self.workdir = self.workdir.or(defaults.workdir);
+        self.env = self.env.or(defaults.env);
+        self.remap_root = self.remap_root.or(defaults.remap_root);
+        self.mount_home = self.mount_home.or(defaults.mount_home);
+        self.readonly = self.readonly.or(defaults.readonly);
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn parses_pyxis_syntax() {
+        let mut o = ContainerOptions::default();
+        o.apply("container-image", "localhost/md-openmpi").unwrap();
+        o.apply("container-mounts", "/scratch:/data:ro,/apps").unwrap();
+        o.apply("container-workdir", "/data").unwrap();
+        o.apply("container-env", "PATH,MY_VAR").unwrap();
+        o.apply("container-remap-root", "").unwrap();
+        o.apply("container-readonly", "").unwrap();
+        assert_eq!(o.mounts.as_deref(), Some(&["/scratch:/data:ro".to_string(), "/apps".to_string()][..]));
+        assert_eq!(o.env.as_deref(), Some(&["PATH".to_string(), "MY_VAR".to_string()][..]));
+        assert_eq!((o.remap_root, o.readonly, o.mount_home), (Some(true), Some(true), None));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let mut o = ContainerOptions::default();
+        let e = o.apply("container-mounts", "relative:/x").unwrap_err().to_string();
+        assert!(e.starts_with("--container-mounts: mount 'relative:/x'"), "{e}");
+        let e = o.apply("container-workdir", "data").unwrap_err().to_string();
+        assert!(e.contains("not an absolute path"), "{e}");
+        assert!(o.apply("container-image", "--privileged").is_err());
+        assert!(o.apply("container-env", "A-B").is_err());
+    }
+
+    #[test]
+    fn environment_defaults_fill_what_is_not_given() {
+        let env = HashMap::from([
+            ("MPIEXEC_DOCKER_CONTAINER_IMAGE", "img-from-env"),
+            ("MPIEXEC_DOCKER_CONTAINER_REMAP_ROOT", "1"),
+            ("MPIEXEC_DOCKER_CONTAINER_READONLY", "0"),
+            ("MPIEXEC_DOCKER_CONTAINER_WORKDIR", "/w"),
+        ]);
+        let mut given = ContainerOptions::default();
+        given.apply("container-workdir", "/given").unwrap();
+        let o = given.with_env_defaults(|k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!(o.image.as_deref(), Some("img-from-env"));
+        assert_eq!(o.workdir.as_deref(), Some("/given"), "the command line wins");
+        assert_eq!((o.remap_root, o.readonly), (Some(true), Some(false)));
+        assert_eq!(env_name("no-container-mount-home"), "MPIEXEC_DOCKER_CONTAINER_MOUNT_HOME");
+        let bad = HashMap::from([("MPIEXEC_DOCKER_CONTAINER_REMAP_ROOT", "maybe")]);
+        assert!(ContainerOptions::default().with_env_defaults(|k| bad.get(k).map(|v| v.to_string())).is_err());
+    }
+}
