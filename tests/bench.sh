@@ -45,6 +45,31 @@ d = [float(b) - float(a) for a, b in (l.split() for l in sys.stdin)]
 print(f"{statistics.median(d):.3f} {min(d):.3f}")'
 }
 
+# Table of two ping-pong outputs (ours: "bytes usec MB/s"; IMB: "bytes reps usec MB/s"), the best
+# latency and bandwidth per size over all the runs appended to each file.
+compare_pingpong() {
+    python3 - "$1" "$2" <<'PY'
+import sys
+def load(path):
+    rows = {}
+    for line in open(path):
+        p = line.split()
+        if len(p) in (3, 4) and p[0].isdigit():
+            n, lat, bw = int(p[0]), float(p[-2]), float(p[-1])
+            old = rows.get(n)
+            rows[n] = (min(lat, old[0]), max(bw, old[1])) if old else (lat, bw)
+    return rows
+bare, cont = load(sys.argv[1]), load(sys.argv[2])
+print("| bytes | bare µs | container µs | bare MB/s | container MB/s | bandwidth ratio |")
+print("| --- | --- | --- | --- | --- | --- |")
+for n in sorted(bare):
+    if n in cont and n in (0, 1, 1024, 65536, 1048576, 4194304):
+        (bl, bb), (cl, cb) = bare[n], cont[n]
+        ratio = f"{cb / bb:.3f}" if bb else "–"
+        print(f"| {n} | {bl:.3f} | {cl:.3f} | {bb:.1f} | {cb:.1f} | {ratio} |")
+PY
+}
+
 echo "## Launch on one machine (login node, rootless Podman, $REPS runs, seconds)"
 echo
 echo "| MPI | bare median | bare min | mpiexec_docker median | min | added (median) |"
@@ -72,26 +97,7 @@ for i in 1 2 3; do
     U "mpiexec.openmpi -np 2 ./pingpong_ompi" >> "$W/pp-bare.txt"
     U "mpiexec_docker $(image_ref openmpi) -np 2 ./pingpong_img" >> "$W/pp-cont.txt"
 done
-python3 - "$W/pp-bare.txt" "$W/pp-cont.txt" <<'PY'
-import sys
-def load(p):
-    rows = {}
-    for line in open(p):
-        parts = line.split()
-        if len(parts) == 3 and parts[0].isdigit():
-            n, lat, bw = int(parts[0]), float(parts[1]), float(parts[2])
-            old = rows.get(n)
-            rows[n] = (min(lat, old[0]), max(bw, old[1])) if old else (lat, bw)
-    return rows
-bare, cont = load(sys.argv[1]), load(sys.argv[2])
-print("| bytes | bare µs | container µs | bare MB/s | container MB/s | bandwidth ratio |")
-print("| --- | --- | --- | --- | --- | --- |")
-for n in sorted(bare):
-    if n in cont and n in (0, 1, 1024, 65536, 1048576, 4194304):
-        (bl, bb), (cl, cb) = bare[n], cont[n]
-        ratio = f"{cb / bb:.3f}" if bb else "–"
-        print(f"| {n} | {bl:.3f} | {cl:.3f} | {bb:.1f} | {cb:.1f} | {ratio} |")
-PY
+compare_pingpong "$W/pp-bare.txt" "$W/pp-cont.txt"
 echo
 echo "Intel MPI 2021.19 \`IMB-MPI1 PingPong\` (FI_PROVIDER=tcp, shared memory within the node), best of 3 runs per size:"
 echo
@@ -100,30 +106,7 @@ for i in 1 2 3; do
     U "export PATH=$IMPI/bin:\$PATH LD_LIBRARY_PATH=$IMPI/lib I_MPI_HYDRA_BOOTSTRAP=fork FI_PROVIDER=tcp; mpiexec -n 2 $IMB" >> "$W/imb-bare.txt"
     U "mpiexec_docker $(image_ref intelmpi) -n 2 $IMB" >> "$W/imb-cont.txt"
 done
-python3 - "$W/imb-bare.txt" "$W/imb-cont.txt" <<'PY'
-import sys
-def load(p):
-    rows, on = {}, False
-    for line in open(p):
-        if "Benchmarking PingPong" in line:
-            on = True
-        parts = line.split()
-        if on and len(parts) == 4 and parts[0].isdigit():
-            n, lat, bw = int(parts[0]), float(parts[2]), float(parts[3])
-            old = rows.get(n)
-            rows[n] = (min(lat, old[0]), max(bw, old[1])) if old else (lat, bw)
-        if "All processes entering MPI_Finalize" in line:
-            on = False
-    return rows
-bare, cont = load(sys.argv[1]), load(sys.argv[2])
-print("| bytes | bare µs | container µs | bare MB/s | container MB/s | bandwidth ratio |")
-print("| --- | --- | --- | --- | --- | --- |")
-for n in sorted(bare):
-    if n in cont and n in (0, 1, 1024, 65536, 1048576, 4194304):
-        (bl, bb), (cl, cb) = bare[n], cont[n]
-        ratio = f"{cb / bb:.3f}" if bb else "–"
-        print(f"| {n} | {bl:.2f} | {cl:.2f} | {bb:.1f} | {cb:.1f} | {ratio} |")
-PY
+compare_pingpong "$W/imb-bare.txt" "$W/imb-cont.txt"
 echo
 
 echo "## Relay (inside one 2-node allocation, 20 calls each, milliseconds per call)"

@@ -4,59 +4,9 @@
 
 mod common;
 use common::*;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 const OPENMPI: &str = "localhost/md-openmpi";
 const MPICH: &str = "localhost/md-mpich";
-
-static CLUSTER: RwLock<()> = RwLock::new(());
-
-fn shared() -> RwLockReadGuard<'static, ()> {
-    cluster();
-    CLUSTER.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn exclusive() -> RwLockWriteGuard<'static, ()> {
-    cluster();
-    CLUSTER.write().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Our containers on every node (both stores) and our processes, as findings.
-fn leftovers() -> Vec<String> {
-    let mut found = Vec::new();
-    for node in NODES {
-        for who in [As::User, As::Root] {
-            let run =
-                on_node(node, who, "podman ps -a --filter label=mpiexec-docker --format '{{.Names}} {{.Status}}'");
-            found.extend(
-                run.lines().into_iter().filter(|l| !l.is_empty()).map(|l| format!("{node}/{}: {l}", who.name())),
-            );
-        }
-    }
-    let procs = sh(As::Root, "ps -eo user,args | grep -E 'conmon|mpiexec_docker|in-container' | grep -v grep || true")
-        .success();
-    found.extend(procs.lines().into_iter().filter(|l| !l.is_empty()).map(|l| format!("process: {l}")));
-    let stray = sh(As::Root, "ps -eo ppid,stat,args | awk '$1 == 1 && $2 !~ /^Z/ && /slurmstepd/'").success();
-    found.extend(stray.lines().into_iter().filter(|l| !l.is_empty()).map(|l| format!("stray step: {l}")));
-    found
-}
-
-fn assert_clean_within(secs: u64) {
-    let mut left = leftovers();
-    for _ in 0..secs * 2 {
-        if left.is_empty() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        left = leftovers();
-    }
-    panic!("left behind: {left:#?}");
-}
-
-fn nodes_idle() {
-    let run = sh(As::Root, "sinfo -h -N -o '%N %t'").success();
-    assert!(run.lines().iter().all(|l| !l.contains("drain") && !l.contains("down")), "no node may be drained: {run}");
-}
 
 #[test]
 fn tasks_run_in_the_image_on_every_node() {
@@ -144,7 +94,7 @@ fn bad_images_fail_the_step_clearly_and_drain_nothing() {
     assert!(run.stderr.contains("--container-image=localhost/no-such-image: cannot pull image"), "{run}");
     let run = sh(As::User, "sbatch --wait -o /dev/null --container-image=localhost/no-such-image --wrap true");
     assert!(!run.ok(), "{run}");
-    nodes_idle();
+    assert_no_node_drained();
 }
 
 #[test]
@@ -166,23 +116,10 @@ fn scancel_leaves_nothing() {
     )
     .success();
     let job = job.stdout.trim().to_string();
-    let mut up = false;
-    for _ in 0..120 {
-        up = NODES.iter().all(|n| {
-            !on_node(n, As::User, &format!("podman ps -q --filter label=mpiexec-docker.job={job}"))
-                .stdout
-                .trim()
-                .is_empty()
-        });
-        if up {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
-    assert!(up, "the step's containers never ran on all nodes");
+    assert!(wait_for(30, || job_containers_on_every_node(&job)), "the step's containers never ran on all nodes");
     sh(As::Root, &format!("scancel {job}")).success();
     assert_clean_within(20);
-    nodes_idle();
+    assert_no_node_drained();
 }
 
 #[test]
@@ -192,23 +129,15 @@ fn kill_9_of_the_tasks_leaves_nothing() {
         .success();
     let job = job.stdout.trim().to_string();
     let mut pid = String::new();
-    for _ in 0..120 {
+    let started = wait_for(30, || {
         pid = sh(As::Root, "pgrep -u 1500 -x sleep | head -1").stdout.trim().to_string();
-        if !pid.is_empty() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
-    assert!(!pid.is_empty(), "the task never started");
+        !pid.is_empty()
+    });
+    assert!(started, "the task never started");
     sh(As::Root, &format!("kill -9 {pid}")).success();
-    for _ in 0..60 {
-        if sh(As::Root, &format!("squeue -h -j {job}")).stdout.trim().is_empty() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
+    wait_for(30, || sh(As::Root, &format!("squeue -h -j {job}")).stdout.trim().is_empty());
     assert_clean_within(20);
-    nodes_idle();
+    assert_no_node_drained();
 }
 
 #[test]
@@ -276,7 +205,7 @@ fn bad_companion_options_are_rejected_at_submit_time() {
             assert!(!run.ok() && run.stderr.contains(says), "{tool} {opt}: {run}");
         }
     }
-    nodes_idle();
+    assert_no_node_drained();
 }
 
 #[test]
@@ -296,5 +225,5 @@ fn sixty_four_concurrent_single_task_steps() {
     let ok = run.lines().iter().filter(|l| *l == "ok").count();
     assert_eq!(ok, 64, "every step succeeds: {run}");
     assert_clean_within(30);
-    nodes_idle();
+    assert_no_node_drained();
 }

@@ -4,7 +4,8 @@
 #![allow(dead_code)]
 
 use std::process::{Command, Output, Stdio};
-use std::sync::Once;
+use std::sync::{Once, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 /// The non-root test user (rootless Podman), as created by tests/cluster/up.sh.
 pub const USER: &str = "mpitest";
@@ -176,4 +177,72 @@ pub fn sbatch(who: As, opts: &str, script: &str) -> Run {
     let _ = std::fs::remove_file(&script_path);
     run.cmd = format!("sbatch {opts} <<< {script}");
     run
+}
+
+/// Tests that check "nothing is left anywhere" run alone; the others of a test binary share the cluster.
+static CLUSTER: RwLock<()> = RwLock::new(());
+
+pub fn shared() -> RwLockReadGuard<'static, ()> {
+    cluster();
+    CLUSTER.read().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    cluster();
+    CLUSTER.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Our containers on every node (both stores), our processes anywhere, and live slurmstepd
+/// re-parented to init (a step that never finished), as findings; empty when clean. (Zombies waiting
+/// for this VM's init to reap them are dead already and do not count.)
+pub fn leftovers() -> Vec<String> {
+    let mut found = Vec::new();
+    for node in NODES {
+        for who in [As::User, As::Root] {
+            let run =
+                on_node(node, who, "podman ps -a --filter label=mpiexec-docker --format '{{.Names}} {{.Status}}'");
+            found.extend(
+                run.lines().into_iter().filter(|l| !l.is_empty()).map(|l| format!("{node}/{}: {l}", who.name())),
+            );
+        }
+    }
+    let procs = sh(
+        As::Root,
+        "ps -eo user,args | grep -E 'conmon|mpiexec_docker|run_in_docker|in-container' | grep -v grep || true",
+    )
+    .success();
+    found.extend(procs.lines().into_iter().filter(|l| !l.is_empty()).map(|l| format!("process: {l}")));
+    let stray = sh(As::Root, "ps -eo ppid,stat,args | awk '$1 == 1 && $2 !~ /^Z/ && /slurmstepd/'").success();
+    found.extend(stray.lines().into_iter().filter(|l| !l.is_empty()).map(|l| format!("stray step: {l}")));
+    found
+}
+
+/// Polls `done` every 250 ms for up to `secs`; whether it came true.
+pub fn wait_for(secs: u64, mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..secs * 4 {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    done()
+}
+
+/// Waits up to `secs` for the cluster to be clean (see [`leftovers`]).
+pub fn assert_clean_within(secs: u64) {
+    if !wait_for(secs, || leftovers().is_empty()) {
+        panic!("left behind: {:#?}", leftovers());
+    }
+}
+
+/// Whether the containers of `job` run on every node (in the test user's stores).
+pub fn job_containers_on_every_node(job: &str) -> bool {
+    NODES.iter().all(|n| {
+        !on_node(n, As::User, &format!("podman ps -q --filter label=mpiexec-docker.job={job}")).stdout.trim().is_empty()
+    })
+}
+
+pub fn assert_no_node_drained() {
+    let run = sh(As::Root, "sinfo -h -N -o '%N %t'").success();
+    assert!(run.lines().iter().all(|l| !l.contains("drain") && !l.contains("down")), "no node may be drained: {run}");
 }
