@@ -227,3 +227,15 @@ fn sixty_four_concurrent_single_task_steps() {
     assert_clean_within(30);
     assert_no_node_drained();
 }
+
+#[test]
+fn time_limit_ends_the_step_and_leaves_nothing() {
+    let _g = exclusive();
+    // Slurm's smallest time limit is a minute: the job is ended by Slurm, not by us
+    let run = sbatch(As::User, "-N2 -n2 -t 1", &format!("srun --container-image={OPENMPI} sleep 300"));
+    // (sbatch --wait's own status for a timed-out job depends on how its batch shell ended: the job's
+    // record is what says why it ended)
+    assert!(run.stdout.contains("DUE TO TIME LIMIT"), "the job must end by its time limit: {run}");
+    assert_clean_within(30);
+    assert_no_node_drained();
+}
