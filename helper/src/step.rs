@@ -142,14 +142,19 @@ fn run(args: &[String]) -> Result<(), String> {
         return Ok(());
     }
     launch::check_image_name(&a.image).map_err(|e| e.to_string())?;
-    if !engine.image_present(&a.image).map_err(|e| e.to_string())? {
-        if config.pull == PullPolicy::Never {
-            return Err(format!("image '{}' is not available on this node and pulling is disabled", a.image));
+    // one engine call tells both whether the image is here and its environment (for the tasks, which
+    // inherit the job's environment, not the image's)
+    let image_env = match image_env(&engine, &a.image)? {
+        Some(env) => env,
+        None => {
+            if config.pull == PullPolicy::Never {
+                return Err(format!("image '{}' is not available on this node and pulling is disabled", a.image));
+            }
+            engine.pull(&a.image, false).map_err(|e| e.to_string())?;
+            image_env(&engine, &a.image)?
+                .ok_or_else(|| format!("image '{}' is still missing after its pull", a.image))?
         }
-        engine.pull(&a.image, false).map_err(|e| e.to_string())?;
-    }
-    // a leftover of an earlier attempt with the same name would block the start
-    engine.remove(std::slice::from_ref(&name));
+    };
     let runtime = RuntimeDir::create(&format!("{}", std::process::id())).map_err(|e| e.to_string())?;
     let request = Request {
         image: a.image.clone(),
@@ -192,7 +197,12 @@ fn run(args: &[String]) -> Result<(), String> {
     // the runtime directory must outlive this process: the container keeps using its links
     let keep = runtime.path.clone();
     std::mem::forget(runtime);
-    let out = engine_output(&engine, &run_args(engine.kind, &spec))?;
+    let mut out = engine_output(&engine, &run_args(engine.kind, &spec))?;
+    if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("already in use") {
+        // a leftover of an earlier attempt with the same name: remove it and start again
+        engine.remove(std::slice::from_ref(&name));
+        out = engine_output(&engine, &run_args(engine.kind, &spec))?;
+    }
     if !out.status.success() {
         let _ = std::fs::remove_dir_all(&keep);
         let text = String::from_utf8_lossy(&out.stderr);
@@ -208,18 +218,22 @@ fn run(args: &[String]) -> Result<(), String> {
         engine.remove(&[name]);
         return Err(format!("the container for image '{}' did not stay up", a.image));
     }
-    // the image's environment, for the tasks (they inherit the job's, not the image's)
-    let env = engine_output(
-        &engine,
-        &[
-            "image".into(),
-            "inspect".into(),
-            "--format".into(),
-            "{{range .Config.Env}}{{println .}}{{end}}".into(),
-            a.image.clone(),
-        ],
-    )?;
     println!("{pid}");
-    print!("{}", String::from_utf8_lossy(&env.stdout));
+    print!("{image_env}");
     Ok(())
+}
+
+/// The image's environment, one NAME=VALUE a line; `None` when the image is not in the local store.
+fn image_env(engine: &Engine, image: &str) -> Result<Option<String>, String> {
+    let format = "{{range .Config.Env}}{{println .}}{{end}}";
+    let out =
+        engine_output(engine, &["image".into(), "inspect".into(), "--format".into(), format.into(), image.into()])?;
+    if out.status.success() {
+        return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
+    }
+    // not there, or the engine itself failing: ask the way that tells them apart
+    match engine.image_present(image).map_err(|e| e.to_string())? {
+        false => Ok(None),
+        true => Err(format!("cannot read image '{image}': {}", String::from_utf8_lossy(&out.stderr).trim())),
+    }
 }
