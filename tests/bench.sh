@@ -88,20 +88,23 @@ echo
 echo "For scale: one \`podman run --rm … true\` of the same image: median $pm s, min $pn s."
 echo
 
-echo "## Data path: ping-pong, 2 ranks on one node (container against bare)"
+# both ranks pinned to distinct cores, bare and container alike: on 2 cores, unpinned ranks that
+# land on one core make the numbers swing by 3x between runs
+OMPI_PIN="--bind-to core --map-by core"
+echo "## Data path: ping-pong, 2 ranks on one node, pinned to cores 0 and 1 (container against bare)"
 echo
 echo "Our ping-pong (examples/pingpong), Open MPI 4.1.4, half round trip, best of 3 runs per size:"
 echo
 # three alternating runs each; per size the best (this 2-core VM is noisy)
 for i in 1 2 3; do
-    U "mpiexec.openmpi -np 2 ./pingpong_ompi" >> "$W/pp-bare.txt"
-    U "mpiexec_docker $(image_ref openmpi) -np 2 ./pingpong_img" >> "$W/pp-cont.txt"
+    U "mpiexec.openmpi -np 2 $OMPI_PIN ./pingpong_ompi" >> "$W/pp-bare.txt"
+    U "mpiexec_docker $(image_ref openmpi) -np 2 $OMPI_PIN ./pingpong_img" >> "$W/pp-cont.txt"
 done
 compare_pingpong "$W/pp-bare.txt" "$W/pp-cont.txt"
 echo
 echo "Intel MPI 2021.19 \`IMB-MPI1 PingPong\` (FI_PROVIDER=tcp, shared memory within the node), best of 3 runs per size:"
 echo
-IMB="IMB-MPI1 PingPong -msglog 0:22 -iter 2000"
+IMB="-genv I_MPI_PIN_PROCESSOR_LIST 0,1 IMB-MPI1 PingPong -msglog 0:22 -iter 2000"
 for i in 1 2 3; do
     U "export PATH=$IMPI/bin:\$PATH LD_LIBRARY_PATH=$IMPI/lib I_MPI_HYDRA_BOOTSTRAP=fork FI_PROVIDER=tcp; mpiexec -n 2 $IMB" >> "$W/imb-bare.txt"
     U "mpiexec_docker $(image_ref intelmpi) -n 2 $IMB" >> "$W/imb-cont.txt"
