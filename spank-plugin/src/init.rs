@@ -33,13 +33,3 @@ pub fn init(spank: &Spank, args: &[String]) -> Result<(), String> {
         }
     }
 }
-
-pub fn task_init(_spank: &Spank, _args: &[String]) -> Result<(), String> {
-    if crate::remote::requested().is_none() {
-        return Ok(());
-    }
-    if let Some(Err(msg)) = PLUGIN_ARGS.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-        return Err(msg.clone());
-    }
-    Ok(())
-}

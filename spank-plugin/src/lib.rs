@@ -14,6 +14,7 @@ mod init;
 mod job_script;
 pub mod options;
 mod remote;
+mod run_as;
 pub mod slurm_log;
 
 use handle::Spank;
@@ -91,16 +92,10 @@ macro_rules! callback {
 }
 
 callback!(slurm_spank_init, init::init);
-callback!(slurm_spank_task_init, task_init);
+callback!(slurm_spank_task_init, remote::task_init);
 callback!(slurm_spank_user_init, remote::user_init);
 callback!(slurm_spank_exit, exit);
 callback!(slurm_spank_job_epilog, job_epilog);
-
-/// In slurmstepd: a bad plugstack.conf (kept by `init`) or a failed container start fails the task.
-fn task_init(spank: &Spank, args: &[String]) -> Result<(), String> {
-    init::task_init(spank, args)?;
-    remote::task_init(spank, args)
-}
 
 fn exit(spank: &Spank, args: &[String]) -> Result<(), String> {
     if handle::context() == handle::Context::Remote {

@@ -11,17 +11,15 @@
 //!   with its message, and only the job.
 //! - `exit` (once per node per step) removes the container; the job epilog sweeps anything left.
 
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Mutex;
 
 use mpiexec_docker::container_options::ContainerOptions;
-use mpiexec_docker::plugstack::PluginArgs;
 
 use crate::ffi::spank_item;
 use crate::handle::Spank;
-use crate::init::PLUGIN_ARGS;
 use crate::options::OPTIONS;
+use crate::run_as::{helper_as, plugin_args};
 
 /// Slurm's step id of the extern step (no tasks to wrap).
 const EXTERN_STEP: u32 = 0xfffffffc;
@@ -42,15 +40,6 @@ struct StepContainer {
 
 /// The step's container: None when the step asked for none.
 static STEP: Mutex<Option<Result<StepContainer, String>>> = Mutex::new(None);
-
-/// Whether this step asked for a container (after `user_init`).
-pub fn requested() -> Option<()> {
-    STEP.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|_| ())
-}
-
-fn plugin_args() -> Result<PluginArgs, String> {
-    PLUGIN_ARGS.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(|| Ok(PluginArgs::default()))
-}
 
 pub fn user_init(spank: &Spank, _args: &[String]) -> Result<(), String> {
     // options not given on the command line take their defaults from the job's environment
@@ -79,7 +68,7 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> Result<StepCont
     let user =
         nix::unistd::User::from_uid(uid.into()).ok().flatten().ok_or(format!("no passwd entry for uid {uid}"))?;
     let workdir = spank.getenv("PWD").filter(|d| d.starts_with('/')).unwrap_or_else(|| user.dir.display().to_string());
-    let mut cmd = helper_as(&args, &user, uid, gid);
+    let mut cmd = helper_as(&args.helper, &user, gid);
     cmd.args(["step-container", "start", "--engine", args.engine.command()]);
     cmd.args(["--job", &job.to_string(), "--step", &step.to_string(), "--image", image, "--workdir", &workdir]);
     for m in args.mounts.iter().chain(opts.mounts.iter().flatten()) {
@@ -109,29 +98,6 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> Result<StepCont
     let image_env = lines.filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let workdir = opts.workdir.clone().unwrap_or(workdir);
     Ok(StepContainer { pid, workdir, image_env, keep: opts.env.clone().unwrap_or_default(), job, step, uid, gid })
-}
-
-/// The helper, run as the job's user with a clean environment of theirs.
-fn helper_as(args: &PluginArgs, user: &nix::unistd::User, uid: u32, gid: u32) -> Command {
-    let mut cmd = Command::new(&args.helper);
-    cmd.env_clear()
-        .env("HOME", &user.dir)
-        .env("USER", &user.name)
-        .env("LOGNAME", &user.name)
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        .stdin(Stdio::null());
-    if uid != 0 {
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setresgid(gid, gid, gid) != 0 || libc::setresuid(uid, uid, uid) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
-    cmd
 }
 
 pub fn task_init(spank: &Spank, _args: &[String]) -> Result<(), String> {
@@ -172,7 +138,7 @@ pub fn exit(_spank: &Spank, _args: &[String]) -> Result<(), String> {
     let Some(Ok(c)) = step else { return Ok(()) };
     let args = plugin_args().unwrap_or_default();
     let Some(user) = nix::unistd::User::from_uid(c.uid.into()).ok().flatten() else { return Ok(()) };
-    let mut cmd = helper_as(&args, &user, c.uid, c.gid);
+    let mut cmd = helper_as(&args.helper, &user, c.gid);
     cmd.args(["step-container", "stop", "--engine", args.engine.command()]);
     cmd.args(["--job", &c.job.to_string(), "--step", &c.step.to_string()]);
     match cmd.stdout(Stdio::null()).stderr(Stdio::null()).status() {
