@@ -10,12 +10,14 @@
 //! - [`devices`]: InfiniBand and GPU devices, limited to the job's allocation.
 //! - [`engine`]: finding Podman/Docker, image presence and pulls.
 //! - [`environment`]: which host variables go into the container.
+//! - [`image_source`]: registry references and image files, and the cache key of a file.
 //! - [`in_container`]: the helper's in-container side (the mpiexec selector, exec).
 //! - [`launch`]: the host side: a user request to a container spec.
 //! - [`mpi`]: MPI flavour detection and what each flavour needs.
 //! - [`plugstack`]: the SPANK plugin's `plugstack.conf` arguments (`key=value`).
 //! - [`process`]: supervising a child with signal forwarding and shell-style exit codes.
 //! - [`relay`]: the in-container srun/ssh relay to the host (protocol, rewrite, server, client).
+//! - [`step_join`]: how a task of a `--container-image` step enters its step's container.
 //! - [`slurm_version`]: Slurm version numbers and the major.minor compatibility rule.
 
 pub mod config;
@@ -24,6 +26,7 @@ pub mod container_options;
 pub mod devices;
 pub mod engine;
 pub mod environment;
+pub mod image_source;
 pub mod in_container;
 pub mod launch;
 pub mod mpi;
@@ -31,3 +34,4 @@ pub mod plugstack;
 pub mod process;
 pub mod relay;
 pub mod slurm_version;
+pub mod step_join;

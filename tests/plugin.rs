@@ -239,3 +239,118 @@ fn time_limit_ends_the_step_and_leaves_nothing() {
     assert_clean_within(30);
     assert_no_node_drained();
 }
+
+#[test]
+fn srun_and_mpiexec_inside_an_sbatch_container_use_the_relay() {
+    let _g = shared();
+    // the batch script runs in the image; its steps inherit --container-image (Slurm's own
+    // SLURM_SPANK_… variables reach the host's srun through the relay)
+    let run = sbatch(
+        As::User,
+        &format!("-N3 -n6 --container-image={OPENMPI}"),
+        "srun -N3 -n3 sh -c 'echo step $(hostname) $MD_IMAGE_FLAVOUR $(id -u)' | sort\n\
+         mpiexec -n 6 mpi_hello | sort\n\
+         srun -N1 -n1 sh -c 'exit 3'; echo srun-status $?",
+    );
+    assert!(run.ok(), "{run}");
+    let lines = run.lines();
+    let steps: Vec<&String> = lines.iter().filter(|l| l.starts_with("step ")).collect();
+    let want: Vec<String> = NODES.iter().map(|n| format!("step {n} openmpi 1500")).collect();
+    assert_eq!(steps, want.iter().collect::<Vec<_>>(), "{run}");
+    let hellos: Vec<&String> = lines.iter().filter(|l| l.starts_with("Hello from rank")).collect();
+    assert_eq!(hellos.len(), 6, "{run}");
+    for node in NODES {
+        assert!(hellos.iter().any(|l| l.contains(&format!(" on {node} "))), "no rank on {node}: {run}");
+    }
+    assert!(lines.contains(&"srun-status 3".to_string()), "a step's exit code reaches the script: {run}");
+    // a step may still choose another image
+    let run = sbatch(
+        As::User,
+        &format!("-N1 -n1 --container-image={OPENMPI}"),
+        &format!("srun --container-image={MPICH} -n1 printenv MD_IMAGE_FLAVOUR"),
+    );
+    assert_eq!(run.stdout.trim(), "mpich", "{run}");
+}
+
+#[test]
+fn tasks_enter_the_container_the_way_the_running_slurm_allows() {
+    let _g = shared();
+    // Slurm >= 23.11 has spank_prepend_task_argv: the plugin prepends the helper's `join`; before that
+    // the task joins the container in task_init. Each step says on its node which way it took.
+    let version = sh(As::User, "srun --version").success();
+    let v: Vec<u32> = version
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("0.0")
+        .split('.')
+        .take(2)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let prepend = (v[0], v[1]) >= (23, 11);
+    let run = sh(As::User, &format!("srun -w node2 --container-image={OPENMPI} -n1 printenv SLURM_JOB_ID")).success();
+    let job = run.stdout.trim();
+    let log = sh(As::Root, "cat /var/log/slurm/slurmd-node2.log").success();
+    let line = log
+        .lines()
+        .into_iter()
+        .find(|l| l.contains(&format!("step {job}.0: tasks run in container of {OPENMPI}")))
+        .unwrap_or_else(|| panic!("no line for step {job}.0 in node2's log"));
+    let want = if prepend { "through spank_prepend_task_argv" } else { "in task_init" };
+    assert!(line.contains(want), "{line}");
+
+    // the helper's `join` (what newer Slurm runs first in each task), tried by hand on a step container
+    let script = format!(
+        "set -e; cd {SHARED}; P=$(mpiexec_docker step-container start --job 990001 --step 7 --image {OPENMPI} \
+         --workdir {SHARED} | head -1); \
+         ps -u 1500 -o args= | grep '^[^ ]*mpiexec_docker step-container serve .*--job 990001 ' | grep -o -- '--dir [^ ]*'; \
+         J=\"mpiexec_docker step-container join --pid $P --workdir {SHARED} --\"; \
+         $J sh -c 'pwd; test -e /usr/sbin/slurmd || echo image-fs; test -S /.mpiexec-docker/relay/relay.sock && echo relay'; \
+         $J sh -c 'exit 7' || echo status $?; $J /no/such/program 2>/dev/null || echo status $?; \
+         mpiexec_docker step-container stop --job 990001 --step 7"
+    );
+    let run = on_node("node1", As::User, &script);
+    assert!(run.ok(), "{run}");
+    let lines = run.lines();
+    let dir = lines.first().and_then(|l| l.strip_prefix("--dir ")).unwrap_or_else(|| panic!("no relay server: {run}"));
+    assert_eq!(lines[1..], [SHARED, "image-fs", "relay", "status 7", "status 127"], "{run}");
+    // the container's relay server and run directory end with it
+    let check = format!(
+        "test -e {dir} && echo {dir}; ps -u 1500 -o args= | grep '^[^ ]*mpiexec_docker step-container serve .*--job 990001 '; true"
+    );
+    let gone = wait_for(10, || on_node("node1", As::User, &check).stdout.trim().is_empty());
+    assert!(gone, "the relay server of a removed step container ends and removes its directory");
+}
+
+#[test]
+fn gpus_follow_the_allocation() {
+    let _g = shared();
+    // the test cluster's nodes have 4 fake GPUs each (character devices with NVIDIA's major number, in
+    // gres.conf): a device the step may use opens as "No such device or address" (no driver behind
+    // it), one Slurm's device cgroup denies as "Operation not permitted"
+    let probe = "echo gpus=$SLURM_STEP_GPUS; ls /dev | grep nvidia; \
+                 for d in $(ls /dev/nvidia? 2>/dev/null); do head -c1 $d 2>&1 | grep -q 'not permitted' && echo $d denied || echo $d usable; done";
+    let step = |opts: &str| {
+        sh(As::User, &format!("srun -w node3 {opts} --container-image={OPENMPI} sh -c {}", shell_quote(probe)))
+            .success()
+    };
+    let run = step("-n1");
+    assert_eq!(run.lines(), ["gpus="], "a step without GPUs gets no GPU device: {run}");
+
+    let run = step("-n1 --gres=gpu:2");
+    let lines = run.lines();
+    let gpus: Vec<String> = lines[0].trim_start_matches("gpus=").split(',').map(|i| format!("nvidia{i}")).collect();
+    assert_eq!(gpus.len(), 2, "{run}");
+    let mut want = gpus.clone();
+    want.push("nvidiactl".into());
+    assert_eq!(lines[1..4], want[..], "exactly the step's GPUs and the control device: {run}");
+    assert!(lines[4..].iter().all(|l| l.ends_with("usable")), "{run}");
+
+    // one GPU per task: each task may use its own only (Slurm's task cgroup, which the task keeps)
+    let run = step("-n2 --gres=gpu:2 --gpus-per-task=1");
+    let lines = run.lines();
+    let usable: Vec<&String> = lines.iter().filter(|l| l.ends_with("usable")).collect();
+    let denied = lines.iter().filter(|l| l.ends_with("denied")).count();
+    assert_eq!((usable.len(), denied), (2, 2), "each of the 2 tasks may use 1 of the step's 2 GPUs: {run}");
+    assert_ne!(usable[0], usable[1], "and not the same one: {run}");
+}

@@ -152,7 +152,9 @@ fn start_relay(
     let relay = RelayConfig {
         allowed: config.relay_commands.clone(),
         wrap,
+        wrap_srun: true,
         host_dir: req.host_dir.clone(),
+        same_paths: false,
         host_path: std::env::var_os("PATH").unwrap_or_default(),
         env_filter: EnvFilter::new(config.env.clone()),
     };

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! mpiexec_docker step-container start --job J --step S --image IMAGE --workdir DIR [--engine E] [--mount SPEC]...
-//!     [--container-workdir DIR] [--mount-home DIR] [--remap-root] [--readonly]
+//!     [--container-workdir DIR] [--mount-home DIR] [--remap-root] [--readonly] [--gpus LIST]
 //! (prints the container's pid, then the image's environment, one NAME=VALUE a line)
 //! mpiexec_docker step-container stop --job J --step S [--engine E]
 //! ```
@@ -25,8 +25,16 @@ use mpiexec_docker::engine::{output_within, Engine};
 use mpiexec_docker::launch::{self, in_container_command, runtime_base, Request, RuntimeDir};
 use mpiexec_docker::plugstack::EngineKind;
 
+#[derive(PartialEq)]
+enum Action {
+    Start,
+    Stop,
+    Serve,
+    Join,
+}
+
 struct Args {
-    start: bool,
+    action: Action,
     job: String,
     step: String,
     image: String,
@@ -37,11 +45,19 @@ struct Args {
     remap_root: bool,
     readonly: bool,
     mount_home: Option<String>,
+    /// `serve`: the runtime directory, the container's pid and the inherited owner lock.
+    dir: Option<String>,
+    pid: i32,
+    lock_fd: i32,
+    /// The step's GPUs on this node (Slurm's indexes, "" for none); all of the node's when not given.
+    gpus: Option<String>,
+    /// `join`: the task's program and arguments.
+    command: Vec<String>,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
     let mut a = Args {
-        start: false,
+        action: Action::Stop,
         job: String::new(),
         step: String::new(),
         image: String::new(),
@@ -52,15 +68,26 @@ fn parse(args: &[String]) -> Result<Args, String> {
         remap_root: false,
         readonly: false,
         mount_home: None,
+        dir: None,
+        pid: 0,
+        lock_fd: -1,
+        command: Vec::new(),
+        gpus: None,
     };
     let mut it = args.iter();
     match it.next().map(String::as_str) {
-        Some("start") => a.start = true,
-        Some("stop") => {}
+        Some("start") => a.action = Action::Start,
+        Some("stop") => a.action = Action::Stop,
+        Some("serve") => a.action = Action::Serve,
+        Some("join") => a.action = Action::Join,
         _ => return Err("usage: mpiexec_docker step-container start|stop --job J --step S …".into()),
     }
     while let Some(k) = it.next() {
         match k.as_str() {
+            "--" if a.action == Action::Join => {
+                a.command = it.cloned().collect();
+                break;
+            }
             "--remap-root" => {
                 a.remap_root = true;
                 continue;
@@ -81,8 +108,18 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--mount" => a.mounts.push(v),
             "--container-workdir" => a.container_workdir = Some(v),
             "--mount-home" => a.mount_home = Some(v),
+            "--gpus" => a.gpus = Some(v),
+            "--dir" => a.dir = Some(v),
+            "--pid" => a.pid = v.parse().map_err(|_| format!("--pid {v}: not a process id"))?,
+            "--lock-fd" => a.lock_fd = v.parse().map_err(|_| format!("--lock-fd {v}: not a descriptor"))?,
             other => return Err(format!("unknown option {other}")),
         }
+    }
+    if a.action == Action::Join {
+        if a.pid <= 0 || a.command.is_empty() {
+            return Err("usage: mpiexec_docker step-container join --pid PID [--workdir DIR] -- PROG [ARGS]".into());
+        }
+        return Ok(a);
     }
     if a.job.is_empty() || a.step.is_empty() {
         return Err("--job and --step are required".into());
@@ -133,11 +170,17 @@ fn engine_output(engine: &Engine, args: &[String]) -> Result<std::process::Outpu
 
 fn run(args: &[String]) -> Result<(), String> {
     let a = parse(args)?;
+    if a.action == Action::Join {
+        return join(&a);
+    }
     let config = Config::load().map_err(|e| e.to_string())?;
     let engine = Engine::find(a.engine.unwrap_or(config.engine)).map_err(|e| e.to_string())?;
+    if a.action == Action::Serve {
+        return serve(&a, &config, &engine);
+    }
     let name = name(&a.job, &a.step);
     let _lock = node_lock()?;
-    if !a.start {
+    if a.action == Action::Stop {
         engine.remove(&[name]);
         return Ok(());
     }
@@ -164,7 +207,11 @@ fn run(args: &[String]) -> Result<(), String> {
         mounts: a.mounts.clone(),
         interactive: false,
     };
-    let host_env: Vec<(String, String)> = std::env::vars().collect();
+    let mut host_env: Vec<(String, String)> = std::env::vars().collect();
+    if let Some(gpus) = &a.gpus {
+        host_env.retain(|(k, _)| k != "SLURM_STEP_GPUS");
+        host_env.push(("SLURM_STEP_GPUS".into(), gpus.clone()));
+    }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut spec =
         launch::container_spec(&engine, &config, &request, &exe, &runtime, &host_env).map_err(|e| e.to_string())?;
@@ -194,9 +241,6 @@ fn run(args: &[String]) -> Result<(), String> {
             spec.mount(dir, dir, false);
         }
     }
-    // the runtime directory must outlive this process: the container keeps using its links
-    let keep = runtime.path.clone();
-    std::mem::forget(runtime);
     let mut out = engine_output(&engine, &run_args(engine.kind, &spec))?;
     if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("already in use") {
         // a leftover of an earlier attempt with the same name: remove it and start again
@@ -204,7 +248,6 @@ fn run(args: &[String]) -> Result<(), String> {
         out = engine_output(&engine, &run_args(engine.kind, &spec))?;
     }
     if !out.status.success() {
-        let _ = std::fs::remove_dir_all(&keep);
         let text = String::from_utf8_lossy(&out.stderr);
         return Err(format!(
             "cannot start the container for image '{}': {}",
@@ -217,6 +260,12 @@ fn run(args: &[String]) -> Result<(), String> {
     if pid.is_empty() || pid == "0" {
         engine.remove(&[name]);
         return Err(format!("the container for image '{}' did not stay up", a.image));
+    }
+    // the runtime directory (links, relay socket) now belongs to the relay server, which lives as
+    // long as the container
+    if let Err(e) = spawn_server(&a, &engine, runtime, &pid) {
+        engine.remove(&[name]);
+        return Err(format!("cannot start the srun/ssh relay of the step: {e}"));
     }
     println!("{pid}");
     print!("{image_env}");
@@ -236,4 +285,92 @@ fn image_env(engine: &Engine, image: &str) -> Result<Option<String>, String> {
         false => Ok(None),
         true => Err(format!("cannot read image '{image}': {}", String::from_utf8_lossy(&out.stderr).trim())),
     }
+}
+
+/// Starts `step-container serve` in the background (its own session, no standard streams), handing it
+/// the runtime directory and its owner lock.
+fn spawn_server(a: &Args, engine: &Engine, runtime: RuntimeDir, pid: &str) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = runtime.path.display().to_string();
+    let lock = runtime.hand_over().map_err(|e| e.to_string())?;
+    let fd = lock.as_raw_fd();
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["step-container", "serve", "--engine", engine.kind.command(), "--job", &a.job, "--step", &a.step]);
+    cmd.args(["--image", &a.image, "--workdir", &a.workdir, "--dir", &dir, "--pid", pid]);
+    cmd.args(["--lock-fd", &fd.to_string()]);
+    for m in &a.mounts {
+        cmd.args(["--mount", m]);
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// `step-container serve`: the relay of a step container, until the container's process is gone.
+/// `srun` in the container runs the host's srun unchanged (the plugin puts the new step into the
+/// image: the job's `--container-image` reaches it through Slurm's own `SLURM_SPANK__…` variables);
+/// `ssh` runs its remote command through `run_in_docker` with the same image.
+fn serve(a: &Args, config: &Config, engine: &Engine) -> Result<(), String> {
+    use mpiexec_docker::environment::EnvFilter;
+    use mpiexec_docker::relay::server::{self, RelayConfig};
+    use mpiexec_docker::relay::SOCKET_NAME;
+    use std::os::fd::FromRawFd;
+    let dir = a.dir.clone().ok_or("--dir is required")?;
+    if a.lock_fd < 0 || a.pid <= 0 {
+        return Err("--pid and --lock-fd are required".into());
+    }
+    // SAFETY: the descriptor was opened for us by `step-container start` and is ours alone.
+    let owner = unsafe { std::os::fd::OwnedFd::from_raw_fd(a.lock_fd) };
+    let runtime = RuntimeDir::adopt(dir.into(), owner);
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, a.pid, 0) } as i32;
+    if pidfd < 0 {
+        return Err(format!("the container's process {} is gone", a.pid));
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut wrap = vec![exe.with_file_name("run_in_docker").display().to_string()];
+    wrap.extend(["--engine".to_string(), engine.kind.command().to_string()]);
+    for m in &a.mounts {
+        wrap.extend(["-m".to_string(), m.clone()]);
+    }
+    wrap.extend([a.image.clone(), "--".into()]);
+    let relay = RelayConfig {
+        allowed: config.relay_commands.clone(),
+        wrap,
+        wrap_srun: false,
+        host_dir: a.workdir.clone().into(),
+        same_paths: true,
+        host_path: std::env::var_os("PATH").unwrap_or_default(),
+        env_filter: EnvFilter::new(config.env.clone()),
+    };
+    server::start(&runtime.relay().join(SOCKET_NAME), relay).map_err(|e| e.to_string())?;
+    let mut fds = [libc::pollfd { fd: pidfd, events: libc::POLLIN, revents: 0 }];
+    // SAFETY: one valid pollfd; returns when the process exits (or on a signal: poll again).
+    while unsafe { libc::poll(fds.as_mut_ptr(), 1, -1) } <= 0 {}
+    drop(runtime);
+    Ok(())
+}
+
+/// `step-container join`: enters the step container of process `--pid` and execs the task's program
+/// there (the task's argv on Slurm versions with `spank_prepend_task_argv`).
+fn join(a: &Args) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let workdir = if a.workdir.is_empty() { "/" } else { a.workdir.as_str() };
+    mpiexec_docker::step_join::enter(a.pid, std::path::Path::new(workdir)).map_err(|e| e.to_string())?;
+    let err = std::process::Command::new(&a.command[0]).args(&a.command[1..]).exec();
+    // as a shell would: 127 for a program that is not there, 126 for one that cannot run
+    eprintln!("mpiexec_docker: error: cannot run {} in the container: {err}", a.command[0]);
+    std::process::exit(if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 });
 }

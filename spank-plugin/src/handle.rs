@@ -142,4 +142,34 @@ impl Spank {
         // SAFETY: valid C strings for the duration of the call; Slurm copies them.
         check(unsafe { ffi::spank_setenv(self.raw, n.as_ptr(), v.as_ptr(), 1) } as i64)
     }
+
+    /// Prepends `argv` to the task's command line through `spank_prepend_task_argv` (Slurm 23.11 and
+    /// later, `task_init` only). `None` when the running Slurm has no such function: it is looked up at
+    /// run time, never linked (a Rust cdylib binds its imports at load time, so a direct reference
+    /// would keep the plugin from loading on 22.05).
+    pub fn prepend_task_argv(&self, argv: &[String]) -> Option<Result<(), SpankError>> {
+        let f = prepend_fn()?;
+        let owned: Vec<std::ffi::CString> = match argv.iter().map(|a| std::ffi::CString::new(a.as_str())).collect() {
+            Ok(v) => v,
+            Err(_) => return Some(Err(SpankError(ffi::ESPANK_ERROR as i64))),
+        };
+        let mut ptrs: Vec<*const c_char> = owned.iter().map(|c| c.as_ptr()).collect();
+        ptrs.push(std::ptr::null());
+        // SAFETY: the signature of Slurm's function; the strings outlive the call, which copies them.
+        Some(check(unsafe { f(self.raw, owned.len() as c_int, ptrs.as_ptr()) } as i64))
+    }
+}
+
+type PrependFn = unsafe extern "C" fn(ffi::spank_t, c_int, *const *const c_char) -> c_int;
+
+/// `spank_prepend_task_argv` of the running Slurm, if it has one.
+pub fn prepend_fn() -> Option<PrependFn> {
+    static FN: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let addr = *FN.get_or_init(|| {
+        // SAFETY: dlsym with a NUL-terminated name; RTLD_DEFAULT searches the process's global scope.
+        let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"spank_prepend_task_argv".as_ptr()) };
+        (!p.is_null()).then_some(p as usize)
+    });
+    // SAFETY: a non-null address of Slurm's exported function of this signature (spank.h, 23.11+).
+    addr.map(|a| unsafe { std::mem::transmute::<usize, PrependFn>(a) })
 }

@@ -1,20 +1,28 @@
 //! slurmstepd (remote context): the tasks of a step with `--container-image` run in the image.
 //!
-//! How (Slurm 22.05 and later alike, no `spank_prepend_task_argv` needed):
+//! How:
 //! - `user_init` (once per node per step, as the job's user, before any task forks) starts one
 //!   placeholder container through the helper (`mpiexec_docker step-container start`) and keeps its
 //!   process id. Failures are kept, not returned: a failing `user_init` of a batch step drains the node.
-//! - `task_init` (in each task, as the user, just before exec) joins that container's user namespace
-//!   (rootless Podman) and mount namespace and changes to the working directory; Slurm then execs the
-//!   task's program from the image's file system. The task stays slurmstepd's child: the step's cgroup,
-//!   signals, exit status, limits and accounting are Slurm's own. A kept failure fails the task here,
-//!   with its message, and only the job.
+//! - `task_init` (in each task, as the user, just before exec) gives the task the image's environment
+//!   and our links first on `PATH`, then enters the container ([`step_join`]): on Slurm 23.11 and
+//!   later by prepending `mpiexec_docker step-container join …` to the task's argv
+//!   (`spank_prepend_task_argv`, looked up at run time), before that (22.05) by joining the container's
+//!   user and mount namespaces right here, after which Slurm execs the program from the image's file
+//!   system. Either way the task stays slurmstepd's child: the step's cgroup, signals, exit status,
+//!   limits and accounting are Slurm's own. A kept failure fails the task here, with its message, and
+//!   only the job.
+//! - `step-container start` also leaves a relay server for the container (srun/ssh inside the step
+//!   run the host's, see `mpiexec_docker::relay`); it ends with the container.
 //! - `exit` (once per node per step) removes the container; the job epilog sweeps anything left.
 
 use std::process::Stdio;
 use std::sync::Mutex;
 
+use std::path::Path;
+
 use mpiexec_docker::container_options::ContainerOptions;
+use mpiexec_docker::step_join;
 
 use crate::ffi::spank_item;
 use crate::handle::Spank;
@@ -32,6 +40,7 @@ struct StepContainer {
     /// The image's environment, applied to each task except the names of `keep`.
     image_env: Vec<(String, String)>,
     keep: Vec<String>,
+    image: String,
     job: u32,
     step: u32,
     uid: u32,
@@ -80,6 +89,9 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> Result<StepCont
     if opts.mount_home == Some(true) {
         cmd.arg("--mount-home").arg(&user.dir);
     }
+    // the step's GPUs on this node, as Slurm's indexes (none when the step has none)
+    let gpus = ["SLURM_STEP_GPUS", "SLURM_JOB_GPUS"].iter().find_map(|v| spank.getenv(v)).unwrap_or_default();
+    cmd.args(["--gpus", &gpus]);
     if opts.remap_root == Some(true) {
         cmd.arg("--remap-root");
     }
@@ -97,7 +109,13 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> Result<StepCont
     let pid = lines.next().and_then(|l| l.trim().parse::<i32>().ok()).ok_or("the helper printed no pid")?;
     let image_env = lines.filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let workdir = opts.workdir.clone().unwrap_or(workdir);
-    Ok(StepContainer { pid, workdir, image_env, keep: opts.env.clone().unwrap_or_default(), job, step, uid, gid })
+    let keep = opts.env.clone().unwrap_or_default();
+    let how = match crate::handle::prepend_fn() {
+        Some(_) => "through spank_prepend_task_argv",
+        None => "in task_init (this Slurm has no spank_prepend_task_argv)",
+    };
+    log::info!("step {job}.{step}: tasks run in container of {image} (pid {pid}); they enter it {how}");
+    Ok(StepContainer { pid, workdir, image_env, keep, image: image.to_string(), job, step, uid, gid })
 }
 
 pub fn task_init(spank: &Spank, _args: &[String]) -> Result<(), String> {
@@ -106,30 +124,37 @@ pub fn task_init(spank: &Spank, _args: &[String]) -> Result<(), String> {
         None => Ok(()),
         Some(Err(e)) => Err(e),
         Some(Ok(c)) => {
-            for (k, v) in &c.image_env {
-                if !c.keep.contains(k) {
-                    spank.setenv(k, v).map_err(|e| format!("cannot set {k} for the task: {e}"))?;
-                }
+            for (k, v) in task_env(&c, spank.getenv("PATH")) {
+                spank.setenv(&k, &v).map_err(|e| format!("cannot set {k} for the task: {e}"))?;
             }
-            join(&c).map_err(|e| format!("cannot enter the step's container: {e}"))
+            // Slurm 23.11+: the helper joins the container and execs the task's program; before that,
+            // the task joins it here, just before Slurm execs the program
+            let helper = plugin_args()?.helper;
+            let prepend = step_join::prepend_argv(&helper, c.pid, Path::new(&c.workdir));
+            match spank.prepend_task_argv(&prepend) {
+                Some(result) => result.map_err(|e| format!("cannot prepend the container's entry to the task: {e}")),
+                None => step_join::enter(c.pid, Path::new(&c.workdir)).map_err(|e| e.to_string()),
+            }
         }
     }
 }
 
-/// Joins the container's user (when it has its own) and mount namespaces, then its working directory.
-fn join(c: &StepContainer) -> Result<(), String> {
-    use nix::sched::{setns, CloneFlags};
-    let open = |ns: &str| std::fs::File::open(format!("/proc/{}/ns/{ns}", c.pid)).map_err(|e| format!("{ns}: {e}"));
-    let user_ns = open("user")?;
-    let mnt_ns = open("mnt")?;
-    let own_user = std::fs::read_link("/proc/self/ns/user").map_err(|e| e.to_string())?;
-    let their_user = std::fs::read_link(format!("/proc/{}/ns/user", c.pid)).map_err(|e| e.to_string())?;
-    if own_user != their_user {
-        setns(&user_ns, CloneFlags::CLONE_NEWUSER).map_err(|e| format!("user namespace: {e}"))?;
+/// What a task's environment gets on top of the job's: the image's variables (except those the user
+/// keeps with `--container-env`), our links first on `PATH` (`srun`, `mpiexec` inside the step use
+/// the relay and the selector), and the markers of our containers.
+fn task_env(c: &StepContainer, job_path: Option<String>) -> Vec<(String, String)> {
+    use mpiexec_docker::launch::{ENV_IMAGE, ENV_IN_CONTAINER, IN_BIN};
+    let mut env: Vec<(String, String)> = c.image_env.iter().filter(|(k, _)| !c.keep.contains(k)).cloned().collect();
+    let path = match c.keep.iter().any(|k| k == "PATH") {
+        true => job_path,
+        false => c.image_env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone()),
     }
-    setns(&mnt_ns, CloneFlags::CLONE_NEWNS).map_err(|e| format!("mount namespace: {e}"))?;
-    std::env::set_current_dir(&c.workdir).map_err(|e| format!("{}: {e}", c.workdir))?;
-    Ok(())
+    .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    env.retain(|(k, _)| k != "PATH");
+    env.push(("PATH".into(), format!("{IN_BIN}:{path}")));
+    env.push((ENV_IN_CONTAINER.into(), "1".into()));
+    env.push((ENV_IMAGE.into(), c.image.clone()));
+    env
 }
 
 /// Removes the step's container (as its user: rootless stores are per user).

@@ -21,7 +21,7 @@ use super::protocol::{recv_message, recv_request, send_message, Message, Request
 use super::rewrite::{relayable, rewrite_srun, rewrite_ssh};
 use crate::engine::which;
 use crate::environment::EnvFilter;
-use crate::launch::HOST_DIR;
+use crate::launch::{ENV_IMAGE, ENV_IN_CONTAINER, HOST_DIR};
 use crate::process::exit_code;
 
 /// What the server needs to run relayed commands.
@@ -31,8 +31,15 @@ pub struct RelayConfig {
     pub allowed: Vec<String>,
     /// `run_in_docker [OPTS] IMAGE --`: what goes before the remote program.
     pub wrap: Vec<String>,
-    /// The host directory mounted at `/host`.
+    /// Whether srun's remote program is wrapped too. Not in a SPANK step container: the host's srun
+    /// inherits the job's `--container-image` (Slurm's `SLURM_SPANK__…` variables) and the plugin
+    /// puts the new step's tasks into the image itself.
+    pub wrap_srun: bool,
+    /// The host directory mounted at `/host`, or, when [`RelayConfig::same_paths`], the directory
+    /// to fall back to.
     pub host_dir: PathBuf,
+    /// The container sees the host's directories at their own paths (a SPANK step container).
+    pub same_paths: bool,
     /// The host's PATH, to find the real srun/ssh.
     pub host_path: OsString,
     /// Which of the client's variables reach the host command (on top of the host's own).
@@ -102,7 +109,7 @@ pub fn host_command(req: &Request, config: &RelayConfig) -> Result<(PathBuf, Vec
     })?;
     let args = &req.argv[1..];
     let args = match name {
-        "srun" => rewrite_srun(args, &config.wrap),
+        "srun" if config.wrap_srun => rewrite_srun(args, &config.wrap),
         "ssh" | "rsh" => rewrite_ssh(args, &config.wrap),
         _ => args.to_vec(),
     };
@@ -120,8 +127,17 @@ pub fn host_cwd(container_cwd: &str, host_dir: &Path) -> PathBuf {
 fn run(sock: &UnixStream, req: &Request, fds: Vec<std::os::fd::OwnedFd>, config: &RelayConfig) -> Result<i32, String> {
     let (program, args) = host_command(req, config)?;
     let mut cmd = Command::new(&program);
-    cmd.args(&args).current_dir(host_cwd(&req.cwd, &config.host_dir));
+    let cwd = match config.same_paths {
+        true if Path::new(&req.cwd).is_dir() => PathBuf::from(&req.cwd),
+        true => config.host_dir.clone(),
+        false => host_cwd(&req.cwd, &config.host_dir),
+    };
+    cmd.args(&args).current_dir(cwd);
     for (k, v) in &req.env {
+        // the markers of our containers stay inside: the host command is outside
+        if k == ENV_IN_CONTAINER || k == ENV_IMAGE {
+            continue;
+        }
         if config.env_filter.passes(k) {
             cmd.env(k, v);
         }
@@ -153,7 +169,9 @@ mod tests {
         RelayConfig {
             allowed: vec!["srun".into(), "ssh".into()],
             wrap: vec!["/opt/md/run_in_docker".into(), "img".into(), "--".into()],
+            wrap_srun: true,
             host_dir: "/home/u/run".into(),
+            same_paths: false,
             host_path: "/usr/sbin:/usr/bin:/bin".into(),
             env_filter: EnvFilter::default(),
         }
@@ -164,6 +182,19 @@ mod tests {
         assert_eq!(host_cwd("/host/sub/dir", Path::new("/home/u/run")), PathBuf::from("/home/u/run/sub/dir"));
         assert_eq!(host_cwd("/host", Path::new("/home/u/run")), PathBuf::from("/home/u/run"));
         assert_eq!(host_cwd("/tmp", Path::new("/home/u/run")), PathBuf::from("/home/u/run"));
+    }
+
+    #[test]
+    fn srun_in_a_step_container_is_left_to_the_plugin() {
+        let req = Request { argv: vec!["srun".into(), "-n2".into(), "orted".into()], env: vec![], cwd: "/w".into() };
+        let (_, args) = host_command(&req, &config()).unwrap();
+        assert_eq!(args, ["-n2", "/opt/md/run_in_docker", "img", "--", "orted"]);
+        let plugin = RelayConfig { wrap_srun: false, ..config() };
+        let (_, args) = host_command(&req, &plugin).unwrap();
+        assert_eq!(args, ["-n2", "orted"]);
+        let ssh = Request { argv: vec!["ssh".into(), "n2".into(), "orted -x".into()], env: vec![], cwd: "/w".into() };
+        let (_, args) = host_command(&ssh, &plugin).unwrap();
+        assert!(args.iter().any(|a| a.contains("run_in_docker")), "{args:?}");
     }
 
     #[test]

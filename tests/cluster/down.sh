@@ -63,6 +63,11 @@ if [[ -e $MDT_RUN/mounted-hugetlb ]]; then
     rm -f "$MDT_RUN/mounted-hugetlb"
 fi
 
+if [[ -e $MDT_RUN/fake-devices ]]; then
+    xargs -r rm -f < "$MDT_RUN/fake-devices"
+    rm -f "$MDT_RUN/fake-devices"
+fi
+
 if [[ $purge == 1 ]]; then
     log "purging node stores and image archives"
     rm -rf "$MDT_STATE"

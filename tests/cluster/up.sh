@@ -172,11 +172,35 @@ step_network() {
     done
 }
 
+# Fake GPUs: character devices with NVIDIA's major number, for Slurm's gres and the plugin's device
+# selection (no GPU is needed to prove which devices a step gets). Made only where the machine has
+# none; down.sh removes what we made.
+step_fake_gpus() {
+    [[ -e /dev/nvidia0 ]] && return 0
+    local i
+    for i in 0 1 2 3; do
+        mknod -m 0666 "/dev/nvidia$i" c 195 "$i"
+        echo "/dev/nvidia$i" >> "$MDT_RUN/fake-devices"
+    done
+    if [[ ! -e /dev/nvidiactl ]]; then
+        mknod -m 0666 /dev/nvidiactl c 195 255
+        echo /dev/nvidiactl >> "$MDT_RUN/fake-devices"
+    fi
+}
+
+# Writes stdin to $1; notes when that changed a file the running daemons had read.
+write_config() {
+    local new; new=$(cat)
+    if [[ -e $1 && $(cat "$1") != "$new" ]]; then CONFIG_CHANGED=1; fi
+    printf '%s\n' "$new" > "$1"
+}
+
 step_slurm_config() {
     local ctld; ctld=$(hostname)
     mkdir -p /etc/slurm /var/log/slurm /var/spool/slurmctld /var/spool/slurmd
     grep -q "^$MDT_NET.1 $ctld-mdt\$" /etc/hosts || echo "$MDT_NET.1 $ctld-mdt" >> /etc/hosts
-    cat > /etc/slurm/slurm.conf <<EOF
+    CONFIG_CHANGED=0
+    write_config /etc/slurm/slurm.conf <<EOF
 # written by mpiexec-docker's tests/cluster/up.sh: a 3-node test cluster on one machine
 ClusterName=mdtest
 SlurmctldHost=$ctld($MDT_NET.1)
@@ -189,6 +213,7 @@ SlurmctldPidFile=/run/slurmctld.pid
 SlurmdPidFile=/run/slurmd-%n.pid
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd-%n.log
+SlurmdDebug=verbose
 SlurmdParameters=config_overrides
 ProctrackType=proctrack/cgroup
 TaskPlugin=task/cgroup
@@ -202,21 +227,34 @@ KillWait=5
 MinJobAge=30
 InactiveLimit=0
 PlugStackConfig=/etc/slurm/plugstack.conf
-NodeName=node1 NodeAddr=$(node_ip node1) CPUs=8 RealMemory=16000 State=UNKNOWN
-NodeName=node2 NodeAddr=$(node_ip node2) CPUs=8 RealMemory=16000 State=UNKNOWN
-NodeName=node3 NodeAddr=$(node_ip node3) CPUs=8 RealMemory=16000 State=UNKNOWN
+GresTypes=gpu
+NodeName=node1 NodeAddr=$(node_ip node1) CPUs=8 RealMemory=16000 Gres=gpu:4 State=UNKNOWN
+NodeName=node2 NodeAddr=$(node_ip node2) CPUs=8 RealMemory=16000 Gres=gpu:4 State=UNKNOWN
+NodeName=node3 NodeAddr=$(node_ip node3) CPUs=8 RealMemory=16000 Gres=gpu:4 State=UNKNOWN
 PartitionName=debug Nodes=node[1-3] Default=YES MaxTime=INFINITE State=UP
 EOF
-    cat > /etc/slurm/cgroup.conf <<'EOF'
+    write_config /etc/slurm/gres.conf <<'EOF'
+AutoDetect=off
+Name=gpu File=/dev/nvidia[0-3]
+EOF
+    write_config /etc/slurm/cgroup.conf <<'EOF'
 CgroupPlugin=cgroup/v1
 ConstrainCores=no
 ConstrainDevices=yes
 ConstrainRAMSpace=yes
 EOF
-    cat > /etc/slurm/plugstack.conf <<EOF
+    write_config /etc/slurm/plugstack.conf <<EOF
 # written by mpiexec-docker's tests/cluster/up.sh
 required $MDT_PLUGIN engine=podman helper=$MDT_HELPER
 EOF
+    if [[ $CONFIG_CHANGED == 1 ]] && [[ -s /run/slurmctld.pid || -n $(ls /run/slurmd-node*.pid 2>/dev/null) ]]; then
+        log "the Slurm configuration changed: restarting the cluster's daemons"
+        bash "$(dirname "$0")/down.sh"
+        mkdir -p "$MDT_RUN"
+        step_host_fixes
+        step_network
+        step_fake_gpus
+    fi
 }
 
 step_daemons() {
@@ -297,6 +335,7 @@ main() {
     step_build
     step_images
     step_network
+    step_fake_gpus
     step_slurm_config
     step_daemons
     step_load_images
