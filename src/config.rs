@@ -10,6 +10,7 @@
 //! mounts: ["/scratch:/scratch", "/apps:/apps:ro"]   # SRC:DST[:ro|rw], added to every container
 //! devices: { gpus: true, infiniband: true }         # pass GPUs / InfiniBand devices when present
 //! relay_commands: [srun, ssh, rsh]                  # what the in-container relay may run on the host
+//! cache_max_size: 50G       # images the tool fetched, per node and user: oldest removed beyond this
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -62,6 +63,7 @@ struct ConfigFile {
     mounts: Vec<String>,
     devices: Option<DeviceSettings>,
     relay_commands: Option<Vec<String>>,
+    cache_max_size: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -80,6 +82,8 @@ pub struct Config {
     pub mounts: Vec<String>,
     pub devices: DeviceSettings,
     pub relay_commands: Vec<String>,
+    /// Bytes; `None`: no cap.
+    pub cache_max_size: Option<u64>,
 }
 
 impl Default for Config {
@@ -91,6 +95,7 @@ impl Default for Config {
             mounts: Vec::new(),
             devices: DeviceSettings::default(),
             relay_commands: vec!["srun".into(), "ssh".into(), "rsh".into()],
+            cache_max_size: None,
         }
     }
 }
@@ -151,13 +156,42 @@ impl Config {
         if let Some(r) = file.relay_commands {
             self.relay_commands = r;
         }
+        if let Some(size) = file.cache_max_size {
+            self.cache_max_size = Some(parse_size(&size).ok_or_else(|| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message: format!("cache_max_size: '{size}' is not a size (write e.g. 500M, 20G or a number of bytes)"),
+            })?);
+        }
         Ok(())
     }
+}
+
+/// "20G", "500M", "1.5T", "1024" (bytes) → bytes; powers of 1024.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim().trim_end_matches(['B', 'b']);
+    let (num, mult) = match t.chars().last()? {
+        'K' | 'k' => (&t[..t.len() - 1], 1u64 << 10),
+        'M' | 'm' => (&t[..t.len() - 1], 1 << 20),
+        'G' | 'g' => (&t[..t.len() - 1], 1 << 30),
+        'T' | 't' => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let n: f64 = num.trim().parse().ok().filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
+    Some((n * mult as f64) as u64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("20G"), Some(20 << 30));
+        assert_eq!(parse_size("500MB"), Some(500 << 20));
+        assert_eq!(parse_size("1.5k"), Some(1536));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("lots"), None);
+    }
 
     fn write(name: &str, text: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("mdt-config-{}", std::process::id()));

@@ -9,6 +9,8 @@
 //! | `--[no-]container-remap-root` | `…_REMAP_ROOT` | be root inside (mapped to you; no host privilege) |
 //! | `--[no-]container-mount-home` | `…_MOUNT_HOME` | mount your home directory at its path |
 //! | `--container-readonly` / `--container-writable` | `…_READONLY` | read-only root file system |
+//! | `--container-name=NAME` | `…_NAME` | keep the container for the job's later steps that name it |
+//! | `--[no-]container-entrypoint` | `…_ENTRYPOINT` | run the image's entrypoint before the task |
 
 use thiserror::Error;
 
@@ -75,6 +77,21 @@ pub const OPTIONS: &[OptionDef] = &[
         arginfo: None,
         usage: "[mpiexec-docker] keep the container's root file system writable (default)",
     },
+    OptionDef {
+        name: "container-name",
+        arginfo: Some("NAME"),
+        usage: "[mpiexec-docker] name the container: later steps of the job that name it reuse it",
+    },
+    OptionDef {
+        name: "container-entrypoint",
+        arginfo: None,
+        usage: "[mpiexec-docker] run the image's entrypoint before each task (Slurm 23.11+)",
+    },
+    OptionDef {
+        name: "no-container-entrypoint",
+        arginfo: None,
+        usage: "[mpiexec-docker] do not run the image's entrypoint (default)",
+    },
 ];
 
 /// Environment variable holding the default of an option: `MPIEXEC_DOCKER_CONTAINER_<NAME>`.
@@ -100,6 +117,8 @@ pub struct ContainerOptions {
     pub remap_root: Option<bool>,
     pub mount_home: Option<bool>,
     pub readonly: Option<bool>,
+    pub name: Option<String>,
+    pub entrypoint: Option<bool>,
 }
 
 fn list(value: &str) -> Vec<String> {
@@ -144,6 +163,20 @@ impl ContainerOptions {
             "no-container-mount-home" => self.mount_home = Some(false),
             "container-readonly" => self.readonly = Some(true),
             "container-writable" => self.readonly = Some(false),
+            "container-name" => {
+                let ok = !value.is_empty()
+                    && value.len() <= 64
+                    && value.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+                    && value.starts_with(|c: char| c.is_ascii_alphanumeric());
+                if !ok {
+                    return Err(bad(format!(
+                        "'{value}' is not a container name (letters, digits, '_', '.', '-'; at most 64)"
+                    )));
+                }
+                self.name = Some(value.to_string());
+            }
+            "container-entrypoint" => self.entrypoint = Some(true),
+            "no-container-entrypoint" => self.entrypoint = Some(false),
             other => return Err(OptionError::Unknown(other.to_string())),
         }
         Ok(())
@@ -160,6 +193,8 @@ impl ContainerOptions {
             ("container-remap-root", true),
             ("container-mount-home", true),
             ("container-readonly", true),
+            ("container-name", false),
+            ("container-entrypoint", true),
         ] {
             let var = env_name(option);
             let Some(value) = get(&var).filter(|v| !v.is_empty()) else { continue };
@@ -181,6 +216,8 @@ impl ContainerOptions {
         self.remap_root = self.remap_root.or(defaults.remap_root);
         self.mount_home = self.mount_home.or(defaults.mount_home);
         self.readonly = self.readonly.or(defaults.readonly);
+        self.name = self.name.or(defaults.name);
+        self.entrypoint = self.entrypoint.or(defaults.entrypoint);
         Ok(self)
     }
 }
@@ -213,6 +250,10 @@ mod tests {
         assert!(e.contains("not an absolute path"), "{e}");
         assert!(o.apply("container-image", "--privileged").is_err());
         assert!(o.apply("container-env", "A-B").is_err());
+        assert!(o.apply("container-name", "a/b").is_err());
+        assert!(o.apply("container-name", "-x").is_err());
+        o.apply("container-name", "my_env-1.0").unwrap();
+        assert_eq!(o.name.as_deref(), Some("my_env-1.0"));
     }
 
     #[test]

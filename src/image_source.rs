@@ -93,6 +93,8 @@ pub struct ArchiveInfo {
     /// Hex digest naming the image's content (docker-archive: the config's; oci-archive: the
     /// manifest's).
     pub digest: String,
+    /// The names the archive gives its image (a load applies them to the store too).
+    pub names: Vec<String>,
 }
 
 impl ArchiveInfo {
@@ -109,10 +111,12 @@ impl ArchiveInfo {
         let info =
             match (get("manifest.json"), get("index.json")) {
                 (Some(manifest), _) if wanted != Some(ArchiveFormat::Oci) => {
-                    ArchiveInfo { format: ArchiveFormat::Docker, digest: docker_config_digest(manifest).map_err(bad)? }
+                    let (digest, names) = docker_config_digest(manifest).map_err(bad)?;
+                    ArchiveInfo { format: ArchiveFormat::Docker, digest, names }
                 }
                 (_, Some(index)) if get("oci-layout").is_some() && wanted != Some(ArchiveFormat::Docker) => {
-                    ArchiveInfo { format: ArchiveFormat::Oci, digest: oci_manifest_digest(index).map_err(bad)? }
+                    let (digest, names) = oci_manifest_digest(index).map_err(bad)?;
+                    ArchiveInfo { format: ArchiveFormat::Oci, digest, names }
                 }
                 _ => return Err(bad(match wanted {
                     Some(f) => format!("not a {} (no image index in it)", f.transport()),
@@ -212,24 +216,34 @@ fn hex_digest(s: &str) -> Option<String> {
     (hex.len() >= 12 && hex.chars().all(|c| c.is_ascii_hexdigit())).then(|| hex.to_ascii_lowercase())
 }
 
-/// docker-archive `manifest.json`: `[{"Config": "<hex>.json" | "blobs/sha256/<hex>", …}]`.
-fn docker_config_digest(manifest: &str) -> Result<String, String> {
+/// docker-archive `manifest.json`: `[{"Config": "<hex>.json" | "blobs/sha256/<hex>", "RepoTags": […]}]`.
+fn docker_config_digest(manifest: &str) -> Result<(String, Vec<String>), String> {
     let v: serde_yaml::Value = serde_yaml::from_str(manifest).map_err(|e| format!("bad manifest.json: {e}"))?;
-    let config =
-        v.get(0).and_then(|m| m.get("Config")).and_then(|c| c.as_str()).ok_or("manifest.json names no image")?;
-    hex_digest(config).ok_or_else(|| format!("manifest.json: unexpected config name '{config}'"))
+    let first = v.get(0).ok_or("manifest.json names no image")?;
+    let config = first.get("Config").and_then(|c| c.as_str()).ok_or("manifest.json names no image")?;
+    let digest = hex_digest(config).ok_or_else(|| format!("manifest.json: unexpected config name '{config}'"))?;
+    Ok((digest, strings(first.get("RepoTags"))))
 }
 
-/// oci-archive `index.json`: `{"manifests": [{"digest": "sha256:<hex>", …}]}`.
-fn oci_manifest_digest(index: &str) -> Result<String, String> {
+fn strings(v: Option<&serde_yaml::Value>) -> Vec<String> {
+    v.and_then(|t| t.as_sequence())
+        .map(|s| s.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+        .unwrap_or_default()
+}
+
+/// oci-archive `index.json`: `{"manifests": [{"digest": "sha256:<hex>", "annotations": {…}}]}`.
+fn oci_manifest_digest(index: &str) -> Result<(String, Vec<String>), String> {
     let v: serde_yaml::Value = serde_yaml::from_str(index).map_err(|e| format!("bad index.json: {e}"))?;
-    let digest = v
-        .get("manifests")
-        .and_then(|m| m.get(0))
-        .and_then(|m| m.get("digest"))
-        .and_then(|d| d.as_str())
-        .ok_or("index.json names no image")?;
-    hex_digest(digest).ok_or_else(|| format!("index.json: unexpected digest '{digest}'"))
+    let first = v.get("manifests").and_then(|m| m.get(0)).ok_or("index.json names no image")?;
+    let digest = first.get("digest").and_then(|d| d.as_str()).ok_or("index.json names no image")?;
+    let hex = hex_digest(digest).ok_or_else(|| format!("index.json: unexpected digest '{digest}'"))?;
+    let names = first
+        .get("annotations")
+        .and_then(|a| a.get("org.opencontainers.image.ref.name"))
+        .and_then(|n| n.as_str())
+        .map(|n| vec![n.to_string()])
+        .unwrap_or_default();
+    Ok((hex, names))
 }
 
 #[cfg(test)]
@@ -305,7 +319,8 @@ mod tests {
         let manifest = format!(r#"[{{"Config":"{CONFIG}.json","RepoTags":["md/x:1"],"Layers":["a/layer.tar"]}}]"#);
         let p = write("x.tar", &tar(&[("a/layer.tar", &[7u8; 2000]), ("manifest.json", manifest.as_bytes())]));
         let info = ArchiveInfo::read(&p, None).unwrap();
-        assert_eq!(info, ArchiveInfo { format: ArchiveFormat::Docker, digest: CONFIG.into() });
+        let names = vec!["md/x:1".to_string()];
+        assert_eq!(info, ArchiveInfo { format: ArchiveFormat::Docker, digest: CONFIG.into(), names });
         assert_eq!(
             info.cache_name(Path::new("/shared/My Image.tar")),
             format!("{CACHE_REPOSITORY}/my-image:8f2c3e4d5a6b7c8d")

@@ -53,8 +53,47 @@ pub fn prepend_argv(helper: &Path, pid: i32, workdir: &Path) -> Vec<String> {
     ]
 }
 
+/// What `mpiexec_docker step-container start` prints for the plugin: the container's process id, the
+/// image's entrypoint (a JSON list, or `null`), then the image's environment, one `NAME=VALUE` a line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Started {
+    pub pid: i32,
+    pub entrypoint: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Started {
+    /// `image_info` is the engine's `{{json .Config.Entrypoint}}` line followed by the env lines.
+    pub fn render(pid: &str, image_info: &str) -> String {
+        format!("{pid}\n{image_info}")
+    }
+
+    pub fn parse(text: &str) -> Result<Started, String> {
+        let mut lines = text.lines();
+        let pid = lines.next().and_then(|l| l.trim().parse::<i32>().ok()).ok_or("the helper printed no pid")?;
+        let entrypoint = match lines.next().map(str::trim) {
+            None | Some("") | Some("null") | Some("[]") => Vec::new(),
+            Some(json) => serde_yaml::from_str::<Vec<String>>(json)
+                .map_err(|e| format!("the helper printed a bad entrypoint '{json}': {e}"))?,
+        };
+        let env = lines.filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Ok(Started { pid, entrypoint, env })
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn start_output_round_trip() {
+        let text = Started::render("4242", "[\"/bin/entry.sh\",\"--x\"]\nPATH=/usr/bin\nA=b=c\n");
+        let s = Started::parse(&text).unwrap();
+        assert_eq!(s.pid, 4242);
+        assert_eq!(s.entrypoint, ["/bin/entry.sh", "--x"]);
+        assert_eq!(s.env, [("PATH".to_string(), "/usr/bin".to_string()), ("A".to_string(), "b=c".to_string())]);
+        assert_eq!(Started::parse("7\nnull\n").unwrap().entrypoint, Vec::<String>::new());
+        assert!(Started::parse("").is_err());
+    }
+
     use super::*;
 
     #[test]

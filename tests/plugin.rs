@@ -354,3 +354,39 @@ fn gpus_follow_the_allocation() {
     assert_eq!((usable.len(), denied), (2, 2), "each of the 2 tasks may use 1 of the step's 2 GPUs: {run}");
     assert_ne!(usable[0], usable[1], "and not the same one: {run}");
 }
+
+#[test]
+fn named_containers_are_kept_for_the_jobs_later_steps() {
+    let _g = shared();
+    // pyxis's --container-name: the first step makes it, later steps of the job that name it share its
+    // file system (with or without --container-image); an unnamed step gets a fresh container
+    let run = sbatch(
+        As::User,
+        "-N1 -n1 -w node1",
+        &format!(
+            "srun --container-image={OPENMPI} --container-name=env1 sh -c 'echo made > /var/tmp/marker'\n\
+             srun --container-name=env1 cat /var/tmp/marker\n\
+             srun --container-image={OPENMPI} --container-name=env1 cat /var/tmp/marker\n\
+             srun --container-image={OPENMPI} sh -c 'cat /var/tmp/marker 2>/dev/null || echo fresh'\n\
+             srun --container-name=other true 2>&1 | grep -o \"no container named 'other'\""
+        ),
+    );
+    assert!(run.ok(), "{run}");
+    // (srun's own notes, "step creation temporarily disabled", are not the steps' output)
+    let lines: Vec<String> = run.lines().into_iter().filter(|l| !l.starts_with("srun: ")).collect();
+    assert_eq!(lines, ["made", "made", "fresh", "no container named 'other'"], "{run}");
+    // the job's end removes it
+    assert_clean_within(20);
+}
+
+#[test]
+fn the_image_entrypoint_needs_a_newer_slurm_and_says_so() {
+    let _g = shared();
+    let run = sh(As::User, &format!("srun --container-entrypoint --container-image={OPENMPI} -n1 true"));
+    if run.ok() {
+        return; // Slurm 23.11+: the entrypoint runs through spank_prepend_task_argv
+    }
+    assert!(run.stderr.contains("--container-entrypoint needs Slurm 23.11 or later"), "{run}");
+    let run = sh(As::User, &format!("srun --no-container-entrypoint --container-image={OPENMPI} -n1 true"));
+    assert!(run.ok(), "{run}");
+}

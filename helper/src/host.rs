@@ -1,7 +1,6 @@
 //! The host side: read the configuration, find the engine, make sure the image is there, build the
 //! container from the request, run it with signals forwarded, and leave nothing behind.
 
-use std::io::IsTerminal;
 use std::process::Stdio;
 
 use clap::Parser;
@@ -9,6 +8,7 @@ use mpiexec_docker::config::{Config, PullPolicy};
 use mpiexec_docker::container::run_args;
 use mpiexec_docker::engine::Engine;
 use mpiexec_docker::environment::EnvFilter;
+use mpiexec_docker::image_cache;
 use mpiexec_docker::launch::{self, in_container_command, Request, RuntimeDir};
 use mpiexec_docker::plugstack::EngineKind;
 use mpiexec_docker::process::spawn_forwarding;
@@ -78,12 +78,17 @@ pub fn main(mode: Mode, argv: &[String]) -> i32 {
         Ok(p) => p,
         Err(e) => return fail(EXIT_ENGINE, format!("cannot find the helper binary itself: {e}")),
     };
+    // a registry reference, or an image file (by the name its content gives it in the store)
+    let local = match image_cache::local_name(&cli.image, &host_dir) {
+        Ok(l) => l,
+        Err(e) => return fail(EXIT_ENGINE, e),
+    };
     let runtime = match RuntimeDir::create(&format!("{}", std::process::id())) {
         Ok(r) => r,
         Err(e) => return fail(EXIT_ENGINE, e),
     };
     let request = Request {
-        image: cli.image.clone(),
+        image: local,
         command: in_container_command(if mode == Mode::Mpiexec { "mpiexec" } else { "exec" }, &rest),
         host_dir,
         env: cli.env.clone(),
@@ -105,8 +110,16 @@ pub fn main(mode: Mode, argv: &[String]) -> i32 {
         return 0;
     }
 
-    if let Err(e) = ensure_image(&engine, &cli.image, pull) {
-        return fail(EXIT_ENGINE, e);
+    // one fetch per node and user, however many ranks' containers start at once
+    let fetched =
+        image_cache::node_lock().and_then(|_lock| image_cache::ensure(&engine, &cli.image, &request.host_dir, pull));
+    match fetched {
+        Ok(local) => {
+            if let Some(max) = config.cache_max_size {
+                let _ = image_cache::enforce_cap(&engine, max, &local);
+            }
+        }
+        Err(e) => return fail(EXIT_ENGINE, e),
     }
 
     let mut cmd = engine.command();
@@ -160,20 +173,6 @@ fn start_relay(
     };
     server::start(&runtime.relay().join(SOCKET_NAME), relay)
         .map_err(|e| format!("cannot start the srun/ssh relay: {e}"))
-}
-
-fn ensure_image(engine: &Engine, image: &str, pull: PullPolicy) -> Result<(), mpiexec_docker::engine::EngineError> {
-    let present = engine.image_present(image)?;
-    match (pull, present) {
-        (PullPolicy::Always, _) | (PullPolicy::Missing, false) => {
-            log::info!("pulling {image}");
-            engine.pull(image, std::io::stderr().is_terminal())
-        }
-        (PullPolicy::Never, false) => {
-            Err(mpiexec_docker::engine::EngineError::NotLocal { image: image.into(), engine: engine.name() })
-        }
-        _ => Ok(()),
-    }
 }
 
 fn remove_container(engine: &Engine, name: &str) {

@@ -3,6 +3,7 @@
 //! - on the host, as `mpiexec_docker IMAGE [MPIEXEC_OPTIONS] PROG [ARGS]`: runs the MPI job in a
 //!   container (see [`host`]);
 //! - on the host, as `run_in_docker IMAGE [--] PROG [ARGS]`: runs one program in a container;
+//! - on the host, `mpiexec_docker images [prune]`: what the tool cached in this node's store;
 //! - inside our containers (entry point `in-container MODE …`, or called as `mpiexec`/`mpirun`): the
 //!   mpiexec selector, or the plain exec of `run_in_docker`.
 //!
@@ -10,6 +11,7 @@
 
 mod cli;
 mod host;
+mod images;
 mod step;
 mod sweep;
 
@@ -36,6 +38,7 @@ fn main() {
         "srun" | "ssh" | "rsh" if inside => mpiexec_docker::relay::client::run(&name, &args[1..]),
         "run_in_docker" => host::main(cli::Mode::Exec, &args),
         _ if args.get(1).map(String::as_str) == Some("sweep") => sweep::main(&args[2..]),
+        _ if args.get(1).map(String::as_str) == Some("images") => images::main(&args[2..]),
         _ if args.get(1).map(String::as_str) == Some("step-container") => step::main(&args[2..]),
         _ => host::main(cli::Mode::Mpiexec, &args),
     };

@@ -8,22 +8,22 @@
 //!
 //! ```text
 //! mpiexec_docker step-container start --job J --step S --image IMAGE --workdir DIR [--engine E] [--mount SPEC]...
-//!     [--container-workdir DIR] [--mount-home DIR] [--remap-root] [--readonly] [--gpus LIST]
-//! (prints the container's pid, then the image's environment, one NAME=VALUE a line)
-//! mpiexec_docker step-container stop --job J --step S [--engine E]
+//!     [--container-workdir DIR] [--mount-home DIR] [--remap-root] [--readonly] [--gpus LIST] [--name NAME]
+//! (prints the container's pid, the image's entrypoint, then its environment: see `Started`)
+//! mpiexec_docker step-container stop --job J --step S [--engine E] [--name NAME]
+//! mpiexec_docker step-container join --pid PID [--workdir DIR] -- PROG [ARGS]
 //! ```
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::process::Stdio;
 use std::time::Duration;
-
-use nix::fcntl::{Flock, FlockArg};
 
 use mpiexec_docker::config::{Config, PullPolicy};
 use mpiexec_docker::container::run_args;
 use mpiexec_docker::engine::{output_within, Engine};
-use mpiexec_docker::launch::{self, in_container_command, runtime_base, Request, RuntimeDir};
+use mpiexec_docker::image_cache::{self, node_lock};
+use mpiexec_docker::launch::{self, in_container_command, Request, RuntimeDir};
 use mpiexec_docker::plugstack::EngineKind;
+use mpiexec_docker::step_join::Started;
 
 #[derive(PartialEq)]
 enum Action {
@@ -51,6 +51,8 @@ struct Args {
     lock_fd: i32,
     /// The step's GPUs on this node (Slurm's indexes, "" for none); all of the node's when not given.
     gpus: Option<String>,
+    /// `--container-name`: the container is kept for the job's later steps that name it.
+    container_name: Option<String>,
     /// `join`: the task's program and arguments.
     command: Vec<String>,
 }
@@ -73,6 +75,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         lock_fd: -1,
         command: Vec::new(),
         gpus: None,
+        container_name: None,
     };
     let mut it = args.iter();
     match it.next().map(String::as_str) {
@@ -109,6 +112,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--container-workdir" => a.container_workdir = Some(v),
             "--mount-home" => a.mount_home = Some(v),
             "--gpus" => a.gpus = Some(v),
+            "--name" => a.container_name = Some(v),
             "--dir" => a.dir = Some(v),
             "--pid" => a.pid = v.parse().map_err(|_| format!("--pid {v}: not a process id"))?,
             "--lock-fd" => a.lock_fd = v.parse().map_err(|_| format!("--lock-fd {v}: not a descriptor"))?,
@@ -127,10 +131,14 @@ fn parse(args: &[String]) -> Result<Args, String> {
     Ok(a)
 }
 
-/// The container's name: one per job, step and node.
-fn name(job: &str, step: &str) -> String {
+/// The container's name: one per job, step and node; a named one (`--container-name`) per job, name
+/// and node.
+fn name(job: &str, step: &str, named: Option<&str>) -> String {
     let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
-    format!("mpiexec-docker-{job}.{step}-{host}")
+    match named {
+        Some(n) => format!("mpiexec-docker-{job}-{n}-{host}"),
+        None => format!("mpiexec-docker-{job}.{step}-{host}"),
+    }
 }
 
 pub fn main(args: &[String]) -> i32 {
@@ -145,21 +153,6 @@ pub fn main(args: &[String]) -> i32 {
 
 /// The longest one engine call may take here.
 const ENGINE_LIMIT: Duration = Duration::from_secs(120);
-
-/// One engine operation at a time per user and node: many steps starting at once would otherwise
-/// run that many Podman processes against the same store (lock contention, memory in the job's
-/// cgroup). The lock is a file in the node-local runtime directory; it is released when we exit.
-fn node_lock() -> Result<Flock<std::fs::File>, String> {
-    let path = runtime_base().join(format!("mpiexec-docker-{}.lock", nix::unistd::getuid()));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| format!("{}: {e}", path.display()))
-}
 
 fn engine_output(engine: &Engine, args: &[String]) -> Result<std::process::Output, String> {
     let mut cmd = engine.command();
@@ -178,29 +171,45 @@ fn run(args: &[String]) -> Result<(), String> {
     if a.action == Action::Serve {
         return serve(&a, &config, &engine);
     }
-    let name = name(&a.job, &a.step);
-    let _lock = node_lock()?;
+    let name = name(&a.job, &a.step, a.container_name.as_deref());
+    let _lock = node_lock().map_err(|e| e.to_string())?;
     if a.action == Action::Stop {
-        engine.remove(&[name]);
+        // a named container stays for the job's later steps; the job's end removes it
+        if a.container_name.is_none() {
+            engine.remove(&[name]);
+        }
         return Ok(());
     }
-    launch::check_image_name(&a.image).map_err(|e| e.to_string())?;
-    // one engine call tells both whether the image is here and its environment (for the tasks, which
-    // inherit the job's environment, not the image's)
-    let image_env = match image_env(&engine, &a.image)? {
-        Some(env) => env,
-        None => {
-            if config.pull == PullPolicy::Never {
-                return Err(format!("image '{}' is not available on this node and pulling is disabled", a.image));
+    if let Some(n) = &a.container_name {
+        if let Some((pid, image)) = running(&engine, &name)? {
+            let info = image_info(&engine, &image)?.ok_or_else(|| format!("the image of container '{n}' is gone"))?;
+            print!("{}", Started::render(&pid, &info));
+            return Ok(());
+        }
+        if a.image.is_empty() {
+            return Err(format!("no container named '{n}' in this job on this node: give --container-image too"));
+        }
+    }
+    // the image's name in the store; one engine call then tells both whether it is there and its
+    // entrypoint and environment (for the tasks, which inherit the job's environment, not the image's)
+    let base = std::path::Path::new(&a.workdir);
+    let local = image_cache::local_name(&a.image, base).map_err(|e| e.to_string())?;
+    let info = match image_info(&engine, &local)? {
+        Some(info) if config.pull != PullPolicy::Always => info,
+        _ => {
+            image_cache::ensure(&engine, &a.image, base, config.pull).map_err(|e| e.to_string())?;
+            if let Some(max) = config.cache_max_size {
+                for gone in image_cache::enforce_cap(&engine, max, &local).unwrap_or_default() {
+                    log::info!("cache over {max} bytes: removed {gone}");
+                }
             }
-            engine.pull(&a.image, false).map_err(|e| e.to_string())?;
-            image_env(&engine, &a.image)?
-                .ok_or_else(|| format!("image '{}' is still missing after its pull", a.image))?
+            image_info(&engine, &local)?
+                .ok_or_else(|| format!("image '{}' is still missing after its fetch", a.image))?
         }
     };
     let runtime = RuntimeDir::create(&format!("{}", std::process::id())).map_err(|e| e.to_string())?;
     let request = Request {
-        image: a.image.clone(),
+        image: local.clone(),
         command: in_container_command("pause", &[]),
         host_dir: a.workdir.clone().into(),
         env: Vec::new(),
@@ -267,14 +276,31 @@ fn run(args: &[String]) -> Result<(), String> {
         engine.remove(&[name]);
         return Err(format!("cannot start the srun/ssh relay of the step: {e}"));
     }
-    println!("{pid}");
-    print!("{image_env}");
+    print!("{}", Started::render(&pid, &info));
     Ok(())
 }
 
-/// The image's environment, one NAME=VALUE a line; `None` when the image is not in the local store.
-fn image_env(engine: &Engine, image: &str) -> Result<Option<String>, String> {
-    let format = "{{range .Config.Env}}{{println .}}{{end}}";
+/// The process id and image of a running container called `name`, if there is one.
+fn running(engine: &Engine, name: &str) -> Result<Option<(String, String)>, String> {
+    let format = "{{.State.Running}} {{.State.Pid}} {{.ImageName}}";
+    let out = engine_output(engine, &["inspect".into(), "--format".into(), format.into(), name.into()])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut w = text.split_whitespace();
+    match (out.status.success(), w.next(), w.next(), w.next()) {
+        (true, Some("true"), Some(pid), Some(image)) if pid != "0" => Ok(Some((pid.into(), image.into()))),
+        (true, ..) => {
+            // there but stopped: of no use to a step
+            engine.remove(&[name.to_string()]);
+            Ok(None)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The image's entrypoint (JSON) and environment (see [`Started`]); `None` when the image is not in
+/// the local store.
+fn image_info(engine: &Engine, image: &str) -> Result<Option<String>, String> {
+    let format = "{{json .Config.Entrypoint}}\n{{range .Config.Env}}{{println .}}{{end}}";
     let out =
         engine_output(engine, &["image".into(), "inspect".into(), "--format".into(), format.into(), image.into()])?;
     if out.status.success() {

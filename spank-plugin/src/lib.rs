@@ -13,7 +13,7 @@ pub mod handle;
 mod init;
 mod job_script;
 pub mod options;
-mod remote;
+pub mod remote;
 mod run_as;
 pub mod slurm_log;
 

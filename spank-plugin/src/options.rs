@@ -21,6 +21,8 @@ pub static OPTIONS: Mutex<ContainerOptions> = Mutex::new(ContainerOptions {
     remap_root: None,
     mount_home: None,
     readonly: None,
+    name: None,
+    entrypoint: None,
 });
 
 /// Registers every option. Slurm requires this in `slurm_spank_init` of every context that sees them.
@@ -49,6 +51,9 @@ extern "C" fn option_cb(val: c_int, optarg: *const c_char, _remote: c_int) -> c_
             unsafe { CStr::from_ptr(optarg) }.to_string_lossy().into_owned()
         };
         let def = DEFS.get(val as usize).ok_or_else(|| format!("unknown option number {val}"))?;
+        if def.name == "container-entrypoint" && crate::handle::prepend_fn().is_none() {
+            return Err(crate::remote::ENTRYPOINT_NEEDS.into());
+        }
         OPTIONS.lock().unwrap_or_else(|e| e.into_inner()).apply(def.name, &value).map_err(|e| e.to_string())
     })
 }

@@ -22,12 +22,16 @@ use std::sync::Mutex;
 use std::path::Path;
 
 use mpiexec_docker::container_options::ContainerOptions;
-use mpiexec_docker::step_join;
+use mpiexec_docker::step_join::{self, Started};
 
 use crate::ffi::spank_item;
 use crate::handle::Spank;
 use crate::options::OPTIONS;
 use crate::run_as::{helper_as, plugin_args};
+
+/// Why `--container-entrypoint` cannot be had here.
+pub const ENTRYPOINT_NEEDS: &str = "--container-entrypoint needs Slurm 23.11 or later (spank_prepend_task_argv); \
+     on this Slurm the tasks start without the image's entrypoint: drop the option or run the entrypoint yourself";
 
 /// Slurm's step id of the extern step (no tasks to wrap).
 const EXTERN_STEP: u32 = 0xfffffffc;
@@ -41,6 +45,10 @@ struct StepContainer {
     image_env: Vec<(String, String)>,
     keep: Vec<String>,
     image: String,
+    /// `--container-name`: kept for later steps.
+    name: Option<String>,
+    /// The image's entrypoint, run before each task's program (`--container-entrypoint`).
+    entrypoint: Vec<String>,
     job: u32,
     step: u32,
     uid: u32,
@@ -54,9 +62,9 @@ pub fn user_init(spank: &Spank, _args: &[String]) -> Result<(), String> {
     // options not given on the command line take their defaults from the job's environment
     let given = OPTIONS.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let result = match given.with_env_defaults(|k| spank.getenv(k)) {
-        Ok(opts) => match opts.image.clone() {
-            None => return Ok(()),
-            Some(image) => start(spank, &image, &opts),
+        Ok(opts) => match (opts.image.clone(), &opts.name) {
+            (None, None) => return Ok(()),
+            (image, _) => start(spank, &image.unwrap_or_default(), &opts),
         },
         Err(e) => Err(e.to_string()),
     };
@@ -80,6 +88,9 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> Result<StepCont
     let mut cmd = helper_as(&args.helper, &user, gid);
     cmd.args(["step-container", "start", "--engine", args.engine.command()]);
     cmd.args(["--job", &job.to_string(), "--step", &step.to_string(), "--image", image, "--workdir", &workdir]);
+    if let Some(n) = &opts.name {
+        cmd.args(["--name", n]);
+    }
     for m in args.mounts.iter().chain(opts.mounts.iter().flatten()) {
         cmd.args(["--mount", m]);
     }
@@ -104,10 +115,13 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> Result<StepCont
         let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("the helper failed").trim();
         return Err(format!("--container-image={image}: {}", line.trim_start_matches("mpiexec_docker: error: ")));
     }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut lines = text.lines();
-    let pid = lines.next().and_then(|l| l.trim().parse::<i32>().ok()).ok_or("the helper printed no pid")?;
-    let image_env = lines.filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let started = Started::parse(&String::from_utf8_lossy(&out.stdout))?;
+    let (pid, image_env) = (started.pid, started.env);
+    let entrypoint = match opts.entrypoint {
+        Some(true) if crate::handle::prepend_fn().is_none() => return Err(ENTRYPOINT_NEEDS.into()),
+        Some(true) => started.entrypoint,
+        _ => Vec::new(),
+    };
     let workdir = opts.workdir.clone().unwrap_or(workdir);
     let keep = opts.env.clone().unwrap_or_default();
     let how = match crate::handle::prepend_fn() {
@@ -115,7 +129,8 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> Result<StepCont
         None => "in task_init (this Slurm has no spank_prepend_task_argv)",
     };
     log::info!("step {job}.{step}: tasks run in container of {image} (pid {pid}); they enter it {how}");
-    Ok(StepContainer { pid, workdir, image_env, keep, image: image.to_string(), job, step, uid, gid })
+    let (name, image) = (opts.name.clone(), image.to_string());
+    Ok(StepContainer { pid, workdir, image_env, keep, image, name, entrypoint, job, step, uid, gid })
 }
 
 pub fn task_init(spank: &Spank, _args: &[String]) -> Result<(), String> {
@@ -130,7 +145,8 @@ pub fn task_init(spank: &Spank, _args: &[String]) -> Result<(), String> {
             // Slurm 23.11+: the helper joins the container and execs the task's program; before that,
             // the task joins it here, just before Slurm execs the program
             let helper = plugin_args()?.helper;
-            let prepend = step_join::prepend_argv(&helper, c.pid, Path::new(&c.workdir));
+            let mut prepend = step_join::prepend_argv(&helper, c.pid, Path::new(&c.workdir));
+            prepend.extend(c.entrypoint.iter().cloned());
             match spank.prepend_task_argv(&prepend) {
                 Some(result) => result.map_err(|e| format!("cannot prepend the container's entry to the task: {e}")),
                 None => step_join::enter(c.pid, Path::new(&c.workdir)).map_err(|e| e.to_string()),
@@ -166,6 +182,9 @@ pub fn exit(_spank: &Spank, _args: &[String]) -> Result<(), String> {
     let mut cmd = helper_as(&args.helper, &user, c.gid);
     cmd.args(["step-container", "stop", "--engine", args.engine.command()]);
     cmd.args(["--job", &c.job.to_string(), "--step", &c.step.to_string()]);
+    if let Some(n) = &c.name {
+        cmd.args(["--name", n]);
+    }
     match cmd.stdout(Stdio::null()).stderr(Stdio::null()).status() {
         Ok(s) if s.success() => {}
         other => log::error!("removing the container of step {}.{}: {other:?}", c.job, c.step),

@@ -63,6 +63,12 @@ if [[ -e $MDT_RUN/mounted-hugetlb ]]; then
     rm -f "$MDT_RUN/mounted-hugetlb"
 fi
 
+if [[ -s $MDT_RUN/registry.pid ]]; then
+    log "stopping the test registry"
+    stop_pids "$(cat "$MDT_RUN/registry.pid")"
+    rm -f "$MDT_RUN/registry.pid"
+fi
+
 if [[ -e $MDT_RUN/fake-devices ]]; then
     xargs -r rm -f < "$MDT_RUN/fake-devices"
     rm -f "$MDT_RUN/fake-devices"

@@ -14,7 +14,8 @@ source "$(dirname "$0")/lib.sh"
 PACKAGES=(podman crun uidmap slirp4netns fuse-overlayfs catatonit
           slurm-wlm slurm-client munge libslurm-dev slurm-wlm-basic-plugins-dev
           openmpi-bin libopenmpi-dev mpich libmpich-dev
-          libclang-dev mmdebstrap iproute2 psmisc util-linux hyperfine file binutils)
+          libclang-dev mmdebstrap iproute2 psmisc util-linux hyperfine file binutils
+          docker-registry busybox-static)
 
 step_packages() {
     local missing=()
@@ -132,6 +133,75 @@ step_images() {
         podman save --quiet --format docker-archive -o "$tmp/image.tar" "$(image_ref nompi)"
         mv "$tmp/image.tar" "$MDT_STATE/images/md-nompi.tar"
         rm -rf "$tmp"
+    fi
+}
+
+# A 2 MB image (busybox) for the image-distribution tests: kept as files on the shared file system
+# (docker-archive and oci-archive) and pushed to the test registry, never preloaded on the nodes.
+step_tiny_image() {
+    local dir=$MDT_SHARED/images
+    install -d -m 0755 "$dir"
+    [[ -s $dir/md-tiny.tar && -s $dir/md-tiny.oci.tar ]] && return 0
+    log "building image md-tiny (busybox)"
+    local tmp; tmp=$(mktemp -d /var/tmp/mdt-image.XXXXXX)
+    mkdir -p "$tmp/root/bin" "$tmp/root/etc" "$tmp/root/tmp" "$tmp/root/proc" "$tmp/root/dev" "$tmp/root/sys"
+    cp /bin/busybox "$tmp/root/bin/busybox"
+    local t
+    for t in sh ls cat echo id printenv true false sleep env hostname head mkdir touch pwd grep test wc; do
+        ln -s busybox "$tmp/root/bin/$t"
+    done
+    echo "md-tiny" > "$tmp/root/etc/motd"
+    tar -C "$tmp/root" -cf "$tmp/root.tar" .
+    podman rmi -f "$(image_ref tiny)" >/dev/null 2>&1 || true
+    podman import --quiet --change "ENV MD_IMAGE_FLAVOUR=tiny" --change "ENV PATH=/bin" \
+        "$tmp/root.tar" "$(image_ref tiny)" >/dev/null
+    podman save --quiet --format docker-archive -o "$tmp/md-tiny.tar" "$(image_ref tiny)"
+    podman save --quiet --format oci-archive -o "$tmp/md-tiny.oci.tar" "$(image_ref tiny)"
+    chmod 0644 "$tmp"/md-tiny*.tar
+    mv "$tmp/md-tiny.oci.tar" "$dir/md-tiny.oci.tar"
+    mv "$tmp/md-tiny.tar" "$dir/md-tiny.tar"   # only complete archives get their final names
+    rm -rf "$tmp"
+}
+
+# A real registry (Debian's docker-registry) on the cluster network, $MDT_REGISTRY, holding md-tiny;
+# its log (one line per request) is $MDT_REGISTRY_LOG. Podman on every node trusts it over plain HTTP.
+step_registry() {
+    mkdir -p /etc/containers/registries.conf.d "$MDT_STATE/registry"
+    cat > /etc/containers/registries.conf.d/50-mpiexec-docker-test.conf <<EOF
+# written by mpiexec-docker's tests/cluster/up.sh: the test registry speaks plain HTTP
+[[registry]]
+location = "$MDT_REGISTRY"
+insecure = true
+EOF
+    cat > "$MDT_STATE/registry/config.yml" <<EOF
+version: 0.1
+log:
+  accesslog:
+    disabled: false
+  level: info
+  formatter: text
+storage:
+  filesystem:
+    rootdirectory: $MDT_STATE/registry/data
+  delete:
+    enabled: true
+http:
+  addr: $MDT_REGISTRY
+EOF
+    if ! { [[ -s $MDT_RUN/registry.pid ]] && kill -0 "$(cat "$MDT_RUN/registry.pid")" 2>/dev/null; }; then
+        log "starting the test registry on $MDT_REGISTRY"
+        setsid docker-registry serve "$MDT_STATE/registry/config.yml" >> "$MDT_REGISTRY_LOG" 2>&1 < /dev/null &
+        echo $! > "$MDT_RUN/registry.pid"
+        local i
+        for i in $(seq 1 50); do
+            podman search --tls-verify=false --list-tags "$MDT_REGISTRY/md/none" >/dev/null 2>&1 && break
+            grep -q "listening on" "$MDT_REGISTRY_LOG" 2>/dev/null && break
+            sleep 0.2
+        done
+    fi
+    if [[ ! -e $MDT_STATE/registry/data/docker/registry/v2/repositories/md/tiny/_manifests/tags/latest ]]; then
+        podman load --quiet -i "$MDT_SHARED/images/md-tiny.tar" >/dev/null
+        podman push --quiet "$(image_ref tiny)" "$MDT_REGISTRY/md/tiny:latest"
     fi
 }
 
@@ -254,6 +324,7 @@ EOF
         step_host_fixes
         step_network
         step_fake_gpus
+        step_registry
     fi
 }
 
@@ -336,6 +407,8 @@ main() {
     step_images
     step_network
     step_fake_gpus
+    step_tiny_image
+    step_registry
     step_slurm_config
     step_daemons
     step_load_images

@@ -1,0 +1,77 @@
+//! `mpiexec_docker images [prune] [--engine podman|docker]`: what the tool fetched into this node's
+//! store for the caller (image files loaded, registry images pulled), and removing it.
+
+use mpiexec_docker::config::Config;
+use mpiexec_docker::engine::Engine;
+use mpiexec_docker::image_cache::{self, node_lock};
+use mpiexec_docker::plugstack::EngineKind;
+
+pub fn main(args: &[String]) -> i32 {
+    let mut prune = false;
+    let mut engine = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "prune" => prune = true,
+            "--engine" => match it.next().map(|e| e.parse::<EngineKind>()) {
+                Some(Ok(k)) => engine = Some(k),
+                _ => return usage(),
+            },
+            _ => return usage(),
+        }
+    }
+    match run(prune, engine) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("mpiexec_docker: error: {e}");
+            1
+        }
+    }
+}
+
+fn run(prune: bool, kind: Option<EngineKind>) -> Result<(), String> {
+    let config = Config::load().map_err(|e| e.to_string())?;
+    let engine = Engine::find(kind.unwrap_or(config.engine)).map_err(|e| e.to_string())?;
+    let _lock = node_lock().map_err(|e| e.to_string())?;
+    let items = image_cache::list(&engine).map_err(|e| e.to_string())?;
+    if !prune {
+        println!("{:<64} {:<12} {:>10}", "IMAGE", "ID", "SIZE");
+        for c in &items {
+            println!("{:<64} {:<12} {:>10}", c.name, c.id, human(c.size));
+        }
+        let total = image_cache::total_size(&items);
+        let cap = config.cache_max_size.map(|m| format!(" (cap {})", human(m))).unwrap_or_default();
+        println!("{} image(s), {}{cap}", items.len(), human(total));
+        return Ok(());
+    }
+    let kept = image_cache::remove(&engine, &items);
+    for (name, why) in &kept {
+        eprintln!("mpiexec_docker: kept {name}: {why}");
+    }
+    println!("removed {} image(s)", items.len() - kept.len());
+    if kept.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} image(s) could not be removed (in use?)", kept.len()))
+    }
+}
+
+fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < units.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
+}
+
+fn usage() -> i32 {
+    eprintln!("mpiexec_docker: error: usage: mpiexec_docker images [prune] [--engine podman|docker]");
+    2
+}

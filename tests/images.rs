@@ -1,0 +1,177 @@
+//! Images at cluster scale: a real registry (Debian's docker-registry on the cluster network) and image
+//! files on the shared file system, fetched once per node and reused, listed and pruned, and clear
+//! errors that leave the cache clean. The tests use `md-tiny` (busybox), which no node has preloaded.
+
+mod common;
+use common::*;
+
+const REGISTRY: &str = "10.77.0.1:5000";
+const REGISTRY_LOG: &str = "/var/log/mdt-registry.log";
+const NODE_IPS: [&str; 3] = ["10.77.0.11", "10.77.0.12", "10.77.0.13"];
+
+fn tiny_archive() -> String {
+    format!("{SHARED}/images/md-tiny.tar")
+}
+
+fn tiny_oci() -> String {
+    format!("{SHARED}/images/md-tiny.oci.tar")
+}
+
+/// Removes md-tiny from every node's store for `who`: the registry's name and everything we cached.
+fn forget_tiny_everywhere(who: As) {
+    for node in NODES {
+        on_node(
+            node,
+            who,
+            &format!("podman rmi -f {REGISTRY}/md/tiny:latest >/dev/null 2>&1; mpiexec_docker images prune >/dev/null"),
+        )
+        .success();
+    }
+}
+
+/// What each node fetched from the registry since `from` lines of its log: (node ip, blob) → count.
+fn blob_fetches(from: usize) -> std::collections::BTreeMap<(String, String), usize> {
+    let log = std::fs::read_to_string(REGISTRY_LOG).unwrap_or_default();
+    let mut seen = std::collections::BTreeMap::new();
+    for line in log.lines().skip(from) {
+        // access log: IP - - [date] "GET /v2/NAME/blobs/sha256:… HTTP/1.1" 200 …
+        let mut words = line.split_whitespace();
+        let ip = words.next().unwrap_or("").to_string();
+        let Some(req) = line.split('"').nth(1) else { continue };
+        let mut r = req.split_whitespace();
+        if r.next() != Some("GET") {
+            continue;
+        }
+        let path = r.next().unwrap_or("");
+        if path.starts_with("/v2/md/tiny/blobs/") && line.contains("\" 200 ") {
+            *seen.entry((ip, path.to_string())).or_insert(0) += 1;
+        }
+    }
+    seen
+}
+
+fn log_lines() -> usize {
+    std::fs::read_to_string(REGISTRY_LOG).map(|l| l.lines().count()).unwrap_or(0)
+}
+
+#[test]
+fn registry_images_are_pulled_once_per_node_and_reused() {
+    let _g = exclusive();
+    forget_tiny_everywhere(As::User);
+    let from = log_lines();
+    // 12 tasks on 3 nodes start at once: one pull per node
+    let run = sh(
+        As::User,
+        &format!("srun -N3 -n12 --container-image={REGISTRY}/md/tiny sh -c 'echo $(hostname) $MD_IMAGE_FLAVOUR'"),
+    )
+    .success();
+    assert_eq!(run.lines().iter().filter(|l| l.ends_with(" tiny")).count(), 12, "{run}");
+    let fetched = blob_fetches(from);
+    for ip in NODE_IPS {
+        let blobs: Vec<usize> = fetched.iter().filter(|((i, _), _)| i == ip).map(|(_, n)| *n).collect();
+        assert!(!blobs.is_empty(), "node {ip} pulled nothing: {fetched:?}");
+        assert!(blobs.iter().all(|&n| n == 1), "node {ip} fetched a blob more than once: {fetched:?}");
+    }
+    let per_node = fetched.len() / NODE_IPS.len();
+    assert_eq!(fetched.len(), per_node * NODE_IPS.len(), "every node fetched the same blobs: {fetched:?}");
+
+    // a second job reuses what every node has: no blob is fetched again
+    let from = log_lines();
+    sh(As::User, &format!("srun -N3 -n3 --container-image={REGISTRY}/md/tiny true")).success();
+    assert!(blob_fetches(from).is_empty(), "the cache is reused: {:?}", blob_fetches(from));
+
+    // pyxis's REGISTRY#IMAGE form names the same image
+    let from = log_lines();
+    let run = sh(As::User, &format!("srun -N1 -n1 --container-image={REGISTRY}#md/tiny cat /etc/motd")).success();
+    assert_eq!(run.stdout.trim(), "md-tiny", "{run}");
+    assert!(blob_fetches(from).is_empty(), "{:?}", blob_fetches(from));
+
+    // what the tool fetched is listed, and pruned
+    let list = on_node("node1", As::User, "mpiexec_docker images").success();
+    assert!(list.stdout.contains("mpiexec-docker-cache/10.77.0.1-5000-md-tiny-latest:pulled"), "{list}");
+    forget_tiny_everywhere(As::User);
+    let list = on_node("node1", As::User, "mpiexec_docker images; podman images --format '{{.Repository}}'").success();
+    assert!(!list.stdout.contains("tiny"), "{list}");
+}
+
+#[test]
+fn image_files_on_shared_storage_work_for_the_plugin_and_the_helper() {
+    let _g = exclusive();
+    for who in [As::User, As::Root] {
+        forget_tiny_everywhere(who);
+        for form in
+            [tiny_archive(), format!("docker-archive:{}", tiny_archive()), format!("oci-archive:{}", tiny_oci())]
+        {
+            let run =
+                sh(who, &format!("srun -N3 -n3 --container-image={form} sh -c 'echo $(hostname) $(cat /etc/motd)'"))
+                    .success();
+            let mut lines = run.lines();
+            lines.sort();
+            let want: Vec<String> = NODES.iter().map(|n| format!("{n} md-tiny")).collect();
+            assert_eq!(lines, want, "{run}");
+        }
+        // the helper, with a path relative to the current directory
+        let run = sh_in(who, SHARED, "run_in_docker ./images/md-tiny.tar cat /etc/motd").success();
+        assert_eq!(run.stdout.trim(), "md-tiny", "{run}");
+        let run = sh_in(who, SHARED, "mpiexec_docker images").success();
+        assert!(run.stdout.contains("mpiexec-docker-cache/md-tiny:"), "{run}");
+        // only our name was added to the store, and prune takes it away
+        let names = on_node("node2", who, "podman images --format '{{.Repository}}:{{.Tag}}' | grep tiny").success();
+        assert!(names.lines().iter().all(|l| l.starts_with("localhost/mpiexec-docker-cache/md-tiny:")), "{names}");
+        forget_tiny_everywhere(who);
+        let names = on_node("node2", who, "podman images --format '{{.Repository}}' | grep tiny || true").success();
+        assert!(names.stdout.trim().is_empty(), "{names}");
+        sh_in(who, SHARED, "mpiexec_docker images prune").success();
+    }
+}
+
+#[test]
+fn images_that_cannot_be_had_fail_clearly_and_leave_the_cache_clean() {
+    let _g = exclusive();
+    forget_tiny_everywhere(As::User);
+    let whole = std::fs::read(tiny_archive()).unwrap();
+    let truncated = format!("{SHARED}/images-test-truncated.tar");
+    std::fs::write(&truncated, &whole[..whole.len() / 2]).unwrap();
+    let corrupt = format!("{SHARED}/images-test-corrupt.tar");
+    std::fs::write(&corrupt, b"not an image archive, just some bytes that happen to be here ...").unwrap();
+    for (image, says) in [
+        ("10.77.0.1:5999/md/tiny".to_string(), "connection refused"),
+        (format!("{REGISTRY}/md/tiny:no-such-tag"), "manifest unknown"),
+        (truncated.clone(), "truncated archive"),
+        (corrupt.clone(), "not a tar archive"),
+        (format!("{SHARED}/no-such-image.tar"), "No such file"),
+    ] {
+        let run = sh(As::User, &format!("srun -N2 -n2 --container-image={image} true"));
+        assert!(!run.ok(), "{run}");
+        let errors: Vec<&str> = run.stderr.lines().filter(|l| l.contains("mpiexec_docker:")).collect();
+        assert!(!errors.is_empty() && errors.iter().all(|l| l.contains(says) && l.contains(&image)), "{image}: {run}");
+        let run = sh_in(As::User, SHARED, &format!("run_in_docker {image} true"));
+        assert_eq!(run.code, Some(125), "{run}");
+        assert_eq!(run.stderr.lines().count(), 1, "one line: {run}");
+        assert!(run.stderr.contains(says), "{run}");
+    }
+    for node in NODES {
+        let list = on_node(node, As::User, "mpiexec_docker images | tail -1").success();
+        assert_eq!(list.stdout.trim(), "0 image(s), 0 B", "nothing half-cached on {node}: {list}");
+    }
+    assert_no_node_drained();
+    assert_clean_within(20);
+    let _ = std::fs::remove_file(truncated);
+    let _ = std::fs::remove_file(corrupt);
+}
+
+#[test]
+fn long_fetches_report_progress_in_batch_logs() {
+    let _g = exclusive();
+    forget_tiny_everywhere(As::User);
+    // a line every 50 ms here (10 s by default) while the image is fetched
+    let run = sbatch(
+        As::User,
+        "-N1 -n1 -w node3",
+        &format!("MPIEXEC_DOCKER_PROGRESS_INTERVAL=0.05 run_in_docker {REGISTRY}/md/tiny cat /etc/motd 2>&1"),
+    );
+    assert!(run.ok(), "{run}");
+    assert!(run.stdout.contains(&format!("mpiexec_docker: pulling {REGISTRY}/md/tiny: ")), "{run}");
+    assert!(run.stdout.trim_end().ends_with("md-tiny"), "{run}");
+    forget_tiny_everywhere(As::User);
+}
