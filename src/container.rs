@@ -104,6 +104,8 @@ pub struct ContainerSpec {
     pub detach: bool,
     /// Read-only root file system (`--read-only`).
     pub read_only: bool,
+    /// Where Podman writes the container's process id (`--pidfile`; Docker has no such option).
+    pub pidfile: Option<std::path::PathBuf>,
     /// Keep this many file descriptors above stdio open in the container (Podman `--preserve-fds`).
     pub preserve_fds: u32,
     pub entrypoint: Option<String>,
@@ -128,6 +130,7 @@ impl ContainerSpec {
             tty: false,
             remove: true,
             detach: false,
+            pidfile: None,
             read_only: false,
             preserve_fds: 0,
             entrypoint: None,
@@ -201,6 +204,10 @@ pub fn run_args(engine: EngineKind, spec: &ContainerSpec) -> Vec<String> {
     }
     if spec.read_only {
         a.push("--read-only".into());
+    }
+    if let (Some(p), EngineKind::Podman) = (&spec.pidfile, engine) {
+        a.push("--pidfile".into());
+        a.push(p.display().to_string());
     }
     if spec.interactive {
         a.push("--interactive".into());

@@ -22,7 +22,7 @@ use thiserror::Error;
 
 use crate::config::PullPolicy;
 use crate::engine::{Engine, EngineError};
-use crate::image_source::{ArchiveInfo, ImageError, ImageSource, CACHE_REPOSITORY};
+use crate::image_source::{repository_component, ArchiveInfo, ImageError, ImageSource, CACHE_REPOSITORY};
 
 #[derive(Debug, Error)]
 pub enum CacheError {
@@ -140,7 +140,8 @@ pub fn ensure(engine: &Engine, image: &str, base: &Path, policy: PullPolicy) -> 
 fn with_progress<T>(what: &str, f: impl FnOnce() -> T) -> T {
     let tty = std::io::stderr().is_terminal();
     let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let what = what.to_string();
+    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let what = format!("{what} on {host}");
     let every = progress_every();
     let ticker = (!tty).then(|| {
         std::thread::spawn(move || {
@@ -215,18 +216,7 @@ pub fn pulled_name(reference: &str) -> String {
     let last = reference.rsplit('/').next().unwrap_or(reference);
     let reference =
         if last.contains(':') || last.contains('@') { reference.to_string() } else { format!("{reference}:latest") };
-    let clean: String =
-        reference
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
-                    c.to_ascii_lowercase()
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-    let clean = clean.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    let clean = repository_component(&reference);
     format!("{CACHE_REPOSITORY}/{clean}:pulled")
 }
 

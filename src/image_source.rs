@@ -133,22 +133,22 @@ impl ArchiveInfo {
     pub fn cache_name(&self, path: &Path) -> String {
         let stem = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let stem = stem.trim_end_matches(".tar").trim_end_matches(".oci").trim_end_matches(".docker");
-        let mut name: String = stem
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
-                    c.to_ascii_lowercase()
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        name = name.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string();
+        let mut name = repository_component(stem);
         if name.is_empty() {
             name = "image".into();
         }
         format!("{CACHE_REPOSITORY}/{name}:{}", &self.digest[..self.digest.len().min(16)])
     }
+}
+
+/// `text` as one path component of an image repository name: lower case, `[a-z0-9._-]`, other
+/// characters as `-`, starting and ending with a letter or digit (may come out empty).
+pub fn repository_component(text: &str) -> String {
+    let mapped: String = text
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c.to_ascii_lowercase() } else { '-' })
+        .collect();
+    mapped.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
 }
 
 /// The contents of the named top-level entries of a tar file, read by walking its headers (layers

@@ -7,7 +7,8 @@
 #   2. data path: our ping-pong (Open MPI) and Intel MPI's IMB-MPI1 PingPong, container against bare;
 #   3. relay: a relayed srun round trip against the host's srun, in the same allocation;
 #   4. multi-node launch: mpiexec_docker against bare mpiexec in the same 3-node allocation;
-#   5. step launch: `srun --container-image=IMAGE -N1 -n{1,4,16} true` against the bare step.
+#   5. step launch: `srun --container-image=IMAGE -N1 -n{1,4,16} true` against the bare step;
+#   6. image distribution: cold (registry pull, image file load) and warm (cached) 3-node steps.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 source "$top/tests/cluster/lib.sh"
@@ -180,4 +181,54 @@ for n in 1 4 16; do
     read -r bm _ < <(timeit "srun -N1 -n$n --overcommit true")
     read -r cm _ < <(timeit "srun -N1 -n$n --overcommit --container-image=$(image_ref openmpi) true")
     printf '| %s | %s | %s | %s |\n' "$n" "$bm" "$cm" "$(python3 -c "print(f'{$cm - $bm:.3f}')")"
+done
+echo
+
+echo "## Image distribution: cold and warm start of a 3-node step (rootless Podman, seconds, median of 3)"
+echo
+# a 200 MB image no node has (busybox and one random 200 MB layer), in the test registry and as a file
+# on the shared file system
+BIG=$MDT_REGISTRY/md/bench-big:latest
+BIGFILE=$MDT_SHARED/images/md-bench-big.tar
+if [[ ! -s $BIGFILE ]]; then
+    tmp=$(mktemp -d /var/tmp/mdt-big.XXXXXX)
+    mkdir -p "$tmp/root/bin" "$tmp/root/data"
+    cp /bin/busybox "$tmp/root/bin/busybox"; ln -s busybox "$tmp/root/bin/sh"; ln -s busybox "$tmp/root/bin/true"
+    head -c 200M /dev/urandom > "$tmp/root/data/blob"
+    tar -C "$tmp/root" -cf "$tmp/root.tar" .
+    podman import --quiet "$tmp/root.tar" localhost/md-bench-big:latest >/dev/null
+    podman save --quiet -o "$tmp/big.tar" localhost/md-bench-big:latest
+    chmod 0644 "$tmp/big.tar"; mv "$tmp/big.tar" "$BIGFILE"; rm -rf "$tmp"
+    podman push --quiet localhost/md-bench-big:latest "$BIG"
+fi
+forget_big() {
+    local node
+    for node in "${MDT_NODES[@]}"; do
+        node_exec "$node" runuser -u "$MDT_USER" -- env HOME="/home/$MDT_USER" bash -c \
+            "podman rmi -f $BIG >/dev/null 2>&1; mpiexec_docker images prune >/dev/null 2>&1" || true
+    done
+}
+once() { local t0 t1; t0=$(date +%s.%N); U "$1" >/dev/null 2>&1; t1=$(date +%s.%N); python3 -c "print(f'{$t1 - $t0:.3f}')"; }
+med() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.3f}')" "$@"; }
+bare=(); reg_cold=(); reg_warm=(); file_cold=(); file_warm=()
+for i in 1 2 3; do
+    bare+=("$(once "srun -N3 -n3 true")")
+    forget_big
+    reg_cold+=("$(once "srun -N3 -n3 --container-image=$BIG true")")
+    reg_warm+=("$(once "srun -N3 -n3 --container-image=$BIG true")")
+    forget_big
+    file_cold+=("$(once "srun -N3 -n3 --container-image=$BIGFILE true")")
+    file_warm+=("$(once "srun -N3 -n3 --container-image=$BIGFILE true")")
+done
+forget_big
+b=$(med "${bare[@]}")
+echo "| step | median s | added over bare |"
+echo "| --- | --- | --- |"
+echo "| bare \`srun -N3 -n3 true\` | $b | |"
+for row in "registry, cold (200 MB pulled by each node):reg_cold" "registry, warm (cached):reg_warm" \
+           "image file on the shared file system, cold (loaded by each node):file_cold" "image file, warm (cached):file_warm"; do
+    name=${row%%:*}; arr=${row##*:}
+    eval "vals=(\"\${${arr}[@]}\")"
+    m=$(med "${vals[@]}")
+    echo "| $name | $m | $(python3 -c "print(f'{$m - $b:.3f}')") |"
 done

@@ -171,7 +171,17 @@ fn long_fetches_report_progress_in_batch_logs() {
         &format!("MPIEXEC_DOCKER_PROGRESS_INTERVAL=0.05 run_in_docker {REGISTRY}/md/tiny cat /etc/motd 2>&1"),
     );
     assert!(run.ok(), "{run}");
-    assert!(run.stdout.contains(&format!("mpiexec_docker: pulling {REGISTRY}/md/tiny: ")), "{run}");
+    assert!(run.stdout.contains(&format!("mpiexec_docker: pulling {REGISTRY}/md/tiny on node3: ")), "{run}");
     assert!(run.stdout.trim_end().ends_with("md-tiny"), "{run}");
+    // the plugin passes the lines on to srun's terminal
+    forget_tiny_everywhere(As::User);
+    let run = sh(
+        As::User,
+        &format!(
+            "MPIEXEC_DOCKER_PROGRESS_INTERVAL=0.05 srun -w node2 -n1 --container-image={REGISTRY}/md/tiny true 2>&1"
+        ),
+    )
+    .success();
+    assert!(run.stdout.contains(&format!("mpiexec_docker: pulling {REGISTRY}/md/tiny on node2: ")), "{run}");
     forget_tiny_everywhere(As::User);
 }

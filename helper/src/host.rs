@@ -12,6 +12,7 @@ use mpiexec_docker::image_cache;
 use mpiexec_docker::launch::{self, in_container_command, Request, RuntimeDir};
 use mpiexec_docker::plugstack::EngineKind;
 use mpiexec_docker::process::spawn_forwarding;
+use mpiexec_docker::relay::rewrite::run_in_docker_prefix;
 use mpiexec_docker::relay::server::{self, RelayConfig};
 use mpiexec_docker::relay::SOCKET_NAME;
 
@@ -153,15 +154,7 @@ fn start_relay(
     req: &Request,
 ) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the helper binary itself: {e}"))?;
-    let run_in_docker = exe.with_file_name("run_in_docker");
-    let mut wrap = vec![run_in_docker.display().to_string(), "--engine".into(), kind.command().into()];
-    for e in &cli.env {
-        wrap.extend(["-e".to_string(), e.clone()]);
-    }
-    for m in &cli.mounts {
-        wrap.extend(["-m".to_string(), m.clone()]);
-    }
-    wrap.extend([cli.image.clone(), "--".into()]);
+    let wrap = run_in_docker_prefix(&exe, kind, &cli.env, &cli.mounts, &cli.image);
     let relay = RelayConfig {
         allowed: config.relay_commands.clone(),
         wrap,

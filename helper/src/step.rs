@@ -10,7 +10,7 @@
 //! mpiexec_docker step-container start --job J --step S --image IMAGE --workdir DIR [--engine E] [--mount SPEC]...
 //!     [--container-workdir DIR] [--mount-home DIR] [--remap-root] [--readonly] [--gpus LIST] [--name NAME]
 //! (prints the container's pid, the image's entrypoint, then its environment: see `Started`)
-//! mpiexec_docker step-container stop --job J --step S [--engine E] [--name NAME]
+//! mpiexec_docker step-container stop --job J --step S [--engine E] [--name NAME] [--pid PID]
 //! mpiexec_docker step-container join --pid PID [--workdir DIR] -- PROG [ARGS]
 //! ```
 
@@ -176,6 +176,9 @@ fn run(args: &[String]) -> Result<(), String> {
     if a.action == Action::Stop {
         // a named container stays for the job's later steps; the job's end removes it
         if a.container_name.is_none() {
+            if a.pid > 0 {
+                end_pause(a.pid);
+            }
             engine.remove(&[name]);
         }
         return Ok(());
@@ -230,6 +233,9 @@ fn run(args: &[String]) -> Result<(), String> {
     spec.labels.push(("mpiexec-docker.step".into(), a.step.clone()));
     spec.remove = false;
     spec.detach = true;
+    // Podman writes the container's pid here: one engine call less than asking afterwards
+    let pidfile = runtime.path.join("container.pid");
+    spec.pidfile = Some(pidfile.clone());
     spec.interactive = false;
     // the tasks see the job's working directory where it is on the host, and the node's /tmp and
     // Slurm spool (PMIx server files) for direct MPI launch
@@ -264,8 +270,14 @@ fn run(args: &[String]) -> Result<(), String> {
             text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim()
         ));
     }
-    let pid = engine_output(&engine, &["inspect".into(), "--format".into(), "{{.State.Pid}}".into(), name.clone()])?;
-    let pid = String::from_utf8_lossy(&pid.stdout).trim().to_string();
+    let pid = match std::fs::read_to_string(&pidfile).ok().map(|p| p.trim().to_string()).filter(|p| !p.is_empty()) {
+        Some(pid) => pid,
+        None => {
+            let out =
+                engine_output(&engine, &["inspect".into(), "--format".into(), "{{.State.Pid}}".into(), name.clone()])?;
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        }
+    };
     if pid.is_empty() || pid == "0" {
         engine.remove(&[name]);
         return Err(format!("the container for image '{}' did not stay up", a.image));
@@ -278,6 +290,29 @@ fn run(args: &[String]) -> Result<(), String> {
     }
     print!("{}", Started::render(&pid, &info));
     Ok(())
+}
+
+/// Ends the container's main process (our pause, checked by its command line) and waits briefly for
+/// it: removing a container that has already stopped is quicker than having the engine stop it.
+fn end_pause(pid: i32) {
+    // SAFETY: pidfd_open takes a pid and flags; the descriptor then names that process only.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if pidfd < 0 {
+        return;
+    }
+    let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("in-container\0pause"))
+        .unwrap_or(false);
+    if ours {
+        let mut fds = [libc::pollfd { fd: pidfd, events: libc::POLLIN, revents: 0 }];
+        // SAFETY: a signal through the pidfd reaches that very process; poll waits up to 1 s for it.
+        unsafe {
+            libc::syscall(libc::SYS_pidfd_send_signal, pidfd, libc::SIGKILL, std::ptr::null::<u8>(), 0);
+            libc::poll(fds.as_mut_ptr(), 1, 1000);
+        }
+    }
+    // SAFETY: closing the descriptor we opened.
+    unsafe { libc::close(pidfd) };
 }
 
 /// The process id and image of a running container called `name`, if there is one.
@@ -350,6 +385,7 @@ fn spawn_server(a: &Args, engine: &Engine, runtime: RuntimeDir, pid: &str) -> Re
 /// `ssh` runs its remote command through `run_in_docker` with the same image.
 fn serve(a: &Args, config: &Config, engine: &Engine) -> Result<(), String> {
     use mpiexec_docker::environment::EnvFilter;
+    use mpiexec_docker::relay::rewrite::run_in_docker_prefix;
     use mpiexec_docker::relay::server::{self, RelayConfig};
     use mpiexec_docker::relay::SOCKET_NAME;
     use std::os::fd::FromRawFd;
@@ -366,12 +402,7 @@ fn serve(a: &Args, config: &Config, engine: &Engine) -> Result<(), String> {
         return Err(format!("the container's process {} is gone", a.pid));
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut wrap = vec![exe.with_file_name("run_in_docker").display().to_string()];
-    wrap.extend(["--engine".to_string(), engine.kind.command().to_string()]);
-    for m in &a.mounts {
-        wrap.extend(["-m".to_string(), m.clone()]);
-    }
-    wrap.extend([a.image.clone(), "--".into()]);
+    let wrap = run_in_docker_prefix(&exe, engine.kind, &[], &a.mounts, &a.image);
     let relay = RelayConfig {
         allowed: config.relay_commands.clone(),
         wrap,

@@ -109,7 +109,11 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> Result<StepCont
     if opts.readonly == Some(true) {
         cmd.arg("--readonly");
     }
-    let out = cmd.output().map_err(|e| format!("cannot run {}: {e}", args.helper.display()))?;
+    // a long fetch prints progress lines: they go to the user as they come
+    if let Some(every) = spank.getenv("MPIEXEC_DOCKER_PROGRESS_INTERVAL") {
+        cmd.env("MPIEXEC_DOCKER_PROGRESS_INTERVAL", every);
+    }
+    let out = output_forwarding_progress(cmd).map_err(|e| format!("cannot run {}: {e}", args.helper.display()))?;
     if !out.status.success() {
         let text = String::from_utf8_lossy(&out.stderr);
         let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("the helper failed").trim();
@@ -131,6 +135,29 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> Result<StepCont
     log::info!("step {job}.{step}: tasks run in container of {image} (pid {pid}); they enter it {how}");
     let (name, image) = (opts.name.clone(), image.to_string());
     Ok(StepContainer { pid, workdir, image_env, keep, image, name, entrypoint, job, step, uid, gid })
+}
+
+/// Runs the helper, passing its progress lines (`mpiexec_docker: pulling …`) to the user's terminal
+/// while it runs; returns its whole output.
+fn output_forwarding_progress(mut cmd: std::process::Command) -> std::io::Result<std::process::Output> {
+    use std::io::{BufRead, Read};
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let mut stdout = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stdout.read_to_end(&mut v);
+        v
+    });
+    let mut stderr = Vec::new();
+    for line in std::io::BufReader::new(child.stderr.take().expect("piped")).lines().map_while(Result::ok) {
+        if !line.starts_with("mpiexec_docker: error:") && line.starts_with("mpiexec_docker: ") {
+            crate::slurm_log::to_user(&line);
+        }
+        stderr.extend_from_slice(line.as_bytes());
+        stderr.push(b'\n');
+    }
+    let status = child.wait()?;
+    Ok(std::process::Output { status, stdout: reader.join().unwrap_or_default(), stderr })
 }
 
 pub fn task_init(spank: &Spank, _args: &[String]) -> Result<(), String> {
@@ -181,7 +208,7 @@ pub fn exit(_spank: &Spank, _args: &[String]) -> Result<(), String> {
     let Some(user) = nix::unistd::User::from_uid(c.uid.into()).ok().flatten() else { return Ok(()) };
     let mut cmd = helper_as(&args.helper, &user, c.gid);
     cmd.args(["step-container", "stop", "--engine", args.engine.command()]);
-    cmd.args(["--job", &c.job.to_string(), "--step", &c.step.to_string()]);
+    cmd.args(["--job", &c.job.to_string(), "--step", &c.step.to_string(), "--pid", &c.pid.to_string()]);
     if let Some(n) = &c.name {
         cmd.args(["--name", n]);
     }

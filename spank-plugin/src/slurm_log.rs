@@ -46,3 +46,10 @@ impl Log for SlurmLogger {
 
     fn flush(&self) {}
 }
+
+/// A line for the user's terminal (srun's stderr, the batch log), not Slurm's log.
+pub fn to_user(line: &str) {
+    let msg = CString::new(line.replace('\0', "\\0")).expect("NULs replaced");
+    // SAFETY: printf-like with "%s" and a valid C string.
+    unsafe { ffi::slurm_spank_log(c"%s".as_ptr(), msg.as_ptr()) };
+}

@@ -12,6 +12,28 @@ use std::path::Path;
 
 use thiserror::Error;
 
+/// `run_in_docker --engine E [-e VAR]… [-m MOUNT]… IMAGE --`: what goes before a remote program so that
+/// it runs in the same image, with the same variables and mounts. `helper` is the host's helper binary
+/// (run_in_docker is its link beside it).
+pub fn run_in_docker_prefix(
+    helper: &Path,
+    engine: crate::plugstack::EngineKind,
+    env: &[String],
+    mounts: &[String],
+    image: &str,
+) -> Vec<String> {
+    let mut wrap = vec![helper.with_file_name("run_in_docker").display().to_string()];
+    wrap.extend(["--engine".to_string(), engine.command().to_string()]);
+    for e in env {
+        wrap.extend(["-e".to_string(), e.clone()]);
+    }
+    for m in mounts {
+        wrap.extend(["-m".to_string(), m.clone()]);
+    }
+    wrap.extend([image.to_string(), "--".into()]);
+    wrap
+}
+
 /// The launch daemons of the MPI implementations.
 pub const DAEMONS: &[&str] = &["orted", "prted", "hydra_pmi_proxy", "hydra_bstrap_proxy", "pmi_proxy"];
 

@@ -206,6 +206,12 @@ pub fn leftovers() -> Vec<String> {
             );
         }
     }
+    // run directories (links, relay sockets) in every node's /tmp and the login node's
+    for node in NODES {
+        let dirs =
+            on_node(node, As::Root, "ls -d /tmp/mpiexec-docker-*-*/ /run/user/*/mpiexec-docker-*/ 2>/dev/null || true");
+        found.extend(dirs.lines().into_iter().filter(|l| !l.is_empty()).map(|l| format!("{node}: run directory {l}")));
+    }
     let procs = sh(
         As::Root,
         "ps -eo user,args | grep -E 'conmon|mpiexec_docker|run_in_docker|in-container' | grep -v grep || true",
