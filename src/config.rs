@@ -5,7 +5,7 @@
 //!
 //! ```yaml
 //! engine: podman            # podman | docker  ($MPIEXEC_DOCKER_ENGINE and --engine override it)
-//! pull: missing             # missing | always | never: when to pull the image
+//! pull: missing             # missing | newer | always | never: when to pull the image
 //! env: [MY_APP_*, DATA_DIR] # more host variables to pass in (a trailing * is a prefix)
 //! mounts: ["/scratch:/scratch", "/apps:/apps:ro"]   # SRC:DST[:ro|rw], added to every container
 //! devices: { gpus: true, infiniband: true }         # pass GPUs / InfiniBand devices when present
@@ -28,6 +28,9 @@ pub enum PullPolicy {
     /// Pull only when the image is not in the local store.
     #[default]
     Missing,
+    /// Ask the registry at every start whether the tag changed, and fetch what did (the local image
+    /// serves when the registry cannot be reached).
+    Newer,
     Always,
     Never,
 }

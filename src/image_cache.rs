@@ -97,7 +97,24 @@ pub fn ensure(engine: &Engine, image: &str, base: &Path, policy: PullPolicy) -> 
                 (PullPolicy::Never, false) => {
                     Err(EngineError::NotLocal { image: reference.clone(), engine: engine.name() }.into())
                 }
-                (PullPolicy::Always, _) | (PullPolicy::Missing, false) => {
+                (PullPolicy::Newer, true) => {
+                    let id = |r: &str| quiet(engine, &["image", "inspect", "--format", "{{.Id}}", r]).ok();
+                    let before = id(&reference);
+                    // a registry that cannot answer leaves us with what we have
+                    match with_progress(&format!("checking {reference}"), || pull(engine, &reference)) {
+                        Err(e) => eprintln!("mpiexec_docker: warning: using the cached {reference}: {e}"),
+                        Ok(()) if id(&reference) != before => {
+                            // the tag moved: our name follows it, and the old image goes unless in use
+                            let _ = quiet(engine, &["tag", &reference, &pulled_name(&reference)]);
+                            if let Some(old) = before {
+                                let _ = quiet(engine, &["rmi", old.trim()]);
+                            }
+                        }
+                        Ok(()) => {}
+                    }
+                    Ok(reference)
+                }
+                (PullPolicy::Always, _) | (PullPolicy::Missing | PullPolicy::Newer, false) => {
                     with_progress(&format!("pulling {reference}"), || pull(engine, &reference))?;
                     // our name for it, so that `images` and `prune` know what we fetched
                     let _ = quiet(engine, &["tag", &reference, &pulled_name(&reference)]);

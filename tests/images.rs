@@ -185,3 +185,40 @@ fn long_fetches_report_progress_in_batch_logs() {
     assert!(run.stdout.contains(&format!("mpiexec_docker: pulling {REGISTRY}/md/tiny on node2: ")), "{run}");
     forget_tiny_everywhere(As::User);
 }
+
+#[test]
+fn a_changed_tag_is_seen_with_pull_newer() {
+    let _g = exclusive();
+    // the registry's md/tiny:changing is rewritten between two runs
+    let push = |flavour: &str| {
+        sh(
+            As::Root,
+            &format!(
+                "set -e; d=$(mktemp -d); podman image exists localhost/md-tiny:latest || \
+                 podman load -q -i {archive} >/dev/null; \
+                 printf 'FROM localhost/md-tiny:latest\\nENV MD_IMAGE_FLAVOUR={flavour}\\n' > $d/Containerfile; \
+                 podman build -q -t localhost/md-changing:latest $d >/dev/null; \
+                 podman push -q localhost/md-changing:latest {REGISTRY}/md/tiny:changing; rm -rf $d",
+                archive = tiny_archive()
+            ),
+        )
+        .success();
+    };
+    let flavour = |pull: &str| {
+        let run = sh_in(
+            As::User,
+            SHARED,
+            &format!("run_in_docker {pull} {REGISTRY}/md/tiny:changing sh -c 'echo $MD_IMAGE_FLAVOUR'"),
+        )
+        .success();
+        run.stdout.trim().to_string()
+    };
+    sh(As::User, &format!("podman rmi -f {REGISTRY}/md/tiny:changing >/dev/null 2>&1; true")).success();
+    push("one");
+    assert_eq!(flavour(""), "one");
+    push("two");
+    assert_eq!(flavour(""), "one", "pull: missing (the default) keeps the cached image");
+    assert_eq!(flavour("--pull newer"), "two", "pull: newer sees the changed tag");
+    assert_eq!(flavour(""), "two");
+    sh(As::User, "mpiexec_docker images prune >/dev/null").success();
+}

@@ -36,7 +36,7 @@ pub struct Cli {
     #[arg(short = 'm', long = "mount", value_name = "SRC:DST[:ro]")]
     pub mounts: Vec<String>,
     /// When to pull the image [default: missing, or the config file's `pull`]
-    #[arg(long, value_parser = ["missing", "always", "never"])]
+    #[arg(long, value_parser = ["missing", "newer", "always", "never"])]
     pub pull: Option<String>,
     /// Print the engine command that would run, and exit
     #[arg(long)]

@@ -59,6 +59,7 @@ pub fn main(mode: Mode, argv: &[String]) -> i32 {
     };
     let pull = match cli.pull.as_deref() {
         Some("always") => PullPolicy::Always,
+        Some("newer") => PullPolicy::Newer,
         Some("never") => PullPolicy::Never,
         Some(_) => PullPolicy::Missing,
         None => config.pull,

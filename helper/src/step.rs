@@ -198,7 +198,7 @@ fn run(args: &[String]) -> Result<(), String> {
     let base = std::path::Path::new(&a.workdir);
     let local = image_cache::local_name(&a.image, base).map_err(|e| e.to_string())?;
     let info = match image_info(&engine, &local)? {
-        Some(info) if config.pull != PullPolicy::Always => info,
+        Some(info) if matches!(config.pull, PullPolicy::Missing | PullPolicy::Never) => info,
         _ => {
             image_cache::ensure(&engine, &a.image, base, config.pull).map_err(|e| e.to_string())?;
             if let Some(max) = config.cache_max_size {

@@ -147,7 +147,7 @@ step_tiny_image() {
     mkdir -p "$tmp/root/bin" "$tmp/root/etc" "$tmp/root/tmp" "$tmp/root/proc" "$tmp/root/dev" "$tmp/root/sys"
     cp /bin/busybox "$tmp/root/bin/busybox"
     local t
-    for t in sh ls cat echo id printenv true false sleep env hostname head mkdir touch pwd grep test wc; do
+    for t in sh ls cat echo id true false sleep env hostname head mkdir touch pwd grep test wc; do
         ln -s busybox "$tmp/root/bin/$t"
     done
     echo "md-tiny" > "$tmp/root/etc/motd"
