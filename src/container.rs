@@ -23,6 +23,8 @@ pub enum MountError {
     Flag { spec: String, flag: String },
     #[error("mount '{spec}': {src} does not exist on this host")]
     Missing { spec: String, src: String },
+    #[error("mount '{spec}': you may not read {src}; mount only what you can read")]
+    Unreadable { spec: String, src: String },
 }
 
 impl Mount {
@@ -55,6 +57,11 @@ impl Mount {
         let m = Mount::parse(spec)?;
         if !m.src.exists() {
             return Err(MountError::Missing { spec: spec.into(), src: m.src.display().to_string() });
+        }
+        // a mount must not give the container what its user could not read on the host (an engine
+        // daemon running as root would bind anything); checked with the caller's real ids
+        if nix::unistd::access(&m.src, nix::unistd::AccessFlags::R_OK).is_err() {
+            return Err(MountError::Unreadable { spec: spec.into(), src: m.src.display().to_string() });
         }
         Ok(m)
     }

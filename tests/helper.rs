@@ -268,6 +268,10 @@ fn bad_input_gets_one_clear_line() {
             &["/no/such/dir does not exist"],
         );
         bad(who, &dir, &format!("mpiexec_docker -m relative:/data {OPENMPI} -np 1 true"), 2, &["SRC:DST"]);
+        if who == As::User {
+            // a mount may not give the container what its user cannot read on the host
+            bad(who, &dir, &format!("run_in_docker -m /root:/r {OPENMPI} true"), 2, &["you may not read /root"]);
+        }
         bad(who, &dir, "mpiexec_docker -- --privileged -np 1 true", 2, &["not a valid image name"]);
         bad(who, &dir, &format!("mpiexec_docker {OPENMPI}"), 2, &["nothing to run"]);
     }
