@@ -15,7 +15,6 @@
 use thiserror::Error;
 
 use crate::container::Mount;
-use crate::launch::check_image_name;
 use crate::plugstack::parse_bool;
 
 /// One option: its name (without `--`), placeholder, help, and whether it takes a value.
@@ -134,7 +133,7 @@ impl ContainerOptions {
                 if value.trim().is_empty() {
                     return Err(bad("needs an image name or an image file path".into()));
                 }
-                check_image_name(value).map_err(|e| bad(e.to_string()))?;
+                crate::image_source::ImageSource::parse(value).map_err(|e| bad(e.to_string()))?;
                 self.image = Some(value.to_string());
             }
             "container-mounts" => {

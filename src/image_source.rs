@@ -75,7 +75,14 @@ impl ImageSource {
         }
         let reference = text.strip_prefix("docker://").unwrap_or(text);
         let reference = match reference.split_once('#') {
-            Some((registry, name)) if !registry.is_empty() && !name.is_empty() => format!("{registry}/{name}"),
+            // pyxis's [USER@]REGISTRY#NAME: the credentials are the engine's (its auth file), not ours
+            Some((registry, name)) if !name.is_empty() => {
+                let registry = registry.rsplit_once('@').map(|(_, r)| r).unwrap_or(registry);
+                if registry.is_empty() {
+                    return Err(ImageError::BadName(text.into()));
+                }
+                format!("{registry}/{name}")
+            }
             Some(_) => return Err(ImageError::BadName(text.into())),
             None => reference.to_string(),
         };
@@ -261,7 +268,8 @@ mod tests {
             reg("nvcr.io/nvidia/pytorch:24.01")
         );
         assert_eq!(ImageSource::parse("img@sha256:abcd").unwrap(), reg("img@sha256:abcd"));
-        for bad in ["", "--privileged", "img --privileged", "#name", "reg#", "http://x/y"] {
+        assert_eq!(ImageSource::parse("alice@nvcr.io#nvidia/cuda:12").unwrap(), reg("nvcr.io/nvidia/cuda:12"));
+        for bad in ["", "--privileged", "img --privileged", "#name", "reg#", "alice@#x", "http://x/y"] {
             assert!(ImageSource::parse(bad).is_err(), "{bad:?}");
         }
     }
