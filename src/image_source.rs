@@ -93,6 +93,20 @@ impl ImageSource {
     }
 }
 
+/// `text` with a relative image file path made absolute from `base` (for another node or directory);
+/// anything else as it is.
+pub fn with_absolute_path(text: &str, base: &Path) -> String {
+    for prefix in ["docker-archive:", "oci-archive:", ""] {
+        if let Some(rest) = text.strip_prefix(prefix) {
+            if rest.starts_with('.') {
+                let rest = rest.strip_prefix("./").unwrap_or(rest);
+                return format!("{prefix}{}", base.join(rest).display());
+            }
+        }
+    }
+    text.to_string()
+}
+
 /// What is known of an image file before loading it: its format and a key for its content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchiveInfo {
@@ -272,6 +286,15 @@ mod tests {
         for bad in ["", "--privileged", "img --privileged", "#name", "reg#", "alice@#x", "http://x/y"] {
             assert!(ImageSource::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn relative_files_for_other_nodes() {
+        let base = Path::new("/shared/run");
+        assert_eq!(with_absolute_path("./img.tar", base), "/shared/run/img.tar");
+        assert_eq!(with_absolute_path("docker-archive:./i.tar:x", base), "docker-archive:/shared/run/i.tar:x");
+        assert_eq!(with_absolute_path("/abs/i.tar", base), "/abs/i.tar");
+        assert_eq!(with_absolute_path("reg:5000/a/b:1", base), "reg:5000/a/b:1");
     }
 
     #[test]

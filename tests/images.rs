@@ -110,9 +110,18 @@ fn image_files_on_shared_storage_work_for_the_plugin_and_the_helper() {
             let want: Vec<String> = NODES.iter().map(|n| format!("{n} md-tiny")).collect();
             assert_eq!(lines, want, "{run}");
         }
-        // the helper, with a path relative to the current directory
+        // the helper, with a path relative to the current directory, also for the remote side of the relay
         let run = sh_in(who, SHARED, "run_in_docker ./images/md-tiny.tar cat /etc/motd").success();
         assert_eq!(run.stdout.trim(), "md-tiny", "{run}");
+        let run = sbatch(
+            who,
+            "-N3 -n3",
+            &format!("cd {SHARED} && run_in_docker ./images/md-tiny.tar srun -N3 -n3 sh -c 'echo $(cat /etc/motd) $(hostname)'"),
+        );
+        let mut lines = run.lines();
+        lines.sort();
+        let want: Vec<String> = NODES.iter().map(|n| format!("md-tiny {n}")).collect();
+        assert_eq!(lines, want, "{run}");
         let run = sh_in(who, SHARED, "mpiexec_docker images").success();
         assert!(run.stdout.contains("mpiexec-docker-cache/md-tiny:"), "{run}");
         // only our name was added to the store, and prune takes it away

@@ -155,7 +155,8 @@ fn start_relay(
     req: &Request,
 ) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the helper binary itself: {e}"))?;
-    let wrap = run_in_docker_prefix(&exe, kind, &cli.env, &cli.mounts, &cli.image);
+    let image = mpiexec_docker::image_source::with_absolute_path(&cli.image, &req.host_dir);
+    let wrap = run_in_docker_prefix(&exe, kind, &cli.env, &cli.mounts, &image);
     let relay = RelayConfig {
         allowed: config.relay_commands.clone(),
         wrap,

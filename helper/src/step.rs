@@ -402,7 +402,9 @@ fn serve(a: &Args, config: &Config, engine: &Engine) -> Result<(), String> {
         return Err(format!("the container's process {} is gone", a.pid));
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let wrap = run_in_docker_prefix(&exe, engine.kind, &[], &a.mounts, &a.image);
+    // remote programs start elsewhere: a relative image file path must not depend on where
+    let image = mpiexec_docker::image_source::with_absolute_path(&a.image, std::path::Path::new(&a.workdir));
+    let wrap = run_in_docker_prefix(&exe, engine.kind, &[], &a.mounts, &image);
     let relay = RelayConfig {
         allowed: config.relay_commands.clone(),
         wrap,
