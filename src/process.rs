@@ -119,3 +119,59 @@ mod tests {
         assert_eq!(exit_code(st), 128 + 15);
     }
 }
+
+/// A process named by a pidfd: signals and waits reach that very process, never a later one that
+/// reuses its id.
+#[derive(Debug)]
+pub struct ProcessHandle {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl ProcessHandle {
+    /// `None` when there is no such process (or the kernel has no pidfds).
+    pub fn open(pid: i32) -> Option<ProcessHandle> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        // SAFETY: a descriptor just returned to us, owned by nothing else.
+        (fd >= 0).then(|| ProcessHandle { fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) } })
+    }
+
+    pub fn kill(&self, signal: Signal) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: pidfd_send_signal with our descriptor, a signal number and no siginfo.
+        unsafe { libc::syscall(libc::SYS_pidfd_send_signal, self.fd.as_raw_fd(), signal as i32, 0usize, 0) };
+    }
+
+    /// Waits until the process ends, at most `limit` (`None`: for ever); whether it ended.
+    pub fn wait(&self, limit: Option<Duration>) -> bool {
+        use std::os::fd::AsRawFd;
+        let timeout = limit.map(|d| d.as_millis().min(i32::MAX as u128) as i32).unwrap_or(-1);
+        let mut fds = [libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        loop {
+            // SAFETY: one valid pollfd for the duration of the call.
+            match unsafe { libc::poll(fds.as_mut_ptr(), 1, timeout) } {
+                n if n > 0 => return true,
+                0 => return false,
+                _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => continue,
+                _ => return false,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod handle_tests {
+    use super::*;
+
+    #[test]
+    fn a_handle_kills_and_waits_for_its_process() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let h = ProcessHandle::open(child.id() as i32).expect("a live process");
+        assert!(!h.wait(Some(Duration::from_millis(50))), "still running");
+        h.kill(Signal::SIGKILL);
+        let _ = child.wait();
+        assert!(h.wait(Some(Duration::from_secs(5))), "ended");
+        assert!(ProcessHandle::open(i32::MAX).is_none());
+    }
+}

@@ -23,6 +23,7 @@ use mpiexec_docker::engine::{output_within, Engine};
 use mpiexec_docker::image_cache::{self, node_lock};
 use mpiexec_docker::launch::{self, in_container_command, Request, RuntimeDir};
 use mpiexec_docker::plugstack::EngineKind;
+use mpiexec_docker::process::ProcessHandle;
 use mpiexec_docker::step_join::Started;
 
 #[derive(PartialEq)]
@@ -295,24 +296,14 @@ fn run(args: &[String]) -> Result<(), String> {
 /// Ends the container's main process (our pause, checked by its command line) and waits briefly for
 /// it: removing a container that has already stopped is quicker than having the engine stop it.
 fn end_pause(pid: i32) {
-    // SAFETY: pidfd_open takes a pid and flags; the descriptor then names that process only.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
-    if pidfd < 0 {
-        return;
-    }
+    let Some(process) = ProcessHandle::open(pid) else { return };
     let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| String::from_utf8_lossy(&c).contains("in-container\0pause"))
         .unwrap_or(false);
     if ours {
-        let mut fds = [libc::pollfd { fd: pidfd, events: libc::POLLIN, revents: 0 }];
-        // SAFETY: a signal through the pidfd reaches that very process; poll waits up to 1 s for it.
-        unsafe {
-            libc::syscall(libc::SYS_pidfd_send_signal, pidfd, libc::SIGKILL, std::ptr::null::<u8>(), 0);
-            libc::poll(fds.as_mut_ptr(), 1, 1000);
-        }
+        process.kill(nix::sys::signal::Signal::SIGKILL);
+        process.wait(Some(Duration::from_secs(1)));
     }
-    // SAFETY: closing the descriptor we opened.
-    unsafe { libc::close(pidfd) };
 }
 
 /// The process id and image of a running container called `name`, if there is one.
@@ -396,11 +387,7 @@ fn serve(a: &Args, config: &Config, engine: &Engine) -> Result<(), String> {
     // SAFETY: the descriptor was opened for us by `step-container start` and is ours alone.
     let owner = unsafe { std::os::fd::OwnedFd::from_raw_fd(a.lock_fd) };
     let runtime = RuntimeDir::adopt(dir.into(), owner);
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, a.pid, 0) } as i32;
-    if pidfd < 0 {
-        return Err(format!("the container's process {} is gone", a.pid));
-    }
+    let container = ProcessHandle::open(a.pid).ok_or_else(|| format!("the container's process {} is gone", a.pid))?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     // remote programs start elsewhere: a relative image file path must not depend on where
     let image = mpiexec_docker::image_source::with_absolute_path(&a.image, std::path::Path::new(&a.workdir));
@@ -415,9 +402,7 @@ fn serve(a: &Args, config: &Config, engine: &Engine) -> Result<(), String> {
         env_filter: EnvFilter::new(config.env.clone()),
     };
     server::start(&runtime.relay().join(SOCKET_NAME), relay).map_err(|e| e.to_string())?;
-    let mut fds = [libc::pollfd { fd: pidfd, events: libc::POLLIN, revents: 0 }];
-    // SAFETY: one valid pollfd; returns when the process exits (or on a signal: poll again).
-    while unsafe { libc::poll(fds.as_mut_ptr(), 1, -1) } <= 0 {}
+    container.wait(None);
     drop(runtime);
     Ok(())
 }
