@@ -65,14 +65,24 @@ fn progress_every() -> Duration {
         .unwrap_or(PROGRESS_EVERY)
 }
 
-/// The name `image` has (or will have) in the store, without asking the engine: a registry reference
-/// as written (normalised), a file by its cache name (which reads the file's index).
-pub fn local_name(image: &str, base: &Path) -> Result<String, CacheError> {
+/// An image as the user named it, resolved without asking the engine: the name it has (or will have)
+/// in the store, and for a file what its index says.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The reference to run: a registry reference as written (normalised), a file's cache name.
+    pub local: String,
+    file: Option<(PathBuf, ArchiveInfo)>,
+}
+
+/// Resolves `image`; relative file paths are taken from `base` (the job's directory). A file's index
+/// is read here, once.
+pub fn resolve(image: &str, base: &Path) -> Result<Resolved, CacheError> {
     Ok(match ImageSource::parse(image)? {
-        ImageSource::Registry(reference) => reference,
+        ImageSource::Registry(reference) => Resolved { local: reference, file: None },
         ImageSource::Archive { path, format } => {
             let path = absolute(&path, base);
-            ArchiveInfo::read(&path, format)?.cache_name(&path)
+            let info = ArchiveInfo::read(&path, format)?;
+            Resolved { local: info.cache_name(&path), file: Some((path, info)) }
         }
     })
 }
@@ -87,51 +97,49 @@ fn absolute(path: &Path, base: &Path) -> PathBuf {
     }
 }
 
-/// Makes `image` available in `engine`'s store and returns the reference to run. Relative file paths
-/// are taken from `base` (the job's directory). The caller holds [`node_lock`].
-pub fn ensure(engine: &Engine, image: &str, base: &Path, policy: PullPolicy) -> Result<String, CacheError> {
-    match ImageSource::parse(image)? {
-        ImageSource::Registry(reference) => {
-            let present = engine.image_present(&reference)?;
+/// Makes the image available in `engine`'s store under `image.local`. The caller holds [`node_lock`].
+pub fn ensure(engine: &Engine, image: &Resolved, policy: PullPolicy) -> Result<(), CacheError> {
+    match &image.file {
+        None => {
+            let reference = &image.local;
+            let present = engine.image_present(reference)?;
             match (policy, present) {
                 (PullPolicy::Never, false) => {
                     Err(EngineError::NotLocal { image: reference.clone(), engine: engine.name() }.into())
                 }
                 (PullPolicy::Newer, true) => {
                     let id = |r: &str| quiet(engine, &["image", "inspect", "--format", "{{.Id}}", r]).ok();
-                    let before = id(&reference);
+                    let before = id(reference);
                     // a registry that cannot answer leaves us with what we have
-                    match with_progress(&format!("checking {reference}"), || pull(engine, &reference)) {
+                    match with_progress(&format!("checking {reference}"), || pull(engine, reference)) {
                         Err(e) => eprintln!("mpiexec_docker: warning: using the cached {reference}: {e}"),
-                        Ok(()) if id(&reference) != before => {
+                        Ok(()) if id(reference) != before => {
                             // the tag moved: our name follows it, and the old image goes unless in use
-                            let _ = quiet(engine, &["tag", &reference, &pulled_name(&reference)]);
+                            let _ = quiet(engine, &["tag", reference, &pulled_name(reference)]);
                             if let Some(old) = before {
                                 let _ = quiet(engine, &["rmi", old.trim()]);
                             }
                         }
                         Ok(()) => {}
                     }
-                    Ok(reference)
+                    Ok(())
                 }
                 (PullPolicy::Always, _) | (PullPolicy::Missing | PullPolicy::Newer, false) => {
-                    with_progress(&format!("pulling {reference}"), || pull(engine, &reference))?;
+                    with_progress(&format!("pulling {reference}"), || pull(engine, reference))?;
                     // our name for it, so that `images` and `prune` know what we fetched
-                    let _ = quiet(engine, &["tag", &reference, &pulled_name(&reference)]);
-                    Ok(reference)
+                    let _ = quiet(engine, &["tag", reference, &pulled_name(reference)]);
+                    Ok(())
                 }
-                _ => Ok(reference),
+                _ => Ok(()),
             }
         }
-        ImageSource::Archive { path, format } => {
-            let path = absolute(&path, base);
-            let info = ArchiveInfo::read(&path, format)?;
-            let name = info.cache_name(&path);
-            if engine.image_present(&name)? {
-                return Ok(name);
+        Some((path, info)) => {
+            let name = &image.local;
+            if engine.image_present(name)? {
+                return Ok(());
             }
             if policy == PullPolicy::Never {
-                return Err(EngineError::NotLocal { image: name, engine: engine.name() }.into());
+                return Err(EngineError::NotLocal { image: name.clone(), engine: engine.name() }.into());
             }
             // a load also applies the archive's own names: those the store did not have before are
             // taken off again, so that the user's store gains only our name
@@ -141,13 +149,13 @@ pub fn ensure(engine: &Engine, image: &str, base: &Path, policy: PullPolicy) -> 
                     new_names.push(n.clone());
                 }
             }
-            let loaded = with_progress(&format!("loading {}", path.display()), || load(engine, &path))?;
-            quiet(engine, &["tag", &loaded, &name])
+            let loaded = with_progress(&format!("loading {}", path.display()), || load(engine, path))?;
+            quiet(engine, &["tag", &loaded, name])
                 .map_err(|reason| CacheError::Load { path: path.display().to_string(), reason })?;
             for n in new_names {
-                let _ = quiet(engine, &["untag", &name, &n]);
+                let _ = quiet(engine, &["untag", name, &n]);
             }
-            Ok(name)
+            Ok(())
         }
     }
 }

@@ -81,8 +81,8 @@ pub fn main(mode: Mode, argv: &[String]) -> i32 {
         Err(e) => return fail(EXIT_ENGINE, format!("cannot find the helper binary itself: {e}")),
     };
     // a registry reference, or an image file (by the name its content gives it in the store)
-    let local = match image_cache::local_name(&cli.image, &host_dir) {
-        Ok(l) => l,
+    let image = match image_cache::resolve(&cli.image, &host_dir) {
+        Ok(i) => i,
         Err(e) => return fail(EXIT_ENGINE, e),
     };
     let runtime = match RuntimeDir::create(&format!("{}", std::process::id())) {
@@ -90,7 +90,7 @@ pub fn main(mode: Mode, argv: &[String]) -> i32 {
         Err(e) => return fail(EXIT_ENGINE, e),
     };
     let request = Request {
-        image: local,
+        image: image.local.clone(),
         command: in_container_command(if mode == Mode::Mpiexec { "mpiexec" } else { "exec" }, &rest),
         host_dir,
         env: cli.env.clone(),
@@ -113,12 +113,10 @@ pub fn main(mode: Mode, argv: &[String]) -> i32 {
     }
 
     // one fetch per node and user, however many ranks' containers start at once
-    let fetched =
-        image_cache::node_lock().and_then(|_lock| image_cache::ensure(&engine, &cli.image, &request.host_dir, pull));
-    match fetched {
-        Ok(local) => {
+    match image_cache::node_lock().and_then(|_lock| image_cache::ensure(&engine, &image, pull)) {
+        Ok(()) => {
             if let Some(max) = config.cache_max_size {
-                let _ = image_cache::enforce_cap(&engine, max, &local);
+                let _ = image_cache::enforce_cap(&engine, max, &image.local);
             }
         }
         Err(e) => return fail(EXIT_ENGINE, e),

@@ -197,11 +197,12 @@ fn run(args: &[String]) -> Result<(), String> {
     // the image's name in the store; one engine call then tells both whether it is there and its
     // entrypoint and environment (for the tasks, which inherit the job's environment, not the image's)
     let base = std::path::Path::new(&a.workdir);
-    let local = image_cache::local_name(&a.image, base).map_err(|e| e.to_string())?;
+    let image = image_cache::resolve(&a.image, base).map_err(|e| e.to_string())?;
+    let local = image.local.clone();
     let info = match image_info(&engine, &local)? {
         Some(info) if matches!(config.pull, PullPolicy::Missing | PullPolicy::Never) => info,
         _ => {
-            image_cache::ensure(&engine, &a.image, base, config.pull).map_err(|e| e.to_string())?;
+            image_cache::ensure(&engine, &image, config.pull).map_err(|e| e.to_string())?;
             if let Some(max) = config.cache_max_size {
                 for gone in image_cache::enforce_cap(&engine, max, &local).unwrap_or_default() {
                     log::info!("cache over {max} bytes: removed {gone}");

@@ -16,10 +16,9 @@
 //!   run the host's, see `mpiexec_docker::relay`); it ends with the container.
 //! - `exit` (once per node per step) removes the container; the job epilog sweeps anything left.
 
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Mutex;
-
-use std::path::Path;
 
 use mpiexec_docker::container_options::ContainerOptions;
 use mpiexec_docker::step_join::{self, Started};
@@ -171,8 +170,7 @@ pub fn task_init(spank: &Spank, _args: &[String]) -> Result<(), String> {
             }
             // Slurm 23.11+: the helper joins the container and execs the task's program; before that,
             // the task joins it here, just before Slurm execs the program
-            let helper = plugin_args()?.helper;
-            let mut prepend = step_join::prepend_argv(&helper, c.pid, Path::new(&c.workdir));
+            let mut prepend = step_join::prepend_argv(&plugin_args()?.helper, c.pid, Path::new(&c.workdir));
             prepend.extend(c.entrypoint.iter().cloned());
             match spank.prepend_task_argv(&prepend) {
                 Some(result) => result.map_err(|e| format!("cannot prepend the container's entry to the task: {e}")),
