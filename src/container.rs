@@ -59,8 +59,11 @@ impl Mount {
             return Err(MountError::Missing { spec: spec.into(), src: m.src.display().to_string() });
         }
         // a mount must not give the container what its user could not read on the host (an engine
-        // daemon running as root would bind anything); checked with the caller's real ids
-        if nix::unistd::access(&m.src, nix::unistd::AccessFlags::R_OK).is_err() {
+        // daemon running as root would bind anything); checked with the effective ids, which are the
+        // user's also when the helper acts for them as root (see `identity`)
+        let readable =
+            nix::unistd::faccessat(None, &m.src, nix::unistd::AccessFlags::R_OK, nix::fcntl::AtFlags::AT_EACCESS);
+        if readable.is_err() {
             return Err(MountError::Unreadable { spec: spec.into(), src: m.src.display().to_string() });
         }
         Ok(m)
@@ -116,6 +119,12 @@ pub struct ContainerSpec {
     /// Keep this many file descriptors above stdio open in the container (Podman `--preserve-fds`).
     pub preserve_fds: u32,
     pub entrypoint: Option<String>,
+    /// `--security-opt no-new-privileges`: no setuid or file capability gains privilege inside.
+    pub no_new_privileges: bool,
+    /// `--cap-drop ALL`: the container's processes have no capabilities at all.
+    pub drop_capabilities: bool,
+    /// `--cgroup-parent`: the cgroup the container's own cgroup is made under (the Slurm step's).
+    pub cgroup_parent: Option<String>,
     pub command: Vec<String>,
 }
 
@@ -141,6 +150,9 @@ impl ContainerSpec {
             read_only: false,
             preserve_fds: 0,
             entrypoint: None,
+            no_new_privileges: false,
+            drop_capabilities: false,
+            cgroup_parent: None,
             command,
         }
     }
@@ -177,6 +189,15 @@ pub fn run_args(engine: EngineKind, spec: &ContainerSpec) -> Vec<String> {
                 push("--group-add", g.to_string());
             }
         }
+    }
+    if spec.no_new_privileges {
+        push("--security-opt", "no-new-privileges".into());
+    }
+    if spec.drop_capabilities {
+        push("--cap-drop", "ALL".into());
+    }
+    if let Some(parent) = &spec.cgroup_parent {
+        push("--cgroup-parent", parent.clone());
     }
     for (k, v) in &spec.ulimits {
         // an empty value is a keyword of its own (Podman's `--ulimit host`)
@@ -276,6 +297,15 @@ mod tests {
         spec.host_namespaces = false;
         let a = run_args(EngineKind::Docker, &spec).join(" ");
         assert_eq!(a, "run --user 1500:1500 --group-add 27 --rm img true");
+        spec.no_new_privileges = true;
+        spec.drop_capabilities = true;
+        spec.cgroup_parent = Some("/slurm_node1/uid_1500/job_7/step_0".into());
+        let a = run_args(EngineKind::Docker, &spec).join(" ");
+        assert_eq!(
+            a,
+            "run --user 1500:1500 --group-add 27 --security-opt no-new-privileges --cap-drop ALL \
+             --cgroup-parent /slurm_node1/uid_1500/job_7/step_0 --rm img true"
+        );
         assert!(run_args(EngineKind::Podman, &spec).join(" ").contains("--preserve-fds 1"));
     }
 }

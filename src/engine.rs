@@ -19,6 +19,8 @@ pub enum EngineError {
     Pull { image: String, reason: String },
     #[error("{engine} does not work here: {reason}")]
     Unavailable { engine: &'static str, reason: String },
+    #[error("you may not use this node's Docker daemon (its socket is root's: starting containers there is root's power); use --engine podman, or srun/sbatch --container-image where the site's plugin runs Docker for you")]
+    NoAccess,
     #[error("cannot run {engine}: {source}")]
     Spawn { engine: &'static str, source: std::io::Error },
 }
@@ -83,6 +85,7 @@ impl Engine {
             // `podman image exists` answers 1 for "no such image", 125 for its own failures
             (EngineKind::Podman, Some(1)) => Ok(false),
             (EngineKind::Docker, _) if stderr.contains("No such image") => Ok(false),
+            (EngineKind::Docker, _) if stderr.contains("permission denied") => Err(EngineError::NoAccess),
             _ => Err(EngineError::Unavailable { engine: self.name(), reason: last_line(&stderr) }),
         }
     }

@@ -153,7 +153,12 @@ pub fn ensure(engine: &Engine, image: &Resolved, policy: PullPolicy) -> Result<(
             quiet(engine, &["tag", &loaded, name])
                 .map_err(|reason| CacheError::Load { path: path.display().to_string(), reason })?;
             for n in new_names {
-                let _ = quiet(engine, &["untag", name, &n]);
+                // Podman takes one name off an image with `untag`; Docker's `rmi` of a name does that
+                // while the image has another (ours)
+                let _ = match engine.kind {
+                    crate::plugstack::EngineKind::Podman => quiet(engine, &["untag", name, &n]),
+                    crate::plugstack::EngineKind::Docker => quiet(engine, &["rmi", &n]),
+                };
             }
             Ok(())
         }

@@ -15,6 +15,7 @@ use crate::container::{ContainerSpec, Mount, MountError, UserMode};
 use crate::devices::{self, DeviceKind, DeviceRoots, GpuAllocation};
 use crate::engine::Engine;
 use crate::environment::EnvFilter;
+use crate::identity::UserIds;
 use crate::plugstack::EngineKind;
 
 /// Where the helper is mounted in the container.
@@ -65,6 +66,8 @@ pub struct Request {
     /// `--mount SRC:DST[:ro]` from the command line.
     pub mounts: Vec<String>,
     pub interactive: bool,
+    /// Whose container it is: the caller, or the job's user when the helper runs as root for them.
+    pub user: UserIds,
 }
 
 /// The in-container command for `mode` ("mpiexec" or "exec") and its arguments.
@@ -115,7 +118,8 @@ pub fn runtime_dir_in_use(path: &Path) -> bool {
 impl RuntimeDir {
     pub fn create(tag: &str) -> Result<RuntimeDir, LaunchError> {
         use std::os::unix::fs::{symlink, DirBuilderExt};
-        let path = runtime_base().join(format!("mpiexec-docker-{}-{tag}", nix::unistd::getuid()));
+        // the effective uid: the user's also when root acts for them (see `identity`)
+        let path = runtime_base().join(format!("mpiexec-docker-{}-{tag}", nix::unistd::geteuid()));
         let err = |source| LaunchError::RuntimeDir { path: path.clone(), source };
         std::fs::DirBuilder::new().mode(0o700).create(&path).map_err(err)?;
         let owner = std::fs::File::create(path.join(OWNER_LOCK)).map_err(err)?;
@@ -181,19 +185,19 @@ pub fn container_spec(
     spec.entrypoint = Some(IN_HELPER.into());
     spec.interactive = req.interactive;
 
-    let uid = nix::unistd::getuid().as_raw();
-    let gid = nix::unistd::getgid().as_raw();
+    let uid = req.user.uid;
     spec.user = match engine.kind {
         EngineKind::Podman if engine.rootless() => UserMode::KeepId,
         EngineKind::Podman => UserMode::Default,
-        EngineKind::Docker if uid == 0 => UserMode::Default,
-        EngineKind::Docker => {
-            let groups = nix::unistd::getgroups()
-                .map(|g| g.into_iter().map(|g| g.as_raw()).filter(|&g| g != gid).collect())
-                .unwrap_or_default();
-            UserMode::Ids { uid, gid, groups }
-        }
+        EngineKind::Docker if req.user.is_root() => UserMode::Default,
+        EngineKind::Docker => UserMode::Ids { uid, gid: req.user.gid, groups: req.user.groups.clone() },
     };
+    if engine.kind == EngineKind::Docker {
+        // Docker's daemon is root: the container gets the user's ids and no way to more (no
+        // capabilities, no setuid gains); root inside stays root's own business
+        spec.no_new_privileges = true;
+        spec.drop_capabilities = !req.user.is_root();
+    }
 
     // the caller's resource limits, like a bare task (memlock matters for RDMA)
     match engine.kind {

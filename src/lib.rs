@@ -10,6 +10,7 @@
 //! - [`devices`]: InfiniBand and GPU devices, limited to the job's allocation.
 //! - [`engine`]: finding Podman/Docker, image presence and pulls.
 //! - [`environment`]: which host variables go into the container.
+//! - [`identity`]: the job user's ids, and a root helper acting as that user.
 //! - [`image_cache`]: fetching an image once per node, and what the tool keeps (`images`, prune, cap).
 //! - [`image_source`]: registry references and image files, and the cache key of a file.
 //! - [`in_container`]: the helper's in-container side (the mpiexec selector, exec).
@@ -27,6 +28,7 @@ pub mod container_options;
 pub mod devices;
 pub mod engine;
 pub mod environment;
+pub mod identity;
 pub mod image_cache;
 pub mod image_source;
 pub mod in_container;

@@ -20,6 +20,108 @@ pub enum JoinError {
     Setns { ns: &'static str, source: nix::Error },
     #[error("working directory {dir} is not in the container: {source}")]
     Workdir { dir: PathBuf, source: std::io::Error },
+    #[error("process {pid} is not a step container of ours; not joining it")]
+    NotOurs { pid: i32 },
+    #[error("cannot {what}: {source}")]
+    Sys { what: &'static str, source: std::io::Error },
+}
+
+/// Joins, as root, the mount namespace of a container that a root daemon (Docker) made for the step:
+/// the task's part that needs privilege, from `slurm_spank_task_init_privileged`, before Slurm drops
+/// to the user. The process must be our pause (checked, so that a reused pid is never joined) in the
+/// host's user namespace. The task also gets `no_new_privs`: the image's files belong to the real
+/// root here, and a setuid program in a user's image must not make its user root.
+pub fn enter_privileged(pid: i32) -> Result<(), JoinError> {
+    use nix::sched::{setns, CloneFlags};
+    let gone = |source| JoinError::Gone { pid, source };
+    let mnt_ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt")).map_err(gone)?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).map_err(gone)?;
+    let own_user = std::fs::read_link("/proc/self/ns/user").map_err(gone)?;
+    let their_user = std::fs::read_link(format!("/proc/{pid}/ns/user")).map_err(gone)?;
+    if !is_pause(&cmdline) || own_user != their_user {
+        return Err(JoinError::NotOurs { pid });
+    }
+    no_new_privileges()?;
+    setns(&mnt_ns, CloneFlags::CLONE_NEWNS).map_err(|source| JoinError::Setns { ns: "mount", source })
+}
+
+/// Whether a `/proc/PID/cmdline` is our step container's placeholder (`… in-container pause`).
+pub fn is_pause(cmdline: &[u8]) -> bool {
+    cmdline.windows(b"in-container\0pause".len()).any(|w| w == b"in-container\0pause")
+}
+
+/// `prctl(PR_SET_NO_NEW_PRIVS)`: no exec from here on gains privilege (setuid, file capabilities).
+pub fn no_new_privileges() -> Result<(), JoinError> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(JoinError::Sys { what: "set no_new_privs", source: std::io::Error::last_os_error() });
+    }
+    Ok(())
+}
+
+/// `--container-remap-root` where the container has no user namespace of its own (Docker): the task
+/// makes one for itself in which its user is root. Root there has power over that namespace only:
+/// on the host the task stays the user. Must be called single-threaded, as the user.
+pub fn map_to_root(uid: u32, gid: u32) -> Result<(), JoinError> {
+    use nix::sched::{unshare, CloneFlags};
+    unshare(CloneFlags::CLONE_NEWUSER).map_err(|source| JoinError::Setns { ns: "new user", source })?;
+    let write = |what: &'static str, file: &str, text: String| {
+        std::fs::write(file, text).map_err(|source| JoinError::Sys { what, source })
+    };
+    // a task that changed its uid is not dumpable, which makes its /proc files root's: for the
+    // moment of these writes only, it is (the program's exec sets the flag anew anyway)
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
+    let written = write("deny setgroups", "/proc/self/setgroups", "deny".into())
+        .and_then(|_| write("map the user to root", "/proc/self/uid_map", format!("0 {uid} 1")))
+        .and_then(|_| write("map the group to root", "/proc/self/gid_map", format!("0 {gid} 1")));
+    // SAFETY: as above.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    written
+}
+
+/// Moves process `pid` into the step's cgroup `path` in every cgroup hierarchy mounted under
+/// `cgroup_root` that has it: a root daemon's container process (Docker's) then lives with the step's
+/// tasks, under Slurm's limits, accounting and signals (Docker's own `--cgroup-parent` cannot be used
+/// under Slurm's device cgroup: runc's default device rules exceed the step's). Returns how many
+/// hierarchies took it.
+pub fn move_into_cgroup(pid: i32, cgroup_root: &Path, path: &str) -> Result<usize, JoinError> {
+    let rel = path.trim_start_matches('/');
+    let mut moved = 0;
+    let mut candidates = vec![cgroup_root.to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir(cgroup_root) {
+        candidates.extend(entries.flatten().map(|e| e.path()));
+    }
+    for hierarchy in candidates {
+        let procs = hierarchy.join(rel).join("cgroup.procs");
+        if !procs.is_file() {
+            continue;
+        }
+        std::fs::write(&procs, pid.to_string())
+            .map_err(|source| JoinError::Sys { what: "move the container into the step's cgroup", source })?;
+        moved += 1;
+    }
+    Ok(moved)
+}
+
+/// The Slurm step's cgroup, read from slurmstepd's own `/proc/self/cgroup`. cgroup v1: the memory
+/// controller's path (slurmstepd sits in `…/job_J/step_S`). cgroup v2: slurmstepd's own leaf
+/// `…/step_S/slurm` (the step's other leaves are the tasks').
+pub fn step_cgroup(proc_self_cgroup: &str) -> Option<String> {
+    let line = |pred: &dyn Fn(&str) -> bool| {
+        proc_self_cgroup.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            pred(controllers).then(|| path.to_string())
+        })
+    };
+    if let Some(path) = line(&|c| c.split(',').any(|c| c == "memory")) {
+        return path.contains("/step_").then_some(path);
+    }
+    let path = line(&|c| c.is_empty())?;
+    let step = path.strip_suffix("/slurm")?;
+    step.rsplit('/').next().filter(|last| last.starts_with("step_"))?;
+    Some(path)
 }
 
 /// Joins the namespaces of the container whose main process is `pid`, then `workdir` inside it. The
@@ -97,7 +199,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn step_cgroups() {
+        let v1 = "6:freezer:/slurm_node1/uid_1500/job_728\n5:devices:/slurm_node1/uid_1500/job_728/step_0\n\
+                  4:memory:/slurm_node1/uid_1500/job_728/step_0\n0::/\n";
+        assert_eq!(step_cgroup(v1).as_deref(), Some("/slurm_node1/uid_1500/job_728/step_0"));
+        let v2 = "0::/system.slice/slurmstepd.scope/job_9/step_1/slurm\n";
+        assert_eq!(step_cgroup(v2).as_deref(), Some("/system.slice/slurmstepd.scope/job_9/step_1/slurm"));
+        assert_eq!(step_cgroup("4:memory:/user.slice\n0::/\n"), None, "not in a step");
+        assert_eq!(step_cgroup("0::/user.slice/session-1.scope\n"), None);
+    }
+
+    #[test]
+    fn moving_into_a_cgroup_writes_every_hierarchy_that_has_it() {
+        let root = std::env::temp_dir().join(format!("mdt-cgroup-{}", std::process::id()));
+        for h in ["memory", "freezer"] {
+            std::fs::create_dir_all(root.join(h).join("slurm/job_1/step_0")).unwrap();
+            std::fs::write(root.join(h).join("slurm/job_1/step_0/cgroup.procs"), "").unwrap();
+        }
+        std::fs::create_dir_all(root.join("cpu")).unwrap();
+        assert_eq!(move_into_cgroup(42, &root, "/slurm/job_1/step_0").unwrap(), 2);
+        assert_eq!(std::fs::read_to_string(root.join("memory/slurm/job_1/step_0/cgroup.procs")).unwrap(), "42");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn pause_command_lines() {
+        assert!(is_pause(b"/.mpiexec-docker/mpiexec_docker\0in-container\0pause\0"));
+        assert!(!is_pause(b"/bin/sleep\0in-container pause\0"));
+    }
+
+    #[test]
     fn a_gone_container_is_named() {
+        assert!(enter_privileged(i32::MAX).unwrap_err().to_string().contains("is gone"));
         let err = enter(i32::MAX, Path::new("/")).unwrap_err();
         assert!(err.to_string().contains("is gone"), "{err}");
     }

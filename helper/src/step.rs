@@ -20,6 +20,7 @@ use std::time::Duration;
 use mpiexec_docker::config::{Config, PullPolicy};
 use mpiexec_docker::container::run_args;
 use mpiexec_docker::engine::{output_within, Engine};
+use mpiexec_docker::identity::UserIds;
 use mpiexec_docker::image_cache::{self, node_lock};
 use mpiexec_docker::launch::{self, in_container_command, Request, RuntimeDir};
 use mpiexec_docker::plugstack::EngineKind;
@@ -56,6 +57,10 @@ struct Args {
     container_name: Option<String>,
     /// `join`: the task's program and arguments.
     command: Vec<String>,
+    /// `--user UID:GID[:GROUPS]`: the job's user, when root runs this for them (Docker).
+    user: Option<UserIds>,
+    /// `--step-cgroup`: the step's cgroup, for engines whose containers are not our children.
+    step_cgroup: Option<String>,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -77,6 +82,8 @@ fn parse(args: &[String]) -> Result<Args, String> {
         command: Vec::new(),
         gpus: None,
         container_name: None,
+        user: None,
+        step_cgroup: None,
     };
     let mut it = args.iter();
     match it.next().map(String::as_str) {
@@ -114,6 +121,8 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--mount-home" => a.mount_home = Some(v),
             "--gpus" => a.gpus = Some(v),
             "--name" => a.container_name = Some(v),
+            "--user" => a.user = Some(v.parse().map_err(|e| format!("--user: {e}"))?),
+            "--step-cgroup" => a.step_cgroup = Some(v),
             "--dir" => a.dir = Some(v),
             "--pid" => a.pid = v.parse().map_err(|_| format!("--pid {v}: not a process id"))?,
             "--lock-fd" => a.lock_fd = v.parse().map_err(|_| format!("--lock-fd {v}: not a descriptor"))?,
@@ -173,6 +182,11 @@ fn run(args: &[String]) -> Result<(), String> {
         return serve(&a, &config, &engine);
     }
     let name = name(&a.job, &a.step, a.container_name.as_deref());
+    // whose container: the caller's own, or (root only) the job user's named by --user
+    let me = a.user.clone().unwrap_or_else(UserIds::of_caller);
+    if me.uid != nix::unistd::getuid().as_raw() && !nix::unistd::geteuid().is_root() {
+        return Err("--user: only root may start a container for another user".into());
+    }
     let _lock = node_lock().map_err(|e| e.to_string())?;
     if a.action == Action::Stop {
         // a named container stays for the job's later steps; the job's end removes it
@@ -185,7 +199,7 @@ fn run(args: &[String]) -> Result<(), String> {
         return Ok(());
     }
     if let Some(n) = &a.container_name {
-        if let Some((pid, image)) = running(&engine, &name)? {
+        if let Some((pid, image)) = running(&engine, &name, me.uid)? {
             let info = image_info(&engine, &image)?.ok_or_else(|| format!("the image of container '{n}' is gone"))?;
             print!("{}", Started::render(&pid, &info));
             return Ok(());
@@ -196,8 +210,14 @@ fn run(args: &[String]) -> Result<(), String> {
     }
     // the image's name in the store; one engine call then tells both whether it is there and its
     // entrypoint and environment (for the tasks, which inherit the job's environment, not the image's)
+    // what the user names is read with the user's rights (an image file, the directories mounted)
     let base = std::path::Path::new(&a.workdir);
+    let acting = me.act_as().map_err(|e| e.to_string())?;
     let image = image_cache::resolve(&a.image, base).map_err(|e| e.to_string())?;
+    for dir in std::iter::once(&a.workdir).chain(&a.mount_home) {
+        mpiexec_docker::container::Mount::parse_existing(dir).map_err(|e| e.to_string())?;
+    }
+    drop(acting);
     let local = image.local.clone();
     let info = match image_info(&engine, &local)? {
         Some(info) if matches!(config.pull, PullPolicy::Missing | PullPolicy::Never) => info,
@@ -212,6 +232,7 @@ fn run(args: &[String]) -> Result<(), String> {
                 .ok_or_else(|| format!("image '{}' is still missing after its fetch", a.image))?
         }
     };
+    let acting = me.act_as().map_err(|e| e.to_string())?;
     let runtime = RuntimeDir::create(&format!("{}", std::process::id())).map_err(|e| e.to_string())?;
     let request = Request {
         image: local.clone(),
@@ -220,6 +241,7 @@ fn run(args: &[String]) -> Result<(), String> {
         env: Vec::new(),
         mounts: a.mounts.clone(),
         interactive: false,
+        user: me.clone(),
     };
     let mut host_env: Vec<(String, String)> = std::env::vars().collect();
     if let Some(gpus) = &a.gpus {
@@ -229,6 +251,7 @@ fn run(args: &[String]) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut spec =
         launch::container_spec(&engine, &config, &request, &exe, &runtime, &host_env).map_err(|e| e.to_string())?;
+    drop(acting);
     spec.name = Some(name.clone());
     spec.labels.retain(|(k, _)| k != "mpiexec-docker.job" && k != "mpiexec-docker.step");
     spec.labels.push(("mpiexec-docker.job".into(), a.job.clone()));
@@ -249,8 +272,10 @@ fn run(args: &[String]) -> Result<(), String> {
     }
     spec.workdir = Some(a.container_workdir.clone().unwrap_or_else(|| a.workdir.clone()).into());
     spec.read_only = a.readonly;
-    if a.remap_root {
-        // root inside; with rootless Podman that root is the caller on the host, no more
+    if a.remap_root && engine.kind == EngineKind::Podman {
+        // root inside; with rootless Podman that root is the caller on the host, no more. (With
+        // Docker the container stays the user's: each task maps itself to root in a user namespace
+        // of its own, see the plugin.)
         spec.user = mpiexec_docker::container::UserMode::Default;
     }
     for dir in ["/tmp", "/var/spool/slurmd", "/var/spool/slurm"] {
@@ -269,7 +294,13 @@ fn run(args: &[String]) -> Result<(), String> {
         return Err(format!(
             "cannot start the container for image '{}': {}",
             a.image,
-            text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim()
+            // Docker's client ends with a "See/Run 'docker run --help'" line: the reason is above it
+            text.lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| !l.is_empty() && !l.starts_with("Run '") && !l.starts_with("See '"))
+                .unwrap_or("")
+                .trim_start_matches("Error: ")
         ));
     }
     let pid = match std::fs::read_to_string(&pidfile).ok().map(|p| p.trim().to_string()).filter(|p| !p.is_empty()) {
@@ -284,9 +315,21 @@ fn run(args: &[String]) -> Result<(), String> {
         engine.remove(&[name]);
         return Err(format!("the container for image '{}' did not stay up", a.image));
     }
+    // a daemon's container is not our child: its process joins the step's cgroup, so that Slurm's
+    // limits, accounting and signals (scancel, time limit) reach it as they reach the tasks
+    if let Some(cgroup) = &a.step_cgroup {
+        let moved = pid.parse::<i32>().map_err(|e| e.to_string()).and_then(|p| {
+            mpiexec_docker::step_join::move_into_cgroup(p, std::path::Path::new("/sys/fs/cgroup"), cgroup)
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = moved {
+            engine.remove(&[name]);
+            return Err(e);
+        }
+    }
     // the runtime directory (links, relay socket) now belongs to the relay server, which lives as
     // long as the container
-    if let Err(e) = spawn_server(&a, &engine, runtime, &pid) {
+    if let Err(e) = spawn_server(&a, &engine, runtime, &pid, &me) {
         engine.remove(&[name]);
         return Err(format!("cannot start the srun/ssh relay of the step: {e}"));
     }
@@ -308,13 +351,24 @@ fn end_pause(pid: i32) {
 }
 
 /// The process id and image of a running container called `name`, if there is one.
-fn running(engine: &Engine, name: &str) -> Result<Option<(String, String)>, String> {
-    let format = "{{.State.Running}} {{.State.Pid}} {{.ImageName}}";
+fn running(engine: &Engine, name: &str, uid: u32) -> Result<Option<(String, String)>, String> {
+    let format = match engine.kind {
+        EngineKind::Podman => {
+            "{{.State.Running}} {{.State.Pid}} {{.ImageName}} {{index .Config.Labels \"mpiexec-docker.uid\"}}"
+        }
+        EngineKind::Docker => {
+            "{{.State.Running}} {{.State.Pid}} {{.Config.Image}} {{index .Config.Labels \"mpiexec-docker.uid\"}}"
+        }
+    };
     let out = engine_output(engine, &["inspect".into(), "--format".into(), format.into(), name.into()])?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut w = text.split_whitespace();
-    match (out.status.success(), w.next(), w.next(), w.next()) {
-        (true, Some("true"), Some(pid), Some(image)) if pid != "0" => Ok(Some((pid.into(), image.into()))),
+    match (out.status.success(), w.next(), w.next(), w.next(), w.next()) {
+        // a shared store (Docker) holds other users' containers too: only the user's own is theirs
+        (true, _, _, _, owner) if owner != Some(uid.to_string().as_str()) => {
+            Err(format!("container '{name}' belongs to another user"))
+        }
+        (true, Some("true"), Some(pid), Some(image), _) if pid != "0" => Ok(Some((pid.into(), image.into()))),
         (true, ..) => {
             // there but stopped: of no use to a step
             engine.remove(&[name.to_string()]);
@@ -342,7 +396,7 @@ fn image_info(engine: &Engine, image: &str) -> Result<Option<String>, String> {
 
 /// Starts `step-container serve` in the background (its own session, no standard streams), handing it
 /// the runtime directory and its owner lock.
-fn spawn_server(a: &Args, engine: &Engine, runtime: RuntimeDir, pid: &str) -> Result<(), String> {
+fn spawn_server(a: &Args, engine: &Engine, runtime: RuntimeDir, pid: &str, user: &UserIds) -> Result<(), String> {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -357,6 +411,10 @@ fn spawn_server(a: &Args, engine: &Engine, runtime: RuntimeDir, pid: &str) -> Re
         cmd.args(["--mount", m]);
     }
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    // the relay runs srun for the user: as the user (the helper may be root here, for Docker)
+    if nix::unistd::getuid().as_raw() != user.uid {
+        user.become_in_child(&mut cmd);
+    }
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {

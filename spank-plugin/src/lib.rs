@@ -92,6 +92,7 @@ macro_rules! callback {
 }
 
 callback!(slurm_spank_init, init::init);
+callback!(slurm_spank_task_init_privileged, remote::task_init_privileged);
 callback!(slurm_spank_task_init, remote::task_init);
 callback!(slurm_spank_user_init, remote::user_init);
 callback!(slurm_spank_exit, exit);

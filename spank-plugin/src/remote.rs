@@ -26,7 +26,8 @@ use mpiexec_docker::step_join::{self, Started};
 use crate::ffi::spank_item;
 use crate::handle::Spank;
 use crate::options::OPTIONS;
-use crate::run_as::{helper_as, plugin_args};
+use crate::run_as::{helper_as, helper_as_root, plugin_args, user_ids};
+use mpiexec_docker::plugstack::EngineKind;
 
 /// Why `--container-entrypoint` cannot be had here.
 pub const ENTRYPOINT_NEEDS: &str = "--container-entrypoint needs Slurm 23.11 or later (spank_prepend_task_argv); \
@@ -52,6 +53,10 @@ struct StepContainer {
     step: u32,
     uid: u32,
     gid: u32,
+    /// Made by a root daemon (Docker): tasks join it in `task_init_privileged`, as root.
+    rootful: bool,
+    /// `--container-remap-root` with such a container: each task maps itself to root.
+    remap_root: bool,
 }
 
 /// The step's container: None when the step asked for none.
@@ -84,8 +89,20 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> Result<StepCont
     let user =
         nix::unistd::User::from_uid(uid.into()).ok().flatten().ok_or(format!("no passwd entry for uid {uid}"))?;
     let workdir = spank.getenv("PWD").filter(|d| d.starts_with('/')).unwrap_or_else(|| user.dir.display().to_string());
-    let mut cmd = helper_as(&args.helper, &user, gid);
+    // Docker's daemon is root's: the helper starts the container as root, for the user
+    let rootful = args.engine == EngineKind::Docker;
+    let mut cmd = match rootful {
+        true => helper_as_root(&args.helper),
+        false => helper_as(&args.helper, &user, gid),
+    };
     cmd.args(["step-container", "start", "--engine", args.engine.command()]);
+    if rootful {
+        cmd.arg("--user").arg(user_ids(&user, gid).to_string());
+        match std::fs::read_to_string("/proc/self/cgroup").ok().as_deref().and_then(step_join::step_cgroup) {
+            Some(cgroup) => cmd.args(["--step-cgroup", &cgroup]),
+            None => return Err("cannot find this step's cgroup (is proctrack/cgroup configured?)".into()),
+        };
+    }
     cmd.args(["--job", &job.to_string(), "--step", &step.to_string(), "--image", image, "--workdir", &workdir]);
     if let Some(n) = &opts.name {
         cmd.args(["--name", n]);
@@ -128,12 +145,41 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> Result<StepCont
     let workdir = opts.workdir.clone().unwrap_or(workdir);
     let keep = opts.env.clone().unwrap_or_default();
     let how = match crate::handle::prepend_fn() {
+        _ if rootful => "in task_init_privileged (the container is the root daemon's)",
         Some(_) => "through spank_prepend_task_argv",
         None => "in task_init (this Slurm has no spank_prepend_task_argv)",
     };
+    if rootful && opts.entrypoint == Some(true) {
+        return Err("--container-entrypoint is not available with Docker here; drop the option".into());
+    }
     log::info!("step {job}.{step}: tasks run in container of {image} (pid {pid}); they enter it {how}");
     let (name, image) = (opts.name.clone(), image.to_string());
-    Ok(StepContainer { pid, workdir, image_env, keep, image, name, entrypoint, job, step, uid, gid })
+    let remap_root = rootful && opts.remap_root == Some(true);
+    Ok(StepContainer {
+        pid,
+        workdir,
+        image_env,
+        keep,
+        image,
+        name,
+        entrypoint,
+        job,
+        step,
+        uid,
+        gid,
+        rootful,
+        remap_root,
+    })
+}
+
+/// In each task, as root before Slurm drops to the user: a container made by a root daemon is joined
+/// here (see [`step_join::enter_privileged`]); nothing to do for the others.
+pub fn task_init_privileged(_spank: &Spank, _args: &[String]) -> Result<(), String> {
+    let step = STEP.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match step {
+        Some(Ok(c)) if c.rootful => step_join::enter_privileged(c.pid).map_err(|e| e.to_string()),
+        _ => Ok(()),
+    }
 }
 
 /// Runs the helper, passing its progress lines (`mpiexec_docker: pulling …`) to the user's terminal
@@ -167,6 +213,15 @@ pub fn task_init(spank: &Spank, _args: &[String]) -> Result<(), String> {
         Some(Ok(c)) => {
             for (k, v) in task_env(&c, spank.getenv("PATH")) {
                 spank.setenv(&k, &v).map_err(|e| format!("cannot set {k} for the task: {e}"))?;
+            }
+            if c.rootful {
+                // joined in task_init_privileged: the working directory, and root inside if asked
+                std::env::set_current_dir(&c.workdir)
+                    .map_err(|e| format!("working directory {} is not in the container: {e}", c.workdir))?;
+                if c.remap_root {
+                    step_join::map_to_root(c.uid, c.gid).map_err(|e| e.to_string())?;
+                }
+                return Ok(());
             }
             // Slurm 23.11+: the helper joins the container and execs the task's program; before that,
             // the task joins it here, just before Slurm execs the program
@@ -204,7 +259,10 @@ pub fn exit(_spank: &Spank, _args: &[String]) -> Result<(), String> {
     let Some(Ok(c)) = step else { return Ok(()) };
     let args = plugin_args().unwrap_or_default();
     let Some(user) = nix::unistd::User::from_uid(c.uid.into()).ok().flatten() else { return Ok(()) };
-    let mut cmd = helper_as(&args.helper, &user, c.gid);
+    let mut cmd = match c.rootful {
+        true => helper_as_root(&args.helper),
+        false => helper_as(&args.helper, &user, c.gid),
+    };
     cmd.args(["step-container", "stop", "--engine", args.engine.command()]);
     cmd.args(["--job", &c.job.to_string(), "--step", &c.step.to_string(), "--pid", &c.pid.to_string()]);
     if let Some(n) = &c.name {

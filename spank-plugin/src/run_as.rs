@@ -46,3 +46,40 @@ pub fn helper_as(helper: &std::path::Path, user: &nix::unistd::User, gid: u32) -
     }
     cmd
 }
+
+/// `helper` as root with a clean environment, from any context: `user_init` runs with the job user's
+/// effective ids but root's real and saved ones, which the child takes back. For engines whose daemon
+/// only root may use (Docker): the helper then acts for the user it is given (`--user`).
+pub fn helper_as_root(helper: &std::path::Path) -> Command {
+    let mut cmd = Command::new(helper);
+    cmd.env_clear()
+        .env("HOME", "/root")
+        .env("USER", "root")
+        .env("LOGNAME", "root")
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::null());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let root: libc::gid_t = 0;
+            if libc::setresuid(0, 0, 0) != 0
+                || libc::setresgid(0, 0, 0) != 0
+                || libc::setgroups(1, &root as *const libc::gid_t) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// The job user's ids as the helper's `--user` takes them: uid, gid and supplementary groups.
+pub fn user_ids(user: &nix::unistd::User, gid: u32) -> mpiexec_docker::identity::UserIds {
+    let groups = std::ffi::CString::new(user.name.clone())
+        .ok()
+        .and_then(|name| nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(gid)).ok())
+        .map(|g| g.into_iter().map(|g| g.as_raw()).filter(|&g| g != gid).collect())
+        .unwrap_or_default();
+    mpiexec_docker::identity::UserIds { uid: user.uid.as_raw(), gid, groups }
+}

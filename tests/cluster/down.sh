@@ -30,6 +30,8 @@ for node in "${MDT_NODES[@]}"; do
     # containers first, so that Podman's records and mounts go too (bounded: a Podman wedged on a
     # lock must not wedge the teardown)
     timeout 30 nsenter -t "$pid" -m -u -n -- podman rm -af -t 0 >/dev/null 2>&1 || true
+    ids=$(timeout 30 nsenter -t "$pid" -m -u -n -- docker ps -aq 2>/dev/null || true)
+    [[ -z $ids ]] || timeout 30 nsenter -t "$pid" -m -u -n -- docker rm -f $ids >/dev/null 2>&1 || true
     for u in "$MDT_USER" "$MDT_USER2"; do
         home=$(getent passwd "$u" | cut -d: -f6) || continue
         timeout 30 nsenter -t "$pid" -m -u -n -- runuser -u "$u" -- env HOME="$home" podman rm -af -t 0 >/dev/null 2>&1 || true
@@ -40,6 +42,14 @@ for node in "${MDT_NODES[@]}"; do
     stop_pids "${pids[@]}"
     rm -f "/run/slurmd-$node.pid"
 done
+
+# the login node's dockerd (the nodes' went with their namespaces)
+if [[ -s /run/mdt-node/dockerd.pid ]] && kill -0 "$(cat /run/mdt-node/dockerd.pid)" 2>/dev/null; then
+    log "stopping the login node's dockerd"
+    ids=$(timeout 30 docker ps -aq 2>/dev/null || true)
+    [[ -z $ids ]] || timeout 30 docker rm -f $ids >/dev/null 2>&1 || true
+    stop_pids "$(cat /run/mdt-node/dockerd.pid)"
+fi
 
 if [[ -s /run/slurmctld.pid ]] && grep -q "mpiexec-docker's tests/cluster/up.sh" /etc/slurm/slurm.conf 2>/dev/null; then
     log "stopping slurmctld"

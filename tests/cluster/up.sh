@@ -15,7 +15,7 @@ PACKAGES=(podman crun uidmap slirp4netns fuse-overlayfs catatonit
           slurm-wlm slurm-client munge libslurm-dev slurm-wlm-basic-plugins-dev
           openmpi-bin libopenmpi-dev mpich libmpich-dev
           libclang-dev mmdebstrap iproute2 psmisc util-linux hyperfine file binutils
-          docker-registry busybox-static)
+          docker-registry busybox-static docker.io)
 
 step_packages() {
     local missing=()
@@ -211,11 +211,12 @@ load_images() {   # load_images <runner...>   e.g. load_images node_exec node1
     for name in ${LOAD_IMAGES:-${MDT_IMAGES[*]}}; do
         local archive=$MDT_STATE/images/md-$name.tar
         local want; want=$(stat -c %n-%Y "$(readlink -f "$archive")")
-        local have; have=$("$@" podman image inspect -f '{{.Id}}' "$(image_ref "$name")" 2>/dev/null || true)
-        local stamp=$MDT_STATE/loaded/$(echo "$*" | tr ' /' '__')-$name
+        local engine=${LOAD_ENGINE:-podman}
+        local have; have=$("$@" "$engine" image inspect -f '{{.Id}}' "$(image_ref "$name")" 2>/dev/null || true)
+        local stamp=$MDT_STATE/loaded/$engine-$(echo "$*" | tr ' /' '__')-$name
         if [[ -n $have && -f $stamp && $(cat "$stamp") == "$want $have" ]]; then continue; fi
-        "$@" podman load --quiet -i "$archive" >/dev/null
-        have=$("$@" podman image inspect -f '{{.Id}}' "$(image_ref "$name")")
+        "$@" "$engine" load --quiet -i "$archive" >/dev/null
+        have=$("$@" "$engine" image inspect -f '{{.Id}}' "$(image_ref "$name")")
         mkdir -p "$MDT_STATE/loaded"
         echo "$want $have" > "$stamp"
     done
@@ -346,7 +347,7 @@ step_daemons() {
         for u in "$MDT_USER" "$MDT_USER2"; do
             install -d -o "$u" -g "$u" "$dir/local/containers/$u"
         done
-        mkdir -p /run/containers /run/libpod /run/user
+        mkdir -p /run/containers /run/libpod /run/user /run/mdt-node /var/lib/docker "$dir/docker"
         log "starting slurmd $node"
         nsenter --net="/run/netns/$node" unshare -m -u --propagation private sh -ec "
             hostname $node
@@ -355,6 +356,8 @@ step_daemons() {
             mount -t tmpfs -o mode=0755 tmpfs /run/containers
             mount -t tmpfs -o mode=0700 tmpfs /run/libpod
             mount -t tmpfs -o mode=0755 tmpfs /run/user
+            mount -t tmpfs -o mode=0755 tmpfs /run/mdt-node
+            mount --bind $dir/docker /var/lib/docker
             mount --bind $dir/containers /var/lib/containers
             mount --bind $dir/local /var/local
             exec slurmd -N $node"
@@ -379,6 +382,37 @@ step_daemons() {
     return 0
 }
 
+# One dockerd per node and one for the login node (../shared/notes/ENVIRONMENT.md): a container is made
+# in its daemon's namespaces, so each node's daemon runs in that node's namespaces with a store of its
+# own. Every namespace finds its own daemon at Docker's default socket: /run/docker.sock links into
+# /run/mdt-node, which each node's mount namespace has to itself. The socket is root's alone (no user
+# is in group docker): only root, and the plugin acting for a job, may start containers.
+start_dockerd() {   # start_dockerd NAME RUNNER...
+    local name=$1; shift
+    "$@" docker info >/dev/null 2>&1 && return 0
+    log "starting dockerd for $name"
+    "$@" setsid dockerd --data-root /var/lib/docker --exec-root /run/mdt-node/docker \
+        --pidfile /run/mdt-node/dockerd.pid -H unix:///run/mdt-node/docker.sock \
+        --bridge=none --iptables=false --ip-masq=false --insecure-registry "$MDT_REGISTRY" \
+        >> "/var/log/mdt-dockerd-$name.log" 2>&1 < /dev/null &
+    local i
+    for i in $(seq 1 100); do
+        "$@" docker info >/dev/null 2>&1 && return 0
+        sleep 0.2
+    done
+    die "dockerd for $name did not start: see /var/log/mdt-dockerd-$name.log"
+}
+
+step_docker() {
+    mkdir -p /run/mdt-node /var/lib/docker
+    ln -sfn /run/mdt-node/docker.sock /run/docker.sock
+    start_dockerd login env
+    local node
+    for node in "${MDT_NODES[@]}"; do
+        start_dockerd "$node" node_exec "$node"
+    done
+}
+
 step_load_images() {
     log "loading images into the rootful and rootless stores (login node and each node)"
     # the login node also gets the image without MPI, for the helper's error path
@@ -388,7 +422,9 @@ step_load_images() {
     for node in "${MDT_NODES[@]}"; do
         load_images node_exec "$node"
         load_images node_exec "$node" runuser -u "$MDT_USER" -- env HOME="$(getent passwd "$MDT_USER" | cut -d: -f6)"
+        LOAD_ENGINE=docker LOAD_IMAGES=openmpi load_images node_exec "$node"
     done
+    LOAD_ENGINE=docker LOAD_IMAGES="openmpi nompi" load_images env
 }
 
 step_shared() {
@@ -411,6 +447,7 @@ main() {
     step_registry
     step_slurm_config
     step_daemons
+    step_docker
     step_load_images
     log "cluster up in $((SECONDS - t0)) s: $(sinfo -h -N -o '%N:%t' | tr '\n' ' ')"
 }
