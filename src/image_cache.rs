@@ -143,15 +143,23 @@ pub fn ensure(engine: &Engine, image: &Resolved, policy: PullPolicy) -> Result<(
             }
             // a load also applies the archive's own names: those the store did not have before are
             // taken off again, so that the user's store gains only our name
+            // and names it did have are given back to the images they named: in a store shared by
+            // users (Docker's), a file must not change what a name means for anyone else
             let mut new_names = Vec::new();
+            let mut old_names = Vec::new();
             for n in &info.names {
-                if !engine.image_present(n)? {
-                    new_names.push(n.clone());
+                match quiet(engine, &["image", "inspect", "--format", "{{.Id}}", n]) {
+                    Ok(id) => old_names.push((n.clone(), id.trim().to_string())),
+                    Err(_) if !engine.image_present(n)? => new_names.push(n.clone()),
+                    Err(_) => {}
                 }
             }
             let loaded = with_progress(&format!("loading {}", path.display()), || load(engine, path))?;
-            quiet(engine, &["tag", &loaded, name])
-                .map_err(|reason| CacheError::Load { path: path.display().to_string(), reason })?;
+            let tagged = quiet(engine, &["tag", &loaded, name]);
+            for (n, id) in &old_names {
+                let _ = quiet(engine, &["tag", id, n]);
+            }
+            tagged.map_err(|reason| CacheError::Load { path: path.display().to_string(), reason })?;
             for n in new_names {
                 // Podman takes one name off an image with `untag`; Docker's `rmi` of a name does that
                 // while the image has another (ours)

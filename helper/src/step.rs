@@ -414,6 +414,9 @@ fn spawn_server(a: &Args, engine: &Engine, runtime: RuntimeDir, pid: &str, user:
     // the relay runs srun for the user: as the user (the helper may be root here, for Docker)
     if nix::unistd::getuid().as_raw() != user.uid {
         user.become_in_child(&mut cmd);
+        if let Ok(Some(pw)) = nix::unistd::User::from_uid(user.uid.into()) {
+            cmd.env("HOME", &pw.dir).env("USER", &pw.name).env("LOGNAME", &pw.name);
+        }
     }
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {

@@ -132,8 +132,12 @@ fn run(sock: &UnixStream, req: &Request, fds: Vec<std::os::fd::OwnedFd>, config:
         true => config.host_dir.clone(),
         false => host_cwd(&req.cwd, &config.host_dir),
     };
-    cmd.args(&args).current_dir(cwd);
+    // PWD as a shell sets it: srun passes it on as the step's working directory
+    cmd.args(&args).current_dir(&cwd).env("PWD", &cwd);
     for (k, v) in &req.env {
+        if k == "PWD" {
+            continue;
+        }
         // the markers of our containers stay inside: the host command is outside
         if k == ENV_IN_CONTAINER || k == ENV_IMAGE {
             continue;

@@ -163,6 +163,32 @@ step_tiny_image() {
     rm -rf "$tmp"
 }
 
+# An image a user could make (a tar file says who owns what): md-tiny plus /bin/euid, a program that
+# prints its effective uid, setuid root. For the Docker security tests: in a root daemon's store its
+# owner is the real root, and running it must still not make the user root.
+step_suid_image() {
+    local dir=$MDT_SHARED/images
+    [[ -s $dir/md-suid.tar ]] && return 0
+    log "building image md-suid (setuid root program)"
+    local tmp; tmp=$(mktemp -d /var/tmp/mdt-image.XXXXXX)
+    mkdir -p "$tmp/root/bin" "$tmp/root/etc" "$tmp/root/tmp" "$tmp/root/proc" "$tmp/root/dev" "$tmp/root/sys"
+    cp /bin/busybox "$tmp/root/bin/busybox"
+    local t
+    for t in sh ls cat echo id true stat; do ln -s busybox "$tmp/root/bin/$t"; done
+    printf '#include <stdio.h>\n#include <unistd.h>\nint main(void) { printf("euid=%%d\\n", (int)geteuid()); return 0; }\n' > "$tmp/euid.c"
+    gcc -static -O2 -o "$tmp/root/bin/euid" "$tmp/euid.c"
+    chown 0:0 "$tmp/root/bin/euid"
+    chmod 4755 "$tmp/root/bin/euid"
+    tar -C "$tmp/root" -cf "$tmp/root.tar" .
+    podman rmi -f "$(image_ref suid)" >/dev/null 2>&1 || true
+    podman import --quiet --change "ENV PATH=/bin" "$tmp/root.tar" "$(image_ref suid)" >/dev/null
+    podman save --quiet --format docker-archive -o "$tmp/md-suid.tar" "$(image_ref suid)"
+    podman rmi -f "$(image_ref suid)" >/dev/null 2>&1 || true
+    chmod 0644 "$tmp/md-suid.tar"
+    mv "$tmp/md-suid.tar" "$dir/md-suid.tar"
+    rm -rf "$tmp"
+}
+
 # A real registry (Debian's docker-registry) on the cluster network, $MDT_REGISTRY, holding md-tiny;
 # its log (one line per request) is $MDT_REGISTRY_LOG. Podman on every node trusts it over plain HTTP.
 step_registry() {
@@ -314,7 +340,9 @@ ConstrainCores=no
 ConstrainDevices=yes
 ConstrainRAMSpace=yes
 EOF
-    write_config /etc/slurm/plugstack.conf <<EOF
+    # (Slurm reads this file at every launch: a change needs no restart. tests/docker.rs switches the
+    # engine to docker while it runs; every other test binary switches it back.)
+    cat > /etc/slurm/plugstack.conf <<EOF
 # written by mpiexec-docker's tests/cluster/up.sh
 required $MDT_PLUGIN engine=podman helper=$MDT_HELPER
 EOF
@@ -444,6 +472,7 @@ main() {
     step_network
     step_fake_gpus
     step_tiny_image
+    step_suid_image
     step_registry
     step_slurm_config
     step_daemons

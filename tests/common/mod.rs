@@ -75,10 +75,41 @@ impl std::fmt::Display for Run {
     }
 }
 
+/// The plugin's engine for this test binary: tests/docker.rs sets `docker` (see [`use_docker`]),
+/// every other binary the default, Podman. Slurm reads plugstack.conf at every launch, and test
+/// binaries run one after another.
+static DOCKER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes this test binary's plugin engine Docker; call before the first [`cluster`].
+pub fn use_docker() {
+    DOCKER.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn set_plugin_engine(engine: &str) {
+    let path = "/etc/slurm/plugstack.conf";
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}; is the cluster up?"));
+    let new: String = text
+        .lines()
+        .map(|l| match l.contains("spank_mpiexec_docker") {
+            true => l
+                .split(' ')
+                .map(|w| if w.starts_with("engine=") { format!("engine={engine}") } else { w.into() })
+                .collect::<Vec<_>>()
+                .join(" "),
+            false => l.to_string(),
+        })
+        .map(|l| l + "\n")
+        .collect();
+    if new != text {
+        std::fs::write(path, new).unwrap_or_else(|e| panic!("{path}: {e}"));
+    }
+}
+
 /// Fails the test with a clear message when the cluster is not up. Checked once per test binary.
 pub fn cluster() {
     static CHECK: Once = Once::new();
     CHECK.call_once(|| {
+        set_plugin_engine(if DOCKER.load(std::sync::atomic::Ordering::SeqCst) { "docker" } else { "podman" });
         let out = Command::new("sinfo").args(["-h", "-N", "-o", "%N %t"]).output();
         let text = match out {
             Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -206,6 +237,14 @@ pub fn leftovers() -> Vec<String> {
             );
         }
     }
+    // Docker's containers: one daemon per node, and the login node's
+    for node in NODES {
+        let run =
+            on_node(node, As::Root, "docker ps -a --filter label=mpiexec-docker --format '{{.Names}} {{.Status}}'");
+        found.extend(run.lines().into_iter().filter(|l| !l.is_empty()).map(|l| format!("{node}/docker: {l}")));
+    }
+    let run = sh(As::Root, "docker ps -a --filter label=mpiexec-docker --format '{{.Names}} {{.Status}}'");
+    found.extend(run.lines().into_iter().filter(|l| !l.is_empty()).map(|l| format!("login/docker: {l}")));
     // run directories (links, relay sockets) in every node's /tmp and the login node's
     for node in NODES {
         let dirs =

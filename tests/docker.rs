@@ -1,0 +1,189 @@
+//! Docker as the engine (issue 7), against one real dockerd per node: the plugin (plugstack
+//! `engine=docker`, set for this test binary) and the helper (`--engine docker`). Docker's daemon is
+//! root and its socket is root's alone, so the security tests run as the non-root test user: every
+//! way to more privilege is refused or has no effect, and the job's processes on the host are the
+//! user's.
+
+mod common;
+use common::*;
+
+const OPENMPI: &str = "localhost/md-openmpi";
+
+fn docker() -> std::sync::RwLockReadGuard<'static, ()> {
+    use_docker();
+    shared()
+}
+
+fn docker_alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    use_docker();
+    exclusive()
+}
+
+#[test]
+fn plugin_tasks_run_in_docker_as_the_user_with_no_privilege() {
+    let _g = docker();
+    let run = sh(
+        As::User,
+        &format!(
+            "srun --container-image={OPENMPI} -N3 -n3 sh -c 'echo $(hostname) $(id -u):$(id -g) $(pwd) \
+             $MD_IMAGE_FLAVOUR $(grep -E \"^(CapEff|NoNewPrivs)\" /proc/self/status | tr -s \"\\t\\n\" \"  \")'"
+        ),
+    )
+    .success();
+    let mut lines = run.lines();
+    lines.sort();
+    let want: Vec<String> = NODES
+        .iter()
+        .map(|n| format!("{n} 1500:1500 {SHARED} openmpi CapEff: 0000000000000000 NoNewPrivs: 1"))
+        .collect();
+    assert_eq!(lines, want, "{run}");
+    // as root, root inside
+    let run = sh(As::Root, &format!("srun --container-image={OPENMPI} -N1 id -u")).success();
+    assert_eq!(run.lines(), ["0"], "{run}");
+}
+
+#[test]
+fn plugin_mpi_across_nodes_and_srun_mpiexec_in_a_batch_container() {
+    let _g = docker();
+    let run = sh(As::User, &format!("srun --mpi=pmix --container-image={OPENMPI} -N3 -n6 mpi_hello")).success();
+    let hellos = run.lines().into_iter().filter(|l| l.starts_with("Hello from rank")).count();
+    assert_eq!(hellos, 6, "{run}");
+    for node in NODES {
+        assert!(run.stdout.contains(&format!(" on {node} ")), "no rank on {node}: {run}");
+    }
+    let run = sbatch(
+        As::User,
+        &format!("-N3 --container-image={OPENMPI}"),
+        "echo batch $MD_IMAGE_FLAVOUR $(id -u)\nsrun -N3 -n3 sh -c 'echo step $(hostname) $MD_IMAGE_FLAVOUR $(pwd)'\n\
+         mpiexec -n 3 mpi_hello",
+    )
+    .success();
+    assert!(run.stdout.contains("batch openmpi 1500"), "{run}");
+    for node in NODES {
+        assert!(run.stdout.contains(&format!("step {node} openmpi {SHARED}")), "{run}");
+        assert!(run.stdout.contains(&format!("of 3 on {node} ")), "{run}");
+    }
+    assert!(!run.stdout.contains("error"), "{run}");
+}
+
+#[test]
+fn plugin_exit_codes_and_memory_limit_are_slurms() {
+    let _g = docker();
+    let run = sh(As::User, &format!("srun --container-image={OPENMPI} -N1 sh -c 'exit 3'"));
+    assert_eq!(run.code, Some(3), "{run}");
+    // the same program over the step's memory limit, bare and in the container: both killed by
+    // the step's cgroup, and Slurm says so
+    let hog = "perl -e '$x = \"a\" x (400 * 1024 * 1024); print \"survived\\n\"'";
+    for image in ["", &format!("--container-image={OPENMPI}")] {
+        let run = sh(As::User, &format!("srun -N1 --mem=100M {image} {hog}"));
+        assert_ne!(run.code, Some(0), "{run}");
+        assert!(!run.stdout.contains("survived"), "{run}");
+        assert!(run.stderr.contains("Out Of Memory"), "{run}");
+    }
+}
+
+#[test]
+fn plugin_processes_belong_to_the_user_and_nothing_survives_scancel() {
+    let _g = docker_alone();
+    let job = sh(
+        As::User,
+        &format!("sbatch --parsable -N3 -o /dev/null --wrap 'srun --container-image={OPENMPI} -N3 sleep 300'"),
+    )
+    .success();
+    let job = job.stdout.trim().to_string();
+    // every node: the container's process and the task, the user's on the host, in the step's cgroup
+    let running = wait_for(60, || {
+        sh(As::Root, "ps -eo user=,args= | grep -cE '^mpitest +(/usr/bin/)?sleep 300'").stdout.trim() == "3"
+    });
+    let owners = sh(As::Root, "ps -eo user=,args= | grep -E 'sleep 300|in-container pause' | grep -v grep").success();
+    assert!(running, "{owners}");
+    for line in owners.lines() {
+        assert!(line.starts_with("mpitest "), "a process of the job is not the user's: {owners}");
+    }
+    let pause = sh(As::Root, "pgrep -f 'in-container pause' | head -1").success();
+    let cgroup = sh(As::Root, &format!("grep memory: /proc/{}/cgroup", pause.stdout.trim())).success();
+    assert!(
+        cgroup.stdout.contains(&format!("/job_{job}/step_0")),
+        "the container is not in the step's cgroup: {cgroup}"
+    );
+    sh(As::Root, &format!("scancel {job}")).success();
+    assert_clean_within(60);
+    assert_no_node_drained();
+}
+
+#[test]
+fn escalation_attempts_are_refused_and_leave_nothing() {
+    let _g = docker_alone();
+    let refused = [
+        (format!("--container-image={OPENMPI} --container-mounts=/root:/r"), "you may not read /root"),
+        (format!("--container-image={OPENMPI} --container-mounts=/etc/shadow:/s"), "you may not read /etc/shadow"),
+        (format!("--container-image={OPENMPI} --container-mounts=/tmp:/x:rw+privileged"), "unknown flag 'privileged'"),
+        (format!("--container-image={OPENMPI} --container-mounts=/tmp:/x:rw,privileged"), "mount 'privileged'"),
+        (format!("--container-image={OPENMPI} --container-mounts=/tmp:/x:z"), "unknown flag 'z'"),
+        ("--container-image=--privileged".to_string(), "--privileged"),
+        (format!("'--container-image={OPENMPI} --privileged'"), "not a valid image"),
+    ];
+    for (opts, why) in refused {
+        let run = sh(As::User, &format!("srun -N1 {opts} id -u"));
+        assert_ne!(run.code, Some(0), "{run}");
+        assert!(run.stderr.contains(why), "expected '{why}': {run}");
+        assert!(!run.stdout.contains('0'), "{run}");
+    }
+    // a setuid-root program the user brought in an image file: setuid has no effect
+    let image = format!("{SHARED}/images/md-suid.tar");
+    let run =
+        sh(As::User, &format!("srun -N1 --container-image={image} sh -c 'stat -c %a:%u /bin/euid; euid'")).success();
+    assert_eq!(run.lines(), ["4755:0", "euid=1500"], "{run}");
+    // --container-remap-root: root inside, the user on the host
+    let file = format!("{SHARED}/remap-root-{}", std::process::id());
+    let run = sh(
+        As::User,
+        &format!(
+            "srun -N1 --container-remap-root --container-image={OPENMPI} sh -c 'id -u; touch {file}; cat /etc/shadow'"
+        ),
+    );
+    assert_eq!(run.lines().first().map(String::as_str), Some("0"), "{run}");
+    assert!(run.stderr.contains("Permission denied"), "root inside must not read root's files: {run}");
+    let owner = sh(As::Root, &format!("stat -c %u {file}; rm -f {file}")).success();
+    assert_eq!(owner.lines(), ["1500"], "{owner}");
+    // the helper: Docker's socket is root's
+    let run = sh(As::User, &format!("mpiexec_docker --engine docker {OPENMPI} true"));
+    assert_eq!(run.code, Some(125), "{run}");
+    assert!(run.stderr.contains("you may not use this node's Docker daemon"), "{run}");
+    assert_eq!(run.stderr.lines().count(), 1, "{run}");
+    assert_no_node_drained();
+    assert_clean_within(30);
+}
+
+#[test]
+fn image_files_are_loaded_once_per_node_under_our_name_only() {
+    let _g = docker_alone();
+    let image = format!("{SHARED}/images/md-tiny.tar");
+    let prune = "docker images --format '{{.Repository}}:{{.Tag}}' | grep -E 'md-tiny|mpiexec-docker-cache/md-tiny' \
+                 | xargs -r docker rmi >/dev/null; true";
+    for node in NODES {
+        on_node(node, As::Root, prune).success();
+    }
+    let run = sh(As::User, &format!("srun -N3 -n6 --container-image={image} sh -c 'echo $MD_IMAGE_FLAVOUR'")).success();
+    assert_eq!(run.lines(), ["tiny"; 6], "{run}");
+    for node in NODES {
+        let names =
+            on_node(node, As::Root, "docker images --format '{{.Repository}}:{{.Tag}}' | grep md-tiny").success();
+        assert_eq!(names.lines().len(), 1, "{node}: {names}");
+        assert!(names.stdout.starts_with("localhost/mpiexec-docker-cache/md-tiny:"), "{node}: {names}");
+        on_node(node, As::Root, prune).success();
+    }
+}
+
+#[test]
+fn helper_with_docker_runs_mpi_on_one_node_and_across_nodes() {
+    let _g = docker();
+    let run = sh(As::Root, &format!("mpiexec_docker --engine docker {OPENMPI} -n 2 mpi_hello")).success();
+    assert_eq!(run.lines().iter().filter(|l| l.starts_with("Hello from rank")).count(), 2, "{run}");
+    let run = sh(As::Root, &format!("mpiexec_docker --engine docker {OPENMPI} sh -c 'exit 7'"));
+    assert_eq!(run.code, Some(7), "{run}");
+    let run = sbatch(As::Root, "-N3", &format!("mpiexec_docker --engine docker {OPENMPI} -n 3 mpi_hello")).success();
+    for node in NODES {
+        assert!(run.stdout.contains(&format!("of 3 on {node} ")), "{run}");
+    }
+}
