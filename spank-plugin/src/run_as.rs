@@ -16,13 +16,8 @@ pub fn plugin_args() -> Result<PluginArgs, String> {
 /// `helper` as `user` with group `gid`, with a clean environment of theirs: their ids for real, and,
 /// when we are root, their supplementary groups instead of ours.
 pub fn helper_as(helper: &std::path::Path, user: &nix::unistd::User, gid: u32) -> Command {
-    let uid = user.uid.as_raw();
-    // looked up before fork: reading /etc/group is not async-signal-safe
-    let groups: Vec<libc::gid_t> = std::ffi::CString::new(user.name.clone())
-        .ok()
-        .and_then(|name| nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(gid)).ok())
-        .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
-        .unwrap_or_else(|| vec![gid]);
+    // the groups are looked up before fork: reading /etc/group is not async-signal-safe
+    let ids = user_ids(user, gid);
     let mut cmd = Command::new(helper);
     cmd.env_clear()
         .env("HOME", &user.dir)
@@ -30,19 +25,8 @@ pub fn helper_as(helper: &std::path::Path, user: &nix::unistd::User, gid: u32) -
         .env("LOGNAME", &user.name)
         .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(Stdio::null());
-    if uid != 0 {
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::geteuid() == 0 && libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::setresgid(gid, gid, gid) != 0 || libc::setresuid(uid, uid, uid) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+    if ids.uid != 0 {
+        ids.become_in_child(&mut cmd);
     }
     cmd
 }
