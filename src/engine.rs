@@ -62,8 +62,15 @@ impl Engine {
         self.kind == EngineKind::Podman && !nix::unistd::geteuid().is_root()
     }
 
+    /// A command line of the engine. Podman 5 warns at every call on a cgroup v1 node (its v1 support
+    /// is deprecated); that line is noise to a job's user, who can do nothing about the node, and it
+    /// would hide the engine's real error line: it is turned off.
     pub fn command(&self) -> Command {
-        Command::new(&self.program)
+        let mut cmd = Command::new(&self.program);
+        if self.kind == EngineKind::Podman {
+            cmd.env("PODMAN_IGNORE_CGROUPSV1_WARNING", "1");
+        }
+        cmd
     }
 
     /// Whether the image is in the local store.

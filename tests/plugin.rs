@@ -277,17 +277,7 @@ fn tasks_enter_the_container_the_way_the_running_slurm_allows() {
     let _g = shared();
     // Slurm >= 23.11 has spank_prepend_task_argv: the plugin prepends the helper's `join`; before that
     // the task joins the container in task_init. Each step says on its node which way it took.
-    let version = sh(As::User, "srun --version").success();
-    let v: Vec<u32> = version
-        .stdout
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("0.0")
-        .split('.')
-        .take(2)
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    let prepend = (v[0], v[1]) >= (23, 11);
+    let prepend = slurm_can_prepend();
     let run = sh(As::User, &format!("srun -w node2 --container-image={OPENMPI} -n1 printenv SLURM_JOB_ID")).success();
     let job = run.stdout.trim();
     let log = sh(As::Root, "cat /var/log/slurm/slurmd-node2.log").success();
@@ -379,14 +369,31 @@ fn named_containers_are_kept_for_the_jobs_later_steps() {
     assert_clean_within(20);
 }
 
+/// Whether the running Slurm has `spank_prepend_task_argv` (23.11 and later).
+fn slurm_can_prepend() -> bool {
+    let version = sh(As::User, "srun --version").success();
+    let v = mpiexec_docker::slurm_version::SlurmVersion::parse(&version.stdout).expect("srun --version");
+    v >= mpiexec_docker::slurm_version::PREPEND_TASK_ARGV_SINCE
+}
+
 #[test]
-fn the_image_entrypoint_needs_a_newer_slurm_and_says_so() {
+fn the_image_entrypoint_runs_where_slurm_allows_and_is_refused_with_a_line_where_not() {
     let _g = shared();
-    let run = sh(As::User, &format!("srun --container-entrypoint --container-image={OPENMPI} -n1 true"));
-    if run.ok() {
-        return; // Slurm 23.11+: the entrypoint runs through spank_prepend_task_argv
+    // md-entry: an image whose ENTRYPOINT says so, then execs the task's program
+    let image = format!("{SHARED}/images/md-entry.tar");
+    let run = sh(As::User, &format!("srun --container-entrypoint --container-image={image} -n2 echo program"));
+    if slurm_can_prepend() {
+        assert!(run.ok(), "{run}");
+        let mut lines = run.lines();
+        lines.sort();
+        assert_eq!(lines, ["entrypoint ran", "entrypoint ran", "program", "program"], "each task's: {run}");
+    } else {
+        assert!(!run.ok(), "{run}");
+        assert!(run.stderr.contains("--container-entrypoint needs Slurm 23.11 or later"), "{run}");
     }
-    assert!(run.stderr.contains("--container-entrypoint needs Slurm 23.11 or later"), "{run}");
-    let run = sh(As::User, &format!("srun --no-container-entrypoint --container-image={OPENMPI} -n1 true"));
-    assert!(run.ok(), "{run}");
+    // without the option (pyxis's default) the program runs alone, on every Slurm
+    let run = sh(As::User, &format!("srun --no-container-entrypoint --container-image={image} -n1 echo program"));
+    assert_eq!(run.success().lines(), ["program"]);
+    let run = sh(As::User, &format!("srun --container-image={image} -n1 echo program"));
+    assert_eq!(run.success().lines(), ["program"]);
 }

@@ -51,6 +51,8 @@ struct Args {
     dir: Option<String>,
     pid: i32,
     lock_fd: i32,
+    /// `serve`: the relay's socket, bound by `start` before the container started.
+    listen_fd: i32,
     /// The step's GPUs on this node (Slurm's indexes, "" for none); all of the node's when not given.
     gpus: Option<String>,
     /// `--container-name`: the container is kept for the job's later steps that name it.
@@ -79,6 +81,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         dir: None,
         pid: 0,
         lock_fd: -1,
+        listen_fd: -1,
         command: Vec::new(),
         gpus: None,
         container_name: None,
@@ -126,6 +129,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--dir" => a.dir = Some(v),
             "--pid" => a.pid = v.parse().map_err(|_| format!("--pid {v}: not a process id"))?,
             "--lock-fd" => a.lock_fd = v.parse().map_err(|_| format!("--lock-fd {v}: not a descriptor"))?,
+            "--listen-fd" => a.listen_fd = v.parse().map_err(|_| format!("--listen-fd {v}: not a descriptor"))?,
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -234,6 +238,9 @@ fn run(args: &[String]) -> Result<(), String> {
     };
     let acting = me.act_as().map_err(|e| e.to_string())?;
     let runtime = RuntimeDir::create(&format!("{}", std::process::id())).map_err(|e| e.to_string())?;
+    // the relay's socket exists before the container does: no task can start before it is there
+    let listener = mpiexec_docker::relay::server::bind(&runtime.relay().join(mpiexec_docker::relay::SOCKET_NAME))
+        .map_err(|e| format!("cannot make the srun/ssh relay's socket: {e}"))?;
     let request = Request {
         image: local.clone(),
         command: in_container_command("pause", &[]),
@@ -329,7 +336,7 @@ fn run(args: &[String]) -> Result<(), String> {
     }
     // the runtime directory (links, relay socket) now belongs to the relay server, which lives as
     // long as the container
-    if let Err(e) = spawn_server(&a, &engine, runtime, &pid, &me) {
+    if let Err(e) = spawn_server(&a, &engine, runtime, listener, &pid, &me) {
         engine.remove(&[name]);
         return Err(format!("cannot start the srun/ssh relay of the step: {e}"));
     }
@@ -395,8 +402,15 @@ fn image_info(engine: &Engine, image: &str) -> Result<Option<String>, String> {
 }
 
 /// Starts `step-container serve` in the background (its own session, no standard streams), handing it
-/// the runtime directory and its owner lock.
-fn spawn_server(a: &Args, engine: &Engine, runtime: RuntimeDir, pid: &str, user: &UserIds) -> Result<(), String> {
+/// the runtime directory, its owner lock and the relay's bound socket.
+fn spawn_server(
+    a: &Args,
+    engine: &Engine,
+    runtime: RuntimeDir,
+    listener: std::os::unix::net::UnixListener,
+    pid: &str,
+    user: &UserIds,
+) -> Result<(), String> {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -406,7 +420,8 @@ fn spawn_server(a: &Args, engine: &Engine, runtime: RuntimeDir, pid: &str, user:
     let mut cmd = std::process::Command::new(exe);
     cmd.args(["step-container", "serve", "--engine", engine.kind.command(), "--job", &a.job, "--step", &a.step]);
     cmd.args(["--image", &a.image, "--workdir", &a.workdir, "--dir", &dir, "--pid", pid]);
-    cmd.args(["--lock-fd", &fd.to_string()]);
+    let listen_fd = listener.as_raw_fd();
+    cmd.args(["--lock-fd", &fd.to_string(), "--listen-fd", &listen_fd.to_string()]);
     for m in &a.mounts {
         cmd.args(["--mount", m]);
     }
@@ -422,13 +437,16 @@ fn spawn_server(a: &Args, engine: &Engine, runtime: RuntimeDir, pid: &str, user:
     unsafe {
         cmd.pre_exec(move || {
             libc::setsid();
-            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
+            for inherited in [fd, listen_fd] {
+                if libc::fcntl(inherited, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
     }
     cmd.spawn().map_err(|e| e.to_string())?;
+    drop(listener);
     Ok(())
 }
 
@@ -440,11 +458,10 @@ fn serve(a: &Args, config: &Config, engine: &Engine) -> Result<(), String> {
     use mpiexec_docker::environment::EnvFilter;
     use mpiexec_docker::relay::rewrite::run_in_docker_prefix;
     use mpiexec_docker::relay::server::{self, RelayConfig};
-    use mpiexec_docker::relay::SOCKET_NAME;
     use std::os::fd::FromRawFd;
     let dir = a.dir.clone().ok_or("--dir is required")?;
-    if a.lock_fd < 0 || a.pid <= 0 {
-        return Err("--pid and --lock-fd are required".into());
+    if a.lock_fd < 0 || a.listen_fd < 0 || a.pid <= 0 {
+        return Err("--pid, --lock-fd and --listen-fd are required".into());
     }
     // SAFETY: the descriptor was opened for us by `step-container start` and is ours alone.
     let owner = unsafe { std::os::fd::OwnedFd::from_raw_fd(a.lock_fd) };
@@ -463,7 +480,9 @@ fn serve(a: &Args, config: &Config, engine: &Engine) -> Result<(), String> {
         host_path: std::env::var_os("PATH").unwrap_or_default(),
         env_filter: EnvFilter::new(config.env.clone()),
     };
-    server::start(&runtime.relay().join(SOCKET_NAME), relay).map_err(|e| e.to_string())?;
+    // SAFETY: the bound socket was opened for us by `step-container start` and is ours alone.
+    let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(a.listen_fd) };
+    server::serve_on(listener, relay).map_err(|e| e.to_string())?;
     container.wait(None);
     drop(runtime);
     Ok(())

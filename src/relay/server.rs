@@ -48,10 +48,23 @@ pub struct RelayConfig {
 
 /// Binds the socket at `path` (mode 0600) and serves it on a background thread.
 pub fn start(path: &Path, config: RelayConfig) -> std::io::Result<()> {
+    serve_on(bind(path)?, config)
+}
+
+/// Binds the relay's socket at `path` (mode 0600, owned by the caller's effective user). A socket
+/// bound before the container starts is there for the container's first process: nothing inside
+/// ever finds the relay missing, however slowly the server that later serves it starts.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves a bound relay socket on a background thread (connections wait in the socket's backlog
+/// until then).
+pub fn serve_on(listener: UnixListener, config: RelayConfig) -> std::io::Result<()> {
     let config = Arc::new(config);
     std::thread::Builder::new().name("relay".into()).spawn(move || {
         for conn in listener.incoming().flatten() {

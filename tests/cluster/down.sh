@@ -3,11 +3,30 @@
 # left in their namespaces (containers, conmon, Podman pause processes), slurmctld, munged when up.sh
 # started it, the network namespaces, the bridge and the hugetlb mount. Built images and installed
 # packages stay (a later up.sh reuses them); --purge also removes the node stores and image archives.
+#   tests/cluster/down.sh [--stack debian12|debian13] [--purge]
+# A stack in a root file system of its own (debian13) is stopped from inside first (containers, Podman's
+# records), then its init is killed, which ends every process of it; --purge then removes its root.
 source "$(dirname "$0")/lib.sh"
 
 [[ $(id -u) == 0 ]] || die "run as root"
+stack_args "$@"
 purge=0
-[[ ${1:-} == --purge ]] && purge=1
+[[ ${MDT_ARGS[0]:-} == --purge ]] && purge=1
+
+if outside_stack; then
+    if stack_pid >/dev/null; then
+        log "stopping the $MDT_STACK stack"
+        timeout 300 nsenter -t "$(stack_pid)" -m -u -n -p -C -r -w -- \
+            env MDT_INSIDE=1 MDT_STACK="$MDT_STACK" bash "$MDT_TOP/tests/cluster/down.sh" || true
+        stack_stop
+    fi
+    if [[ $purge == 1 ]]; then
+        log "purging the $MDT_STACK root file system and stores"
+        rm -rf "$STACK_DIR"
+    fi
+    log "stack down"
+    exit 0
+fi
 
 stop_pids() {   # TERM, wait up to 5 s, then KILL
     [[ $# == 0 ]] && return 0
@@ -86,8 +105,15 @@ fi
 
 if [[ $purge == 1 ]]; then
     log "purging node stores and image archives"
-    rm -rf "$MDT_STATE"
+    running=
+    for s in "${MDT_STACKS[@]}"; do [[ -s $MDT_RUN/stack-$s.pid ]] && running=1; done
+    # another stack's root file system stays while that stack runs
+    if [[ -n $running ]]; then
+        find "$MDT_STATE" -mindepth 1 -maxdepth 1 ! -name stacks -exec rm -rf {} +
+    else
+        rm -rf "$MDT_STATE"
+    fi
     for name in "${MDT_IMAGES[@]}" nompi; do podman rmi -f "$(image_ref "$name")" >/dev/null 2>&1 || true; done
 fi
-rmdir "$MDT_RUN" 2>/dev/null || true
+[[ -n ${MDT_INSIDE:-} ]] || rmdir "$MDT_RUN" 2>/dev/null || true
 log "cluster down"

@@ -7,6 +7,12 @@
 
 set -euo pipefail
 
+# Which test stack: debian12 (this machine itself, Slurm 22.05) or debian13 (Slurm 24.11, Podman 5,
+# Open MPI 5, in a root file system of its own: see stack.sh). Scripts take `--stack NAME` through
+# [`stack_args`]; inside a stack MDT_INSIDE=1 and the paths below are the stack's own.
+MDT_STACK=${MDT_STACK:-debian12}
+MDT_STACKS=(debian12 debian13)
+
 MDT_TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 MDT_STATE=${MDT_STATE:-/var/lib/mpiexec-docker-test}   # images, node directories (persistent)
 MDT_RUN=${MDT_RUN:-/run/mpiexec-docker-test}           # pids of what we started
@@ -23,7 +29,7 @@ MDT_HELPER=$MDT_PREFIX/bin/mpiexec_docker
 MDT_SHARED=$MDT_STATE/shared      # a directory every node sees (stands in for a shared filesystem)
 MDT_IMAGES=(openmpi mpich intelmpi)
 
-log() { printf '[cluster] %s\n' "$*" >&2; }
+log() { printf '[cluster%s] %s\n' "${MDT_STACK:+ $MDT_STACK}" "$*" >&2; }
 die() { printf '[cluster] error: %s\n' "$*" >&2; exit 1; }
 
 node_ip() { echo "$MDT_NET.1${1#node}"; }
@@ -86,3 +92,24 @@ for wheel in sys.argv[2:]:
             os.chmod(path, ((info.external_attr >> 16) & 0o777) or 0o644)
 PY
 }
+
+# Takes `--stack NAME` off the arguments: sets MDT_STACK, leaves the rest in MDT_ARGS.
+stack_args() {
+    MDT_ARGS=()
+    while (($#)); do
+        case $1 in
+            --stack) [[ $# -ge 2 ]] || die "--stack needs a name (${MDT_STACKS[*]})"; MDT_STACK=$2; shift 2 ;;
+            --stack=*) MDT_STACK=${1#--stack=}; shift ;;
+            *) MDT_ARGS+=("$1"); shift ;;
+        esac
+    done
+    stack_suite "$MDT_STACK" >/dev/null
+    STACK_DIR=$MDT_STATE/stacks/$MDT_STACK
+    STACK_ROOT=$STACK_DIR/rootfs
+    STACK_PIDFILE=$MDT_RUN/stack-$MDT_STACK.pid
+}
+
+# Whether this script acts on a stack in a root file system of its own, from outside it.
+outside_stack() { [[ $MDT_STACK != debian12 && -z ${MDT_INSIDE:-} ]]; }
+
+source "$MDT_TOP/tests/cluster/stack.sh"

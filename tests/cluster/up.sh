@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # Brings the real 3-node Slurm + Podman test cluster up on this machine (Debian 12, as root).
 #
-#   tests/cluster/up.sh           install, build, start; idempotent (a second run only checks)
+#   tests/cluster/up.sh [--stack debian12|debian13]   install, build, start; idempotent (a second run
+#                                                      only checks)
 #
 # Steps: Debian packages; host fixes Podman/crun need on this machine kind; test users with rootless
 # Podman; the project built and installed (helper + SPANK plugin); MPI test images built offline with
 # mmdebstrap; munge, slurmctld and slurmd node1..node3 in their own namespaces; images loaded into every
 # node's rootful and rootless stores. tests/cluster/down.sh undoes what this started.
+#
+# --stack debian13 runs the same cluster on Debian 13 (Slurm 24.11, Podman 5.4, Open MPI 5) in a root
+# file system of its own (stack.sh): built here with mmdebstrap, with the plugin built against that
+# Slurm's own headers and MPI images from Debian 13's packages; this script then runs again inside it.
 source "$(dirname "$0")/lib.sh"
+stack_args "$@"
 
 [[ $(id -u) == 0 ]] || die "run as root (it installs packages and starts Slurm daemons)"
 
@@ -93,35 +99,52 @@ image_packages() {
     esac
 }
 
+# Builds (once per package list) the image archive of MPI flavour $1 from Debian suite $2; prints its
+# path. Only a complete archive gets its final name.
+image_archive() {
+    local name=$1 suite=$2
+    local key; key=$( (image_packages "$name"; echo "$suite $IMPI_VERSION v3"; cat "$MDT_TOP/examples/hello/hello.c") | sha256sum | cut -c1-16)
+    local archive=$MDT_STATE/images/md-$name-$suite-$key.tar
+    if [[ ! -s $archive ]]; then
+        log "building image md-$name from Debian $suite with mmdebstrap (offline from Debian packages)"
+        mkdir -p "$MDT_STATE/images"
+        local tmp; tmp=$(mktemp -d /var/tmp/mdt-image.XXXXXX)
+        local hooks=(--customize-hook="copy-in $MDT_TOP/examples/hello/hello.c /usr/local/src")
+        if [[ $name == intelmpi ]]; then
+            mkdir "$tmp/impi"
+            intel_mpi_tree "$tmp/impi"
+            hooks+=(--customize-hook="sync-in $tmp/impi /usr/local" --customize-hook='chroot "$1" ldconfig')
+        fi
+        hooks+=(--customize-hook='chroot "$1" mpicc -O2 -o /usr/local/bin/mpi_hello /usr/local/src/hello.c'
+                --customize-hook='rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/*')
+        mmdebstrap --quiet --variant=apt --include="$(image_packages "$name")" "${hooks[@]}" \
+            "$suite" "$tmp/rootfs.tar" http://deb.debian.org/debian >&2
+        local ref=localhost/mdt-build-$name-$suite:latest
+        podman rmi -f "$ref" >/dev/null 2>&1 || true
+        podman import --quiet --change 'CMD ["/bin/bash"]' --change "ENV MD_IMAGE_FLAVOUR=$name" \
+            "$tmp/rootfs.tar" "$ref" >/dev/null
+        podman tag "$ref" "$(image_ref "$name")"
+        podman save --quiet --format docker-archive -o "$tmp/image.tar" "$(image_ref "$name")"
+        podman rmi -f "$ref" >/dev/null 2>&1 || true
+        mv "$tmp/image.tar" "$archive"
+        rm -rf "$tmp"
+        find "$MDT_STATE/images" -name "md-$name-$suite-*.tar" ! -name "$(basename "$archive")" -delete
+    fi
+    echo "$archive"
+}
+
+# The image archives of this machine's own stack, as md-NAME.tar.
 step_images() {
     mkdir -p "$MDT_STATE/images"
     local name
     for name in "${MDT_IMAGES[@]}"; do
-        local key; key=$( (image_packages "$name"; echo "$IMPI_VERSION v3"; cat "$MDT_TOP/examples/hello/hello.c") | sha256sum | cut -c1-16)
-        local archive=$MDT_STATE/images/md-$name-$key.tar
-        if [[ ! -s $archive ]]; then
-            log "building image md-$name with mmdebstrap (offline from Debian packages)"
-            local tmp; tmp=$(mktemp -d /var/tmp/mdt-image.XXXXXX)
-            local hooks=(--customize-hook="copy-in $MDT_TOP/examples/hello/hello.c /usr/local/src")
-            if [[ $name == intelmpi ]]; then
-                mkdir "$tmp/impi"
-                intel_mpi_tree "$tmp/impi"
-                hooks+=(--customize-hook="sync-in $tmp/impi /usr/local" --customize-hook='chroot "$1" ldconfig')
-            fi
-            hooks+=(--customize-hook='chroot "$1" mpicc -O2 -o /usr/local/bin/mpi_hello /usr/local/src/hello.c'
-                    --customize-hook='rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/*')
-            mmdebstrap --quiet --variant=apt --include="$(image_packages "$name")" "${hooks[@]}" \
-                bookworm "$tmp/rootfs.tar" http://deb.debian.org/debian
-            podman rmi -f "$(image_ref "$name")" >/dev/null 2>&1 || true
-            podman import --quiet --change 'CMD ["/bin/bash"]' --change "ENV MD_IMAGE_FLAVOUR=$name" \
-                "$tmp/rootfs.tar" "$(image_ref "$name")" >/dev/null
-            podman save --quiet --format docker-archive -o "$tmp/image.tar" "$(image_ref "$name")"
-            mv "$tmp/image.tar" "$archive"   # only a complete archive gets the final name
-            rm -rf "$tmp"
-            find "$MDT_STATE/images" -name "md-$name-*.tar" ! -name "$(basename "$archive")" -delete
-        fi
+        local archive; archive=$(image_archive "$name" "$(stack_suite "$MDT_STACK")")
         ln -sfn "$(basename "$archive")" "$MDT_STATE/images/md-$name.tar"
     done
+    step_nompi_image
+}
+
+step_nompi_image() {
     # an image without any MPI (for the error path): a few files, nothing to run
     if [[ ! -s $MDT_STATE/images/md-nompi.tar ]]; then
         local tmp; tmp=$(mktemp -d /var/tmp/mdt-image.XXXXXX)
@@ -189,6 +212,25 @@ step_suid_image() {
     rm -rf "$tmp"
 }
 
+# An image with an ENTRYPOINT (md-tiny plus a line that says it ran, then the task's program), as a
+# file on the shared file system: for --container-entrypoint.
+step_entry_image() {
+    local dir=$MDT_SHARED/images
+    [[ -s $dir/md-entry.tar ]] && return 0
+    log "building image md-entry (an entrypoint)"
+    local tmp; tmp=$(mktemp -d /var/tmp/mdt-image.XXXXXX)
+    podman load --quiet -i "$dir/md-tiny.tar" >/dev/null
+    podman create --quiet --name mdt-entry-build "$(image_ref tiny)" true >/dev/null
+    podman commit --quiet --change 'ENTRYPOINT ["/bin/sh", "-c", "echo entrypoint ran; exec \"$@\"", "entrypoint"]' \
+        mdt-entry-build "$(image_ref entry)" >/dev/null
+    podman rm -f mdt-entry-build >/dev/null
+    podman save --quiet --format docker-archive -o "$tmp/md-entry.tar" "$(image_ref entry)"
+    podman rmi -f "$(image_ref entry)" >/dev/null 2>&1 || true
+    chmod 0644 "$tmp/md-entry.tar"
+    mv "$tmp/md-entry.tar" "$dir/md-entry.tar"
+    rm -rf "$tmp"
+}
+
 # A real registry (Debian's docker-registry) on the cluster network, $MDT_REGISTRY, holding md-tiny;
 # its log (one line per request) is $MDT_REGISTRY_LOG. Podman on every node trusts it over plain HTTP.
 step_registry() {
@@ -227,7 +269,7 @@ EOF
     fi
     if [[ ! -e $MDT_STATE/registry/data/docker/registry/v2/repositories/md/tiny/_manifests/tags/latest ]]; then
         podman load --quiet -i "$MDT_SHARED/images/md-tiny.tar" >/dev/null
-        podman push --quiet "$(image_ref tiny)" "$MDT_REGISTRY/md/tiny:latest"
+        podman push --quiet --tls-verify=false "$(image_ref tiny)" "$MDT_REGISTRY/md/tiny:latest"
     fi
 }
 
@@ -460,19 +502,74 @@ step_shared() {
     install -d -m 1777 "$MDT_SHARED"
 }
 
-main() {
+# The plugin built against the stack's own Slurm headers, and the helper, installed into its root.
+step_stack_build() {
+    log "building the SPANK plugin against the $MDT_STACK stack's Slurm headers"
+    local inc=$STACK_DIR/include
+    rm -rf "$inc"
+    mkdir -p "$inc"
+    cp -a "$STACK_ROOT/usr/include/slurm" "$inc/"
+    "$MDT_TOP/tests/install.sh" --prefix "$MDT_PREFIX" --destdir "$STACK_ROOT" --slurm-include "$inc" >&2
+}
+
+# What the stack takes from outside: its MPI images (built here from its suite), the image without
+# MPI and the shared image files (md-tiny, md-suid).
+step_stack_images() {
+    local images=$STACK_ROOT$MDT_STATE/images shared=$STACK_ROOT$MDT_SHARED/images
+    install -d "$images" "$STACK_ROOT$MDT_STATE"
+    install -d -m 1777 "$STACK_ROOT$MDT_SHARED"
+    install -d -m 0755 "$shared"
+    local name
+    for name in "${MDT_IMAGES[@]}"; do
+        local archive; archive=$(image_archive "$name" "$(stack_suite "$MDT_STACK")")
+        ln -f "$archive" "$images/$(basename "$archive")"
+        find "$images" -name "md-$name-*.tar" ! -name "$(basename "$archive")" -delete
+        ln -sfn "$(basename "$archive")" "$images/md-$name.tar"
+    done
+    ln -f "$MDT_STATE/images/md-nompi.tar" "$images/md-nompi.tar"
+    for name in md-tiny.tar md-tiny.oci.tar md-suid.tar md-entry.tar; do
+        [[ $MDT_SHARED/images/$name -ef $shared/$name ]] || ln -f "$MDT_SHARED/images/$name" "$shared/$name"
+    done
+}
+
+# A stack in a root file system of its own: made and started from here, then brought up from inside.
+main_stack() {
     mkdir -p "$MDT_RUN" "$MDT_STATE"
     local t0=$SECONDS
     step_packages
     step_host_fixes
-    step_users
     step_shared
-    step_build
-    step_images
-    step_network
-    step_fake_gpus
+    stack_rootfs
+    step_stack_build
+    step_nompi_image
     step_tiny_image
     step_suid_image
+    step_entry_image
+    step_stack_images
+    stack_start
+    stack_exec env MDT_INSIDE=1 MDT_STACK="$MDT_STACK" bash "$MDT_TOP/tests/cluster/up.sh"
+    log "stack up in $((SECONDS - t0)) s"
+}
+
+main() {
+    if outside_stack; then
+        main_stack
+        return
+    fi
+    mkdir -p "$MDT_RUN" "$MDT_STATE"
+    local t0=$SECONDS
+    # inside a stack, packages, builds and images came from outside
+    [[ -n ${MDT_INSIDE:-} ]] || step_packages
+    step_host_fixes
+    step_users
+    step_shared
+    [[ -n ${MDT_INSIDE:-} ]] || step_build
+    [[ -n ${MDT_INSIDE:-} ]] || step_images
+    step_network
+    step_fake_gpus
+    [[ -n ${MDT_INSIDE:-} ]] || step_tiny_image
+    [[ -n ${MDT_INSIDE:-} ]] || step_suid_image
+    [[ -n ${MDT_INSIDE:-} ]] || step_entry_image
     step_registry
     step_slurm_config
     step_daemons
@@ -481,4 +578,6 @@ main() {
     log "cluster up in $((SECONDS - t0)) s: $(sinfo -h -N -o '%N:%t' | tr '\n' ' ')"
 }
 
-main "$@"
+# (one line: bash has read it whole before main runs, so an edit of this file during a run cannot
+# make the running script read on into the edited text)
+main; exit
