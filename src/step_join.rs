@@ -209,6 +209,36 @@ mod tests {
         assert_eq!(step_cgroup("0::/user.slice/session-1.scope\n"), None);
     }
 
+    /// `/proc/self/cgroup` of slurmstepd and of a task under Slurm 24.11's cgroup/v2 plugin (a pure v2
+    /// node: one `0::` line), as Slurm lays them out with systemd (`system.slice/slurmstepd.scope`),
+    /// without it (`IgnoreSystemd=yes`: `slurmstepd.scope` at the root), and with several slurmd per
+    /// host (`NODENAME_slurmstepd.scope`). slurmstepd sits in the step's `slurm` leaf, tasks in
+    /// `user/task_N`: the step's cgroup for a container is slurmstepd's leaf.
+    #[test]
+    fn step_cgroups_of_slurm_24_11_under_cgroup_v2() {
+        for scope in ["/system.slice/slurmstepd.scope", "/slurmstepd.scope", "/system.slice/node2_slurmstepd.scope"] {
+            let stepd = format!("0::{scope}/job_4711/step_0/slurm\n");
+            assert_eq!(step_cgroup(&stepd), Some(format!("{scope}/job_4711/step_0/slurm")), "{stepd}");
+            let batch = format!("0::{scope}/job_4711/step_batch/slurm\n");
+            assert_eq!(step_cgroup(&batch), Some(format!("{scope}/job_4711/step_batch/slurm")), "{batch}");
+            // slurmd itself and a task are not a step's slurmstepd
+            assert_eq!(step_cgroup(&format!("0::{scope}/system\n")), None);
+            assert_eq!(step_cgroup(&format!("0::{scope}/job_4711/step_0/user/task_0\n")), None);
+        }
+    }
+
+    #[test]
+    fn moving_into_a_v2_cgroup_writes_the_unified_hierarchy() {
+        // on a v2 node /sys/fs/cgroup is the one hierarchy itself
+        let root = std::env::temp_dir().join(format!("mdt-cgroup2-{}", std::process::id()));
+        let step = root.join("system.slice/slurmstepd.scope/job_9/step_1/slurm");
+        std::fs::create_dir_all(&step).unwrap();
+        std::fs::write(step.join("cgroup.procs"), "").unwrap();
+        assert_eq!(move_into_cgroup(42, &root, "/system.slice/slurmstepd.scope/job_9/step_1/slurm").unwrap(), 1);
+        assert_eq!(std::fs::read_to_string(step.join("cgroup.procs")).unwrap(), "42");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
     #[test]
     fn moving_into_a_cgroup_writes_every_hierarchy_that_has_it() {
         let root = std::env::temp_dir().join(format!("mdt-cgroup-{}", std::process::id()));

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks of mpiexec-docker against bare metal, both measured in the same run on the test cluster.
-#   tests/bench.sh [REPS]      (as root; runs the MPI parts as the test user with rootless Podman)
+#   tests/bench.sh [--stack debian12|debian13] [REPS]
+#                              (as root; runs the MPI parts as the test user with rootless Podman)
 # Prints Markdown tables (the source of BENCHMARKS.md):
 #   1. launch: `mpiexec_docker IMAGE -np 2 hello` against bare `mpiexec -np 2 hello` (Open MPI 4.1.4 and
 #      MPICH 4.0.2 on the host and in the images), median of REPS runs;
@@ -12,8 +13,16 @@
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 source "$top/tests/cluster/lib.sh"
-REPS=${1:-10}
-bash "$top/tests/cluster/up.sh" >&2
+stack_args "$@"
+REPS=${MDT_ARGS[0]:-10}
+bash "$top/tests/cluster/up.sh" --stack "$MDT_STACK" >&2
+# a stack in a root of its own is measured from inside it, bare metal there too
+if outside_stack; then
+    stack_exec env MDT_INSIDE=1 MDT_STACK="$MDT_STACK" bash "$top/tests/bench.sh" "$REPS"
+    exit
+fi
+echo "Stack: $MDT_STACK — $(srun --version), $(podman --version), $(mpirun.openmpi --version 2>&1 | head -1)"
+echo
 
 W=$MDT_SHARED/bench
 rm -rf "$W"; install -d -o "$MDT_USER" -g "$MDT_USER" "$W"

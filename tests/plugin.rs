@@ -24,15 +24,33 @@ fn tasks_run_in_the_image_on_every_node() {
 #[test]
 fn open_mpi_direct_launch_with_pmix() {
     let _g = shared();
-    let run = sh(As::User, &format!("srun --mpi=pmix --container-image={OPENMPI} -N3 -n6 mpi_hello")).success();
+    for who in [As::User, As::Root] {
+        let run = sh(who, &format!("srun --mpi=pmix --container-image={OPENMPI} -N3 -n6 mpi_hello")).success();
+        assert_hello_from_every_rank(&run, 6);
+    }
+}
+
+/// Hello lines of an MPI run, sorted: one per rank of `n`, and every node holds one.
+fn assert_hello_from_every_rank(run: &Run, n: usize) {
     let mut lines: Vec<String> = run.lines().into_iter().filter(|l| l.starts_with("Hello")).collect();
     lines.sort();
-    assert_eq!(lines.len(), 6, "{run}");
+    assert_eq!(lines.len(), n, "{run}");
     for (i, l) in lines.iter().enumerate() {
-        assert!(l.starts_with(&format!("Hello from rank {i} of 6 on node")), "{run}");
+        assert!(l.starts_with(&format!("Hello from rank {i} of {n} on node")), "{run}");
     }
     for node in NODES {
         assert!(lines.iter().any(|l| l.contains(&format!(" on {node} "))), "no rank on {node}: {run}");
+    }
+}
+
+#[test]
+fn mpich_direct_launch_with_pmi2_as_root_and_user() {
+    let _g = shared();
+    // MPICH takes its PMI-2 socket from PMI_FD, which the task keeps in the container. (UCX_TLS: the
+    // test nodes share one kernel, see README "The test cluster".)
+    for who in [As::User, As::Root] {
+        let run = sh(who, &format!("UCX_TLS=self,tcp srun --mpi=pmi2 --container-image={MPICH} -N3 -n6 mpi_hello"));
+        assert_hello_from_every_rank(&run.success(), 6);
     }
 }
 
@@ -247,7 +265,8 @@ fn srun_and_mpiexec_inside_an_sbatch_container_use_the_relay() {
     // SLURM_SPANK_… variables reach the host's srun through the relay)
     let run = sbatch(
         As::User,
-        &format!("-N3 -n6 --container-image={OPENMPI}"),
+        // (two tasks per node: see relay.rs, six_ranks_on_three_nodes)
+        &format!("-N3 -n6 --ntasks-per-node=2 --container-image={OPENMPI}"),
         "srun -N3 -n3 sh -c 'echo step $(hostname) $MD_IMAGE_FLAVOUR $(id -u)' | sort\n\
          mpiexec -n 6 mpi_hello | sort\n\
          srun -N1 -n1 sh -c 'exit 3'; echo srun-status $?",

@@ -16,7 +16,14 @@ fn hellos(out: &str) -> Vec<String> {
 
 fn six_ranks_on_three_nodes(image: &str, extra: &str) {
     let _g = shared();
-    let run = sbatch(As::User, "-N3 -n6 -t 2", &format!("cd {SHARED} && mpiexec_docker {extra} {image} mpi_hello"));
+    // two ranks per node: the test nodes say they have 8 CPUs but share this machine's 2 cores, and
+    // Open MPI 5 binds each rank to a core of the node where Slurm put it (Slurm 24.11 may pack 4 of 6
+    // tasks onto node1: bare mpirun fails there the same way)
+    let run = sbatch(
+        As::User,
+        "-N3 -n6 --ntasks-per-node=2 -t 2",
+        &format!("cd {SHARED} && mpiexec_docker {extra} {image} mpi_hello"),
+    );
     assert!(run.ok(), "{run}");
     let lines = hellos(&run.stdout);
     assert_eq!(lines.len(), 6, "{run}");

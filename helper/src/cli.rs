@@ -3,6 +3,8 @@
 //! Our options come before IMAGE; everything after IMAGE belongs to mpiexec (or is the program), so
 //! the command line is split at IMAGE first and only the part before it is parsed with clap. That
 //! way `mpiexec_docker IMAGE -v -np 2 ./a.out` passes `-v` to mpiexec, not to us.
+// The options' doc comments are their `--help` text, where `[:ro]` means "optional", not a link.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 use clap::Parser;
 
@@ -51,7 +53,7 @@ pub struct Cli {
 /// Options of ours that take a value (the word after them is not IMAGE).
 const TAKES_VALUE: &[&str] = &["--engine", "-e", "--env", "-m", "--mount", "--pull"];
 
-/// Splits `args` (without argv[0]) at IMAGE: returns (ours up to and including IMAGE, the rest).
+/// Splits `args` (without `argv[0]`) at IMAGE: returns (ours up to and including IMAGE, the rest).
 pub fn split_at_image(args: &[String]) -> (Vec<String>, Vec<String>) {
     let mut i = 0;
     while i < args.len() {

@@ -1,7 +1,7 @@
 //! The command-line options the plugin adds to srun, sbatch and salloc (defined, with pyxis's names,
 //! in [`mpiexec_docker::container_options`]), and where their values go.
 //!
-//! Slurm calls [`option_cb`] with each value: in srun/sbatch/salloc to validate it (remote = 0; a bad
+//! Slurm calls `option_cb` with each value: in srun/sbatch/salloc to validate it (remote = 0; a bad
 //! value stops the command before any node is used), and again in slurmstepd before
 //! `slurm_spank_init` (remote = 1). Values land in [`OPTIONS`].
 

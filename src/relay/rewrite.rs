@@ -151,7 +151,7 @@ const SRUN_VALUE_OPTS: &[&str] = &[
     "--mcs-label",
 ];
 
-/// The index of srun's program in `args` (argv without argv[0]).
+/// The index of srun's program in `args` (argv without `argv[0]`).
 pub fn srun_program_index(args: &[String]) -> Option<usize> {
     if let Some(i) = args.iter().position(|a| DAEMONS.contains(&basename(a))) {
         return Some(i);

@@ -12,6 +12,8 @@ set -euo pipefail
 # [`stack_args`]; inside a stack MDT_INSIDE=1 and the paths below are the stack's own.
 MDT_STACK=${MDT_STACK:-debian12}
 MDT_STACKS=(debian12 debian13)
+# Podman 5 warns at every call on this machine kind (cgroup v1): the scripts know
+export PODMAN_IGNORE_CGROUPSV1_WARNING=1
 
 MDT_TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 MDT_STATE=${MDT_STATE:-/var/lib/mpiexec-docker-test}   # images, node directories (persistent)

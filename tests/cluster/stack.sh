@@ -2,7 +2,7 @@
 # mmdebstrap from Debian's packages, in which the same 3-node cluster runs as it runs on the machine
 # itself for debian12. The stack lives in namespaces of its own, so that both stacks can be up at once:
 #
-#   mount  the root file system (chroot), its own /dev, /run, /tmp and cgroup mounts
+#   mount  the root file system (pivot_root), its own /dev, /run, /tmp and cgroup mounts
 #   pid    its own process tree under catatonit (ps, leftovers and stray-step checks see the stack only)
 #   net    its own loopback, bridge and node namespaces (the same addresses as the other stack)
 #   uts    its own host names
@@ -25,7 +25,7 @@ STACK_PACKAGES=(podman crun uidmap slirp4netns fuse-overlayfs catatonit passt
                 slurm-wlm slurm-client munge libslurm-dev
                 openmpi-bin libopenmpi-dev mpich libmpich-dev
                 iproute2 psmisc util-linux procps mawk hostname file binutils gcc libc6-dev python3
-                docker-registry busybox-static docker.io)
+                docker-registry busybox-static docker.io docker-cli)
 
 # The host pid of the stack's init, when it runs.
 stack_pid() {
@@ -70,12 +70,13 @@ host_cgroup_mounts() {
             done
             local joined; joined=$(IFS=,; echo "${keep[*]}")
             [[ $type == cgroup && $joined == name=* ]] && joined="none,$joined"
-            echo "$type ${joined:-none} ${dir#/sys/fs/cgroup/}"
+            echo "$type ${joined:-rw} ${dir#/sys/fs/cgroup/}"
         done
 }
 
 # The stack's init: moves itself into the stack's cgroup, makes its namespaces, mounts the root file
-# system's pieces and stays there as catatonit (which reaps orphans, as init does on a node).
+# system's pieces, makes it its root and stays there as catatonit (which reaps orphans, as init does
+# on a node).
 stack_start() {
     stack_pid >/dev/null && return 0
     log "starting the $MDT_STACK stack (its own mount, pid, network, uts and cgroup namespaces)"
@@ -90,6 +91,8 @@ stack_start() {
         fi
     done <<< "$mounts"
     mkdir -p "$(dirname "$STACK_PIDFILE")"
+    # the login node's name, on the cluster network (slurmd and slurmctld call srun back there)
+    grep -q " mdt-$MDT_STACK\$" "$STACK_ROOT/etc/hosts" || echo "$MDT_NET.1 mdt-$MDT_STACK" >> "$STACK_ROOT/etc/hosts"
     local init=$STACK_DIR/init.sh
     cat > "$init" <<EOF
 #!/bin/bash
@@ -130,7 +133,15 @@ mkdir -p "\$R$MDT_TOP"
 mount --bind "$MDT_TOP" "\$R$MDT_TOP"
 hostname mdt-$MDT_STACK
 ip link set lo up
-exec chroot "\$R" /usr/bin/catatonit -P
+# the root file system becomes the mount namespace's root (pivot_root, not chroot: the kernel lets no
+# chrooted process make a user namespace, which rootless Podman needs), shared as on a booted machine
+mkdir -p "\$R/.old-root"
+cd "\$R"
+pivot_root . .old-root
+umount -l /.old-root
+rmdir /.old-root
+mount --make-rshared /
+exec /usr/bin/catatonit -P
 EOF
     chmod 0755 "$init"
     # the stack's cgroup first, then the namespaces (a cgroup namespace is rooted where it is made)
@@ -141,11 +152,11 @@ EOF
     local unshare_pid=$! i child=
     for i in $(seq 1 100); do
         child=$(pgrep -P "$unshare_pid" | head -1 || true)
-        if [[ -n $child && $(readlink "/proc/$child/root") == "$STACK_ROOT" ]]; then break; fi
+        if [[ -n $child && $(cat "/proc/$child/comm" 2>/dev/null) == catatonit ]]; then break; fi
         kill -0 "$unshare_pid" 2>/dev/null || die "the $MDT_STACK stack did not start: $(cat "$STACK_DIR/init.log")"
         sleep 0.1
     done
-    [[ -n $child && $(readlink "/proc/$child/root") == "$STACK_ROOT" ]] ||
+    [[ -n $child && $(cat "/proc/$child/comm" 2>/dev/null) == catatonit ]] ||
         die "the $MDT_STACK stack did not start: $(cat "$STACK_DIR/init.log")"
     echo "$child" > "$STACK_PIDFILE"
 }

@@ -527,6 +527,12 @@ step_stack_images() {
         ln -sfn "$(basename "$archive")" "$images/md-$name.tar"
     done
     ln -f "$MDT_STATE/images/md-nompi.tar" "$images/md-nompi.tar"
+    # Intel MPI's wheels, for tests/bench.sh's bare Intel MPI inside the stack (it has no PyPI)
+    install -d "$STACK_ROOT$MDT_STATE/wheels"
+    local wheel
+    for wheel in "$MDT_STATE"/wheels/*.whl; do
+        [[ $wheel -ef $STACK_ROOT$MDT_STATE/wheels/${wheel##*/} ]] || ln -f "$wheel" "$STACK_ROOT$MDT_STATE/wheels/"
+    done
     for name in md-tiny.tar md-tiny.oci.tar md-suid.tar md-entry.tar; do
         [[ $MDT_SHARED/images/$name -ef $shared/$name ]] || ln -f "$MDT_SHARED/images/$name" "$shared/$name"
     done
