@@ -5,6 +5,7 @@
 //! report errors.
 //!
 //! - [`config`]: the YAML configuration files.
+//! - [`confinement`]: the container process's seccomp filter and bounding set, for joining tasks.
 //! - [`container`]: one container run as data, and the engine command line for it.
 //! - [`container_options`]: the plugin's `--container-*` options (pyxis syntax) and their env defaults.
 //! - [`devices`]: InfiniBand and GPU devices, limited to the job's allocation.
@@ -23,6 +24,7 @@
 //! - [`slurm_version`]: Slurm version numbers and the major.minor compatibility rule.
 
 pub mod config;
+pub mod confinement;
 pub mod container;
 pub mod container_options;
 pub mod devices;

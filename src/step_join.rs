@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::confinement::Confinement;
+
 #[derive(Debug, Error)]
 pub enum JoinError {
     #[error("the step's container (process {pid}) is gone: {source}")]
@@ -43,6 +45,19 @@ pub fn enter_privileged(pid: i32) -> Result<(), JoinError> {
     }
     no_new_privileges()?;
     setns(&mnt_ns, CloneFlags::CLONE_NEWNS).map_err(|source| JoinError::Setns { ns: "mount", source })
+}
+
+/// Checks that process `pid` is a step container's placeholder of user `uid` (as the host sees it)
+/// before root acts on it: a pid from anywhere else is never read or joined.
+pub fn check_pause(pid: i32, uid: u32) -> Result<(), JoinError> {
+    use std::os::unix::fs::MetadataExt;
+    let gone = |source| JoinError::Gone { pid, source };
+    let owner = std::fs::metadata(format!("/proc/{pid}")).map_err(gone)?.uid();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).map_err(gone)?;
+    if owner != uid || !is_pause(&cmdline) {
+        return Err(JoinError::NotOurs { pid });
+    }
+    Ok(())
 }
 
 /// Whether a `/proc/PID/cmdline` is our step container's placeholder (`… in-container pause`).
@@ -142,7 +157,7 @@ pub fn enter(pid: i32, workdir: &Path) -> Result<(), JoinError> {
 }
 
 /// The words prepended to a task's argv on Slurm versions with `spank_prepend_task_argv`.
-pub fn prepend_argv(helper: &Path, pid: i32, workdir: &Path) -> Vec<String> {
+pub fn prepend_argv(helper: &Path, pid: i32, workdir: &Path, confinement: &Confinement) -> Vec<String> {
     vec![
         helper.display().to_string(),
         "step-container".into(),
@@ -151,6 +166,8 @@ pub fn prepend_argv(helper: &Path, pid: i32, workdir: &Path) -> Vec<String> {
         pid.to_string(),
         "--workdir".into(),
         workdir.display().to_string(),
+        "--confinement".into(),
+        confinement.to_word(),
         "--".into(),
     ]
 }
@@ -267,7 +284,8 @@ mod tests {
 
     #[test]
     fn prepended_words_end_with_a_separator() {
-        let argv = prepend_argv(Path::new("/usr/local/bin/mpiexec_docker"), 42, Path::new("/home/u"));
+        let argv =
+            prepend_argv(Path::new("/usr/local/bin/mpiexec_docker"), 42, Path::new("/home/u"), &Confinement::default());
         assert_eq!(argv.first().unwrap(), "/usr/local/bin/mpiexec_docker");
         assert_eq!(&argv[1..5], ["step-container", "join", "--pid", "42"]);
         assert_eq!(argv.last().unwrap(), "--");

@@ -26,15 +26,21 @@ fn plugin_tasks_run_in_docker_as_the_user_with_no_privilege() {
         As::User,
         &format!(
             "srun --container-image={OPENMPI} -N3 -n3 sh -c 'echo $(hostname) $(id -u):$(id -g) $(pwd) \
-             $MD_IMAGE_FLAVOUR $(grep -E \"^(CapEff|NoNewPrivs)\" /proc/self/status | tr -s \"\\t\\n\" \"  \")'"
+             $MD_IMAGE_FLAVOUR $(grep -E \"^(CapEff|CapBnd|NoNewPrivs|Seccomp):\" /proc/self/status | tr -s \"\\t\\n\" \"  \")'"
         ),
     )
     .success();
     let mut lines = run.lines();
     lines.sort();
+    // the container's own confinement (no capabilities at all, no_new_privs, Docker's seccomp filter)
     let want: Vec<String> = NODES
         .iter()
-        .map(|n| format!("{n} 1500:1500 {SHARED} openmpi CapEff: 0000000000000000 NoNewPrivs: 1"))
+        .map(|n| {
+            format!(
+                "{n} 1500:1500 {SHARED} openmpi CapEff: 0000000000000000 CapBnd: 0000000000000000 \
+                 NoNewPrivs: 1 Seccomp: 2"
+            )
+        })
         .collect();
     assert_eq!(lines, want, "{run}");
     // as root, root inside

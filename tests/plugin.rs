@@ -416,3 +416,51 @@ fn the_image_entrypoint_runs_where_slurm_allows_and_is_refused_with_a_line_where
     let run = sh(As::User, &format!("srun --container-image={image} -n1 echo program"));
     assert_eq!(run.success().lines(), ["program"]);
 }
+
+#[test]
+fn tasks_are_confined_like_a_podman_run_of_the_image() {
+    let _g = shared();
+    // the seccomp mode, bounding set and no_new_privs a task has, and a call the engine's default
+    // seccomp profile refuses (personality(READ_IMPLIES_EXEC), x86_64 syscall 135) and a bare task may make
+    let probe = "grep -E '^(Seccomp|CapBnd|NoNewPrivs):' /proc/self/status | tr -s '\\t' ' '; \
+                 perl -e 'print syscall(135, 0x0400000) < 0 ? \"personality refused\\n\" : \"personality allowed\\n\"'";
+    for who in [As::User, As::Root] {
+        let task = sh(who, &format!("srun -w node2 -n1 --container-image={OPENMPI} sh -c {}", shell_quote(probe)));
+        let keep_id = if who == As::User { "--userns=keep-id" } else { "" };
+        let engine = on_node(
+            "node2",
+            who,
+            &format!("podman run --rm --net=host {keep_id} {OPENMPI} sh -c {}", shell_quote(probe)),
+        );
+        let bare = sh(who, &format!("srun -w node2 -n1 sh -c {}", shell_quote(probe)));
+        let task = task.success().lines();
+        assert!(task.contains(&"Seccomp: 2".to_string()), "a task is under a seccomp filter: {task:?}");
+        assert!(task.contains(&"personality refused".to_string()), "{task:?}");
+        assert_eq!(task, engine.success().lines(), "as {}: the task is confined as `podman run` confines", who.name());
+        assert_ne!(task, bare.success().lines(), "and not as a bare task is");
+    }
+    // the step's log on the node says so
+    let log = sh(
+        As::Root,
+        "grep 'tasks confined like their container: seccomp filter' /var/log/slurm/slurmd-node2.log | tail -1",
+    );
+    assert!(log.success().stdout.contains("capability bounding set"));
+    // MPI under the filter: PMIx direct launch, shared memory and CMA between the ranks of a node
+    let run =
+        sh(As::User, &format!("srun --mpi=pmix -w node1 -N1 -n2 --container-image={OPENMPI} mpi_hello")).success();
+    assert_eq!(run.lines().iter().filter(|l| l.starts_with("Hello from rank")).count(), 2, "{run}");
+}
+
+#[test]
+fn remap_root_tasks_can_chown_in_a_writable_container() {
+    let _g = shared();
+    // rootless Podman: root inside is the user on the host, with the user's subordinate ids below it
+    let run = sh(
+        As::User,
+        &format!(
+            "srun -n1 --container-remap-root --container-writable --container-image={OPENMPI} \
+             sh -c 'id -u; touch /var/tmp/f && chown 1:1 /var/tmp/f && stat -c %u:%g /var/tmp/f'"
+        ),
+    );
+    assert_eq!(run.success().lines(), ["0", "1:1"]);
+}

@@ -11,13 +11,14 @@
 //!     [--container-workdir DIR] [--mount-home DIR] [--remap-root] [--readonly] [--gpus LIST] [--name NAME]
 //! (prints the container's pid, the image's entrypoint, then its environment: see `Started`)
 //! mpiexec_docker step-container stop --job J --step S [--engine E] [--name NAME] [--pid PID]
-//! mpiexec_docker step-container join --pid PID [--workdir DIR] -- PROG [ARGS]
+//! mpiexec_docker step-container join --pid PID [--workdir DIR] [--confinement WORD] -- PROG [ARGS]
 //! ```
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use mpiexec_docker::config::{Config, PullPolicy};
+use mpiexec_docker::confinement::Confinement;
 use mpiexec_docker::container::run_args;
 use mpiexec_docker::engine::{output_within, Engine};
 use mpiexec_docker::identity::UserIds;
@@ -59,6 +60,8 @@ struct Args {
     container_name: Option<String>,
     /// `join`: the task's program and arguments.
     command: Vec<String>,
+    /// `join`: the container process's confinement (see `Confinement::to_word`), applied before exec.
+    confinement: Option<String>,
     /// `--user UID:GID[:GROUPS]`: the job's user, when root runs this for them (Docker).
     user: Option<UserIds>,
     /// `--step-cgroup`: the step's cgroup, for engines whose containers are not our children.
@@ -83,6 +86,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         lock_fd: -1,
         listen_fd: -1,
         command: Vec::new(),
+        confinement: None,
         gpus: None,
         container_name: None,
         user: None,
@@ -129,6 +133,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--dir" => a.dir = Some(v),
             "--pid" => a.pid = v.parse().map_err(|_| format!("--pid {v}: not a process id"))?,
             "--lock-fd" => a.lock_fd = v.parse().map_err(|_| format!("--lock-fd {v}: not a descriptor"))?,
+            "--confinement" => a.confinement = Some(v),
             "--listen-fd" => a.listen_fd = v.parse().map_err(|_| format!("--listen-fd {v}: not a descriptor"))?,
             other => return Err(format!("unknown option {other}")),
         }
@@ -493,7 +498,15 @@ fn serve(a: &Args, config: &Config, engine: &Engine) -> Result<(), String> {
 fn join(a: &Args) -> Result<(), String> {
     use std::os::unix::process::CommandExt;
     let workdir = if a.workdir.is_empty() { "/" } else { a.workdir.as_str() };
+    // the confinement word is checked before anything is joined
+    let confinement = match &a.confinement {
+        Some(word) => Some(Confinement::from_word(word).map_err(|e| e.to_string())?),
+        None => None,
+    };
     mpiexec_docker::step_join::enter(a.pid, std::path::Path::new(workdir)).map_err(|e| e.to_string())?;
+    if let Some(c) = confinement {
+        c.apply().map_err(|e| e.to_string())?;
+    }
     let err = std::process::Command::new(&a.command[0]).args(&a.command[1..]).exec();
     // as a shell would: 127 for a program that is not there, 126 for one that cannot run
     eprintln!("mpiexec_docker: error: cannot run {} in the container: {err}", a.command[0]);

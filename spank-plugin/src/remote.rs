@@ -20,6 +20,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::sync::Mutex;
 
+use mpiexec_docker::confinement::Confinement;
 use mpiexec_docker::container_options::ContainerOptions;
 use mpiexec_docker::step_join::{self, Started};
 
@@ -61,6 +62,10 @@ struct StepContainer {
 
 /// The step's container: None when the step asked for none.
 static STEP: Mutex<Option<Result<StepContainer, String>>> = Mutex::new(None);
+
+/// In a task's process: the confinement of the step container's process, read as root in
+/// `task_init_privileged`, applied last in `task_init` or by the helper's `join`.
+static CONFINEMENT: Mutex<Option<Result<Confinement, String>>> = Mutex::new(None);
 
 pub fn user_init(spank: &Spank, _args: &[String]) -> Result<(), String> {
     // options not given on the command line take their defaults from the job's environment
@@ -172,14 +177,25 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> Result<StepCont
     })
 }
 
-/// In each task, as root before Slurm drops to the user: a container made by a root daemon is joined
-/// here (see [`step_join::enter_privileged`]); nothing to do for the others.
+/// In each task, as root before Slurm drops to the user: the container's confinement is read (root
+/// may copy a process's seccomp filter), and a container made by a root daemon is joined here (see
+/// [`step_join::enter_privileged`]) with the container's bounding set.
 pub fn task_init_privileged(_spank: &Spank, _args: &[String]) -> Result<(), String> {
     let step = STEP.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    match step {
-        Some(Ok(c)) if c.rootful => step_join::enter_privileged(c.pid).map_err(|e| e.to_string()),
-        _ => Ok(()),
+    let Some(Ok(c)) = step else { return Ok(()) };
+    // what is kept here is reported by task_init, which fails only the job
+    let confinement = step_join::check_pause(c.pid, c.uid)
+        .map_err(|e| e.to_string())
+        .and_then(|()| Confinement::of_process(c.pid).map_err(|e| e.to_string()));
+    if c.rootful {
+        step_join::enter_privileged(c.pid).map_err(|e| e.to_string())?;
+        // root can drop from the bounding set; the user in task_init cannot
+        if let Ok(conf) = &confinement {
+            conf.drop_bounding().map_err(|e| e.to_string())?;
+        }
     }
+    *CONFINEMENT.lock().unwrap_or_else(|e| e.into_inner()) = Some(confinement);
+    Ok(())
 }
 
 /// Runs the helper, passing its progress lines (`mpiexec_docker: pulling …`) to the user's terminal
@@ -211,6 +227,14 @@ pub fn task_init(spank: &Spank, _args: &[String]) -> Result<(), String> {
         None => Ok(()),
         Some(Err(e)) => Err(e),
         Some(Ok(c)) => {
+            let confinement = CONFINEMENT
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .unwrap_or_else(|| Err("the task's confinement was not read (no task_init_privileged)".into()))?;
+            if spank.get_u32(spank_item::S_TASK_GLOBAL_ID) == Ok(0) {
+                log::info!("step {}.{}: tasks confined like their container: {confinement}", c.job, c.step);
+            }
             for (k, v) in task_env(&c, spank.getenv("PATH")) {
                 spank.setenv(&k, &v).map_err(|e| format!("cannot set {k} for the task: {e}"))?;
             }
@@ -221,15 +245,19 @@ pub fn task_init(spank: &Spank, _args: &[String]) -> Result<(), String> {
                 if c.remap_root {
                     step_join::map_to_root(c.uid, c.gid).map_err(|e| e.to_string())?;
                 }
-                return Ok(());
+                return confinement.apply().map_err(|e| e.to_string());
             }
-            // Slurm 23.11+: the helper joins the container and execs the task's program; before that,
-            // the task joins it here, just before Slurm execs the program
-            let mut prepend = step_join::prepend_argv(&plugin_args()?.helper, c.pid, Path::new(&c.workdir));
+            // Slurm 23.11+: the helper joins the container, takes on its confinement and execs the
+            // task's program; before that, the task does both here, just before Slurm execs it
+            let mut prepend =
+                step_join::prepend_argv(&plugin_args()?.helper, c.pid, Path::new(&c.workdir), &confinement);
             prepend.extend(c.entrypoint.iter().cloned());
             match spank.prepend_task_argv(&prepend) {
                 Some(result) => result.map_err(|e| format!("cannot prepend the container's entry to the task: {e}")),
-                None => step_join::enter(c.pid, Path::new(&c.workdir)).map_err(|e| e.to_string()),
+                None => {
+                    step_join::enter(c.pid, Path::new(&c.workdir)).map_err(|e| e.to_string())?;
+                    confinement.apply().map_err(|e| e.to_string())
+                }
             }
         }
     }
