@@ -103,7 +103,7 @@ echo
 OMPI_PIN="--bind-to core --map-by core"
 echo "## Data path: ping-pong, 2 ranks on one node, pinned to cores 0 and 1 (container against bare)"
 echo
-echo "Our ping-pong (examples/pingpong), Open MPI 4.1.4, half round trip, best of 3 runs per size:"
+echo "Our ping-pong (examples/pingpong), $(mpirun.openmpi --version 2>&1 | head -1 | grep -o "[0-9][0-9.]*$" | sed "s/^/Open MPI /"), half round trip, best of 3 runs per size:"
 echo
 # three alternating runs each; per size the best (this 2-core VM is noisy)
 for i in 1 2 3; do

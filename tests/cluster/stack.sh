@@ -78,7 +78,15 @@ host_cgroup_mounts() {
 # system's pieces, makes it its root and stays there as catatonit (which reaps orphans, as init does
 # on a node).
 stack_start() {
-    stack_pid >/dev/null && return 0
+    if stack_pid >/dev/null; then
+        # the stack sees one checkout of the project (bind-mounted at start): another one restarts it
+        [[ $(cat "$STACK_DIR/top" 2>/dev/null) == "$MDT_TOP" ]] && return 0
+        log "the $MDT_STACK stack runs from $(cat "$STACK_DIR/top" 2>/dev/null): restarting it for $MDT_TOP"
+        timeout 300 nsenter -t "$(stack_pid)" -m -u -n -p -C -r -w -- \
+            env MDT_INSIDE=1 MDT_STACK="$MDT_STACK" bash "$(cat "$STACK_DIR/top")/tests/cluster/down.sh" || true
+        stack_stop
+    fi
+    echo "$MDT_TOP" > "$STACK_DIR/top"
     log "starting the $MDT_STACK stack (its own mount, pid, network, uts and cgroup namespaces)"
     local cg=mdt-$MDT_STACK mounts
     mounts=$(host_cgroup_mounts)
