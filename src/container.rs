@@ -224,6 +224,9 @@ pub fn run_args(engine: EngineKind, spec: &ContainerSpec) -> Vec<String> {
     if spec.preserve_fds > 0 && engine == EngineKind::Podman {
         push("--preserve-fds", spec.preserve_fds.to_string());
     }
+    // an image's HEALTHCHECK would have the engine run processes in the container from outside the
+    // job (the daemon's or a timer's), beyond Slurm's cgroup, accounting and cleanup
+    a.push("--no-healthcheck".into());
     if spec.remove {
         a.push("--rm".into());
     }

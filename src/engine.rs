@@ -135,12 +135,14 @@ impl Engine {
             return;
         }
         let mut cmd = self.command();
-        cmd.args(["rm", "--force"]);
+        // with its anonymous volumes (an image's VOLUME): nothing of a job outlives it
+        cmd.args(["rm", "--force", "--volumes"]);
         if self.kind == EngineKind::Podman {
             cmd.args(["--time", "0"]);
         }
-        cmd.args(names).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        let _ = cmd.status();
+        cmd.args(names).stdin(Stdio::null());
+        // bounded: a wedged engine must not hold a step's end (slurmstepd waits for it)
+        let _ = output_within(&mut cmd, std::time::Duration::from_secs(120));
     }
 
     /// Ids of the containers carrying every `label=value` of `labels`.

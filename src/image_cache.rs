@@ -56,12 +56,20 @@ pub fn node_lock() -> Result<Flock<std::fs::File>, CacheError> {
 /// `MPIEXEC_DOCKER_PROGRESS_INTERVAL` (seconds) changes it.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
+/// The shortest and longest progress interval: the variable comes from a job's environment, and
+/// reaches a helper that may run as root for the job (Docker).
+pub const PROGRESS_BOUNDS: (f64, f64) = (0.05, 3600.0);
+
 fn progress_every() -> Duration {
-    std::env::var("MPIEXEC_DOCKER_PROGRESS_INTERVAL")
-        .ok()
-        .and_then(|v| v.parse::<f64>().ok())
+    progress_interval(std::env::var("MPIEXEC_DOCKER_PROGRESS_INTERVAL").ok().as_deref())
+}
+
+/// The interval a `MPIEXEC_DOCKER_PROGRESS_INTERVAL` value asks for, within [`PROGRESS_BOUNDS`].
+pub fn progress_interval(value: Option<&str>) -> Duration {
+    value
+        .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|s| s.is_finite() && *s > 0.0)
-        .map(Duration::from_secs_f64)
+        .map(|s| Duration::from_secs_f64(s.clamp(PROGRESS_BOUNDS.0, PROGRESS_BOUNDS.1)))
         .unwrap_or(PROGRESS_EVERY)
 }
 
@@ -353,6 +361,19 @@ pub fn enforce_cap(engine: &Engine, max: u64, keep: &str) -> Result<Vec<String>,
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn progress_intervals_stay_within_bounds() {
+        use super::progress_interval;
+        assert_eq!(progress_interval(None), super::PROGRESS_EVERY);
+        assert_eq!(progress_interval(Some("2")), std::time::Duration::from_secs(2));
+        assert_eq!(progress_interval(Some("1e-9")), std::time::Duration::from_millis(50));
+        assert_eq!(progress_interval(Some("1e300")), std::time::Duration::from_secs(3600));
+        for bad in ["NaN", "inf", "-3", "0", "soon", ""] {
+            assert_eq!(progress_interval(Some(bad)), super::PROGRESS_EVERY, "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

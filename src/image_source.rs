@@ -123,7 +123,16 @@ impl ArchiveInfo {
     /// image index, or is cut short, is refused here.
     pub fn read(path: &Path, wanted: Option<ArchiveFormat>) -> Result<ArchiveInfo, ImageError> {
         let bad = |reason: String| ImageError::BadFile { path: path.display().to_string(), reason };
-        let mut file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+        // opened without blocking (a FIFO or a device would stall the open, and whoever waits on this
+        // node's image lock with it), then checked to be a regular file before anything is read
+        let mut file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)
+                .map_err(|e| bad(e.to_string()))?
+        };
         if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
             return Err(bad("not a regular file".into()));
         }
@@ -211,6 +220,10 @@ fn tar_entries<R: Read + Seek>(r: &mut R, names: &[&str]) -> Result<Vec<(String,
         if next > total {
             return Err("the file is cut short (truncated archive)".into());
         }
+        if names.contains(&name.as_str()) && found.iter().any(|(n, _)| *n == name) {
+            // which of the two an engine's load would apply is the engine's choice: neither is trusted
+            return Err(format!("the archive holds {name} twice: refused"));
+        }
         if names.contains(&name.as_str()) && size <= 16 << 20 {
             let mut buf = vec![0u8; size as usize];
             r.read_exact(&mut buf).map_err(|e| e.to_string())?;
@@ -240,6 +253,12 @@ fn hex_digest(s: &str) -> Option<String> {
 /// docker-archive `manifest.json`: `[{"Config": "<hex>.json" | "blobs/sha256/<hex>", "RepoTags": […]}]`.
 fn docker_config_digest(manifest: &str) -> Result<(String, Vec<String>), String> {
     let v: serde_yaml::Value = serde_yaml::from_str(manifest).map_err(|e| format!("bad manifest.json: {e}"))?;
+    match v.as_sequence().map(Vec::len) {
+        Some(1) => {}
+        Some(0) | None => return Err("manifest.json names no image".into()),
+        // a load applies every entry's names: one image per file, whose names we know
+        Some(n) => return Err(format!("manifest.json names {n} images: one image per file")),
+    }
     let first = v.get(0).ok_or("manifest.json names no image")?;
     let config = first.get("Config").and_then(|c| c.as_str()).ok_or("manifest.json names no image")?;
     let digest = hex_digest(config).ok_or_else(|| format!("manifest.json: unexpected config name '{config}'"))?;
@@ -255,6 +274,11 @@ fn strings(v: Option<&serde_yaml::Value>) -> Vec<String> {
 /// oci-archive `index.json`: `{"manifests": [{"digest": "sha256:<hex>", "annotations": {…}}]}`.
 fn oci_manifest_digest(index: &str) -> Result<(String, Vec<String>), String> {
     let v: serde_yaml::Value = serde_yaml::from_str(index).map_err(|e| format!("bad index.json: {e}"))?;
+    match v.get("manifests").and_then(|m| m.as_sequence()).map(Vec::len) {
+        Some(1) => {}
+        Some(0) | None => return Err("index.json names no image".into()),
+        Some(n) => return Err(format!("index.json names {n} images: one image per file")),
+    }
     let first = v.get("manifests").and_then(|m| m.get(0)).ok_or("index.json names no image")?;
     let digest = first.get("digest").and_then(|d| d.as_str()).ok_or("index.json names no image")?;
     let hex = hex_digest(digest).ok_or_else(|| format!("index.json: unexpected digest '{digest}'"))?;
@@ -269,6 +293,16 @@ fn oci_manifest_digest(index: &str) -> Result<(String, Vec<String>), String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_fifo_is_refused_at_once() {
+        let path = std::env::temp_dir().join(format!("mdt-fifo-{}.tar", std::process::id()));
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let err = super::ArchiveInfo::read(&path, None).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(err.contains("not a regular file"), "{err}");
+    }
+
     use super::*;
 
     #[test]
@@ -367,6 +401,27 @@ mod tests {
             &tar(&[("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#), ("index.json", index.as_bytes())]),
         );
         assert_eq!(ArchiveInfo::read(&p, None).unwrap().format, ArchiveFormat::Oci);
+    }
+
+    #[test]
+    fn archives_that_could_rename_other_images_are_refused() {
+        // two entries (a load applies both entries' names), or the index twice (which one a load
+        // applies is the engine's choice)
+        let two = format!(
+            r#"[{{"Config":"{CONFIG}.json","RepoTags":["md/x:1"]}},{{"Config":"{CONFIG}.json","RepoTags":["ubuntu:22.04"]}}]"#
+        );
+        let p = write("two.tar", &tar(&[("manifest.json", two.as_bytes())]));
+        let err = ArchiveInfo::read(&p, None).unwrap_err().to_string();
+        assert!(err.contains("names 2 images"), "{err}");
+        let one = format!(r#"[{{"Config":"{CONFIG}.json","RepoTags":["md/x:1"]}}]"#);
+        let evil = format!(r#"[{{"Config":"{CONFIG}.json","RepoTags":["ubuntu:22.04"]}}]"#);
+        let p = write("twice.tar", &tar(&[("manifest.json", one.as_bytes()), ("./manifest.json", evil.as_bytes())]));
+        let err = ArchiveInfo::read(&p, None).unwrap_err().to_string();
+        assert!(err.contains("manifest.json twice"), "{err}");
+        let index = format!(r#"{{"manifests":[{{"digest":"sha256:{CONFIG}"}},{{"digest":"sha256:{CONFIG}"}}]}}"#);
+        let p = write("twooci.tar", &tar(&[("oci-layout", b"{}"), ("index.json", index.as_bytes())]));
+        let err = ArchiveInfo::read(&p, None).unwrap_err().to_string();
+        assert!(err.contains("names 2 images"), "{err}");
     }
 
     #[test]

@@ -143,6 +143,13 @@ impl ProcessHandle {
         unsafe { libc::syscall(libc::SYS_pidfd_send_signal, self.fd.as_raw_fd(), signal as i32, 0usize, 0) };
     }
 
+    /// Whether the process still runs. A check of `/proc/PID` made after [`ProcessHandle::open`] and
+    /// before this answers `true` was a check of this very process (its pid cannot be reused while
+    /// it lives).
+    pub fn alive(&self) -> bool {
+        !self.wait(Some(Duration::ZERO))
+    }
+
     /// Waits until the process ends, at most `limit` (`None`: for ever); whether it ended.
     pub fn wait(&self, limit: Option<Duration>) -> bool {
         use std::os::fd::AsRawFd;

@@ -60,6 +60,24 @@ pub fn check_pause(pid: i32, uid: u32) -> Result<(), JoinError> {
     Ok(())
 }
 
+/// Waits until process `pid` runs our placeholder: the engine reports a container's process as soon
+/// as the runtime made it, a moment before it execs the container's program (longer on a busy node).
+/// Nothing may use the container before then.
+pub fn wait_for_pause(pid: i32, limit: std::time::Duration) -> Result<(), JoinError> {
+    let start = std::time::Instant::now();
+    loop {
+        let cmdline =
+            std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|source| JoinError::Gone { pid, source })?;
+        if is_pause(&cmdline) {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            return Err(JoinError::NotOurs { pid });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// Whether a `/proc/PID/cmdline` is our step container's placeholder (`… in-container pause`).
 pub fn is_pause(cmdline: &[u8]) -> bool {
     cmdline.windows(b"in-container\0pause".len()).any(|w| w == b"in-container\0pause")

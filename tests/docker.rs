@@ -193,3 +193,97 @@ fn helper_with_docker_runs_mpi_on_one_node_and_across_nodes() {
         assert!(run.stdout.contains(&format!("of 3 on {node} ")), "{run}");
     }
 }
+
+#[test]
+fn an_images_volume_goes_with_its_step() {
+    let _g = docker_alone();
+    let image = format!("{SHARED}/images/md-volume.tar");
+    let run = sh(As::User, &format!("srun -N3 --container-image={image} sh -c 'test -d /data && echo volume'"));
+    assert_eq!(run.success().lines(), ["volume", "volume", "volume"]);
+    assert_clean_within(30);
+}
+
+#[test]
+fn a_pid_written_by_the_user_is_never_acted_on_as_root() {
+    let _g = docker_alone();
+    // the job's user writes slurmd's pid into every run directory of theirs on the node while Docker
+    // steps start and end there: root takes the container's pid from the engine alone, and moves or
+    // kills only the user's own placeholder
+    let slurmd = node_pid("node1");
+    let cgroup_before = sh(As::Root, &format!("cat /proc/{slurmd}/cgroup")).success().stdout;
+    let script = format!(
+        "(while true; do for d in /tmp/mpiexec-docker-1500-*/ /run/user/1500/mpiexec-docker-1500-*/; do \
+           echo {slurmd} > $d/container.pid 2>/dev/null; done; done) &\n\
+         for i in 1 2 3; do srun --container-image={OPENMPI} -n1 true && echo step ok; done\n\
+         kill %1"
+    );
+    let run = sbatch(As::User, "-N1 -n1 -w node1", &script);
+    assert_eq!(run.lines(), ["step ok", "step ok", "step ok"], "{run}");
+    assert_eq!(node_pid("node1"), slurmd, "slurmd lives on");
+    let cgroup_after = sh(As::Root, &format!("cat /proc/{slurmd}/cgroup")).success().stdout;
+    assert_eq!(cgroup_before, cgroup_after, "slurmd was not moved into a step's cgroup");
+    assert_clean_within(30);
+    assert_no_node_drained();
+}
+
+#[test]
+fn a_fifo_named_as_the_image_fails_at_once_and_stalls_no_other_user() {
+    let _g = docker();
+    // with Docker, root fetches images for every user of the node: a FIFO must not hold it
+    let fifo = format!("/home/{USER}/fifo-image.tar");
+    sh(As::User, &format!("rm -f {fifo}; mkfifo {fifo}")).success();
+    let t0 = std::time::Instant::now();
+    let other = std::thread::spawn(|| sh(As::User2, &format!("srun -w node2 -n1 --container-image={OPENMPI} id -u")));
+    let run = sh(As::User, &format!("timeout 60 srun -w node2 -n1 --container-image={fifo} true"));
+    let took = t0.elapsed();
+    let other = other.join().unwrap();
+    sh(As::User, &format!("rm -f {fifo}")).success();
+    assert!(!run.ok() && run.stderr.contains("not a regular file"), "{run}");
+    assert!(took < std::time::Duration::from_secs(30), "the step failed after {took:?}: {run}");
+    assert_eq!(other.success().lines(), ["1501"]);
+    assert_no_node_drained();
+}
+
+#[test]
+fn an_archive_that_would_rename_another_users_image_is_refused() {
+    let _g = docker();
+    // a second user makes image files from md-tiny whose index also names localhost/md-openmpi:latest
+    // (a second entry, or a second manifest.json): loading either into the node's shared Docker store
+    // would make the first user's --container-image=localhost/md-openmpi run the attacker's files
+    let make = |variant: &str| {
+        let path = format!("{SHARED}/evil-{variant}-{}.tar", std::process::id());
+        let script = format!(
+            r#"import json, tarfile, io
+src = tarfile.open("{SHARED}/images/md-tiny.tar")
+dst = tarfile.open("{path}", "w")
+for m in src.getmembers():
+    data = src.extractfile(m).read() if m.isfile() else None
+    if m.name == "manifest.json":
+        entries = json.loads(data)
+        evil = dict(entries[0], RepoTags=["localhost/md-openmpi:latest"])
+        if "{variant}" == "entries":
+            data = json.dumps(entries + [evil]).encode()
+        else:
+            extra = tarfile.TarInfo("./manifest.json"); body = json.dumps([evil]).encode(); extra.size = len(body)
+            m.size = len(data); dst.addfile(m, io.BytesIO(data)); dst.addfile(extra, io.BytesIO(body)); continue
+        m.size = len(data)
+    dst.addfile(m, io.BytesIO(data) if data is not None else None)
+dst.close()"#
+        );
+        sh(As::User2, &format!("python3 -c {}", shell_quote(&script))).success();
+        path
+    };
+    let image_id =
+        || on_node("node2", As::Root, "docker image inspect -f '{{.Id}}' localhost/md-openmpi").success().stdout;
+    let before = image_id();
+    for (variant, why) in [("entries", "names 2 images"), ("twice", "manifest.json twice")] {
+        let evil = make(variant);
+        let run = sh(As::User2, &format!("srun -w node2 -n1 --container-image={evil} true"));
+        let _ = std::fs::remove_file(&evil);
+        assert!(!run.ok() && run.stderr.contains(why), "{run}");
+    }
+    assert_eq!(image_id(), before, "localhost/md-openmpi is still the same image");
+    let run = sh(As::User, &format!("srun -w node2 -n1 --container-image={OPENMPI} printenv MD_IMAGE_FLAVOUR"));
+    assert_eq!(run.success().lines(), ["openmpi"]);
+    assert_no_node_drained();
+}

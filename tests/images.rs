@@ -192,6 +192,22 @@ fn long_fetches_report_progress_in_batch_logs() {
     )
     .success();
     assert!(run.stdout.contains(&format!("mpiexec_docker: pulling {REGISTRY}/md/tiny on node2: ")), "{run}");
+    // a hostile interval from the job's environment neither floods the logs nor breaks the helper:
+    // at most one line a second is passed on, and a huge value is a long interval, not a crash
+    for every in ["1e-9", "1e300"] {
+        forget_tiny_everywhere(As::User);
+        let t0 = std::time::Instant::now();
+        let run = sh(
+            As::User,
+            &format!(
+                "MPIEXEC_DOCKER_PROGRESS_INTERVAL={every} srun -w node2 -n1 --container-image={REGISTRY}/md/tiny cat /etc/motd 2>&1"
+            ),
+        )
+        .success();
+        let lines = run.stdout.lines().filter(|l| l.contains("mpiexec_docker: pulling")).count();
+        assert!(lines as u64 <= t0.elapsed().as_secs() + 1, "{every}: {lines} progress lines: {run}");
+        assert!(run.stdout.trim_end().ends_with("md-tiny"), "{run}");
+    }
     forget_tiny_everywhere(As::User);
 }
 

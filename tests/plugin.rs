@@ -464,3 +464,34 @@ fn remap_root_tasks_can_chown_in_a_writable_container() {
     );
     assert_eq!(run.success().lines(), ["0", "1:1"]);
 }
+
+#[test]
+fn a_long_job_variable_reaches_the_tasks_whole() {
+    let _g = shared();
+    // a PATH of 6000 characters (module systems make such), kept with --container-env: the plugin reads
+    // it from the job's environment whatever its length
+    let long = format!("/{}", "d".repeat(6000));
+    let run = sh(
+        As::User,
+        &format!(
+            "export PATH={long}:/usr/local/bin:/usr/bin:/bin; \
+             srun -n1 --container-env=PATH --container-image={OPENMPI} sh -c 'echo ${{#PATH}}; echo $PATH | cut -c1-5'"
+        ),
+    );
+    // our links come first on PATH
+    let in_bin = mpiexec_docker::launch::IN_BIN;
+    let want = (in_bin.len() + 1 + long.len() + ":/usr/local/bin:/usr/bin:/bin".len()).to_string();
+    assert_eq!(run.success().lines(), [want.as_str(), "/.mpi"]);
+}
+
+#[test]
+fn an_images_volume_goes_with_its_step() {
+    let _g = exclusive();
+    // md-volume declares `VOLUME /data`: the engine makes an anonymous volume for each step container
+    let image = format!("{SHARED}/images/md-volume.tar");
+    for who in [As::User, As::Root] {
+        let run = sh(who, &format!("srun -N3 --container-image={image} sh -c 'test -d /data && echo volume'"));
+        assert_eq!(run.success().lines(), ["volume", "volume", "volume"]);
+    }
+    assert_clean_within(30);
+}

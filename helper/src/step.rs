@@ -201,7 +201,7 @@ fn run(args: &[String]) -> Result<(), String> {
         // a named container stays for the job's later steps; the job's end removes it
         if a.container_name.is_none() {
             if a.pid > 0 {
-                end_pause(a.pid);
+                end_pause(a.pid, me.uid);
             }
             engine.remove(&[name]);
         }
@@ -315,7 +315,13 @@ fn run(args: &[String]) -> Result<(), String> {
                 .trim_start_matches("Error: ")
         ));
     }
-    let pid = match std::fs::read_to_string(&pidfile).ok().map(|p| p.trim().to_string()).filter(|p| !p.is_empty()) {
+    // Podman writes its pid file as the caller; Docker writes none, and with Docker this directory is
+    // the user's while the helper is root: then the pid comes from the engine alone
+    let written = match engine.kind {
+        EngineKind::Podman => std::fs::read_to_string(&pidfile).ok().map(|p| p.trim().to_string()),
+        EngineKind::Docker => None,
+    };
+    let pid = match written.filter(|p| !p.is_empty()) {
         Some(pid) => pid,
         None => {
             let out =
@@ -327,12 +333,26 @@ fn run(args: &[String]) -> Result<(), String> {
         engine.remove(&[name]);
         return Err(format!("the container for image '{}' did not stay up", a.image));
     }
+    // the tasks may join only once the container's process is our placeholder
+    if let Err(e) = pid
+        .parse::<i32>()
+        .map_err(|e| e.to_string())
+        .and_then(|p| mpiexec_docker::step_join::wait_for_pause(p, ENGINE_LIMIT).map_err(|e| e.to_string()))
+    {
+        engine.remove(&[name]);
+        return Err(format!("the container for image '{}' did not start its process: {e}", a.image));
+    }
     // a daemon's container is not our child: its process joins the step's cgroup, so that Slurm's
     // limits, accounting and signals (scancel, time limit) reach it as they reach the tasks
     if let Some(cgroup) = &a.step_cgroup {
+        // only our placeholder, running as the job's user, is ever moved
         let moved = pid.parse::<i32>().map_err(|e| e.to_string()).and_then(|p| {
-            mpiexec_docker::step_join::move_into_cgroup(p, std::path::Path::new("/sys/fs/cgroup"), cgroup)
-                .map_err(|e| e.to_string())
+            mpiexec_docker::step_join::check_pause(p, me.uid).map_err(|e| e.to_string())?;
+            match mpiexec_docker::step_join::move_into_cgroup(p, std::path::Path::new("/sys/fs/cgroup"), cgroup) {
+                Ok(0) => Err(format!("the step's cgroup {cgroup} is in no cgroup hierarchy here")),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
         });
         if let Err(e) = moved {
             engine.remove(&[name]);
@@ -349,14 +369,13 @@ fn run(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// Ends the container's main process (our pause, checked by its command line) and waits briefly for
-/// it: removing a container that has already stopped is quicker than having the engine stop it.
-fn end_pause(pid: i32) {
+/// Ends the container's main process (our pause of user `uid`, checked by its owner and command line)
+/// and waits briefly for it: removing a container that has already stopped is quicker than having the
+/// engine stop it.
+fn end_pause(pid: i32, uid: u32) {
     let Some(process) = ProcessHandle::open(pid) else { return };
-    let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains("in-container\0pause"))
-        .unwrap_or(false);
-    if ours {
+    // checked through the pidfd's process: the pid cannot have been reused since it was opened
+    if mpiexec_docker::step_join::check_pause(pid, uid).is_ok() && process.alive() {
         process.kill(nix::sys::signal::Signal::SIGKILL);
         process.wait(Some(Duration::from_secs(1)));
     }

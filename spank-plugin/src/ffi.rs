@@ -6,3 +6,5 @@ include!(concat!(env!("OUT_DIR"), "/spank_bindings.rs"));
 
 /// SPANK's own error code for a failed call (the ABI value, the same in every Slurm release).
 pub const ESPANK_ERROR: i32 = 3000;
+/// `spank_getenv`'s answer when the value does not fit the buffer (the ABI value).
+pub const ESPANK_NOSPACE: i32 = 3005;

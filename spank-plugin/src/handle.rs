@@ -121,18 +121,28 @@ impl Spank {
         Ok(value)
     }
 
-    /// A variable of the job's environment (remote context).
+    /// A variable of the job's environment (remote context), whatever its length: a value that does
+    /// not fit the buffer (a long `PATH`, a module system's variables) is read again into a larger one.
     pub fn getenv(&self, name: &str) -> Option<String> {
         let name = std::ffi::CString::new(name).ok()?;
-        let mut buf = vec![0u8; 4096];
-        // SAFETY: buf is writable for its length; Slurm NUL-terminates what it writes.
-        let rc =
-            unsafe { ffi::spank_getenv(self.raw, name.as_ptr(), buf.as_mut_ptr() as *mut c_char, buf.len() as c_int) };
-        if rc as i64 != 0 {
-            return None;
+        let mut len = 4096;
+        // the kernel's limit on one variable (MAX_ARG_STRLEN) bounds the retries
+        while len <= 256 * 1024 {
+            let mut buf = vec![0u8; len];
+            // SAFETY: buf is writable for its length; Slurm NUL-terminates what it writes.
+            let rc = unsafe {
+                ffi::spank_getenv(self.raw, name.as_ptr(), buf.as_mut_ptr() as *mut c_char, buf.len() as c_int)
+            };
+            match rc as i32 {
+                0 => {
+                    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+                    return Some(String::from_utf8_lossy(&buf[..end]).into_owned());
+                }
+                ffi::ESPANK_NOSPACE => len *= 4,
+                _ => return None,
+            }
         }
-        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-        Some(String::from_utf8_lossy(&buf[..end]).into_owned())
+        None
     }
 
     /// Sets a variable of the task's or job's environment (remote context), replacing it.

@@ -198,26 +198,47 @@ pub fn task_init_privileged(_spank: &Spank, _args: &[String]) -> Result<(), Stri
     Ok(())
 }
 
+/// The most of the helper's output the plugin keeps (slurmstepd's memory is spared by the OOM killer:
+/// nothing a job can make the helper print may grow it without bound).
+const KEEP_STDOUT: u64 = 1 << 20;
+const KEEP_STDERR: usize = 64 << 10;
+/// At most one progress line a second reaches the user's terminal and slurmd's log, whatever interval
+/// the job's environment asks the helper for; each at most this long.
+const FORWARD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const FORWARD_LINE: usize = 512;
+
 /// Runs the helper, passing its progress lines (`mpiexec_docker: pulling …`) to the user's terminal
-/// while it runs; returns its whole output.
+/// while it runs (rate-limited); returns its output, bounded (the first 1 MiB of stdout, the last
+/// 64 KiB of stderr).
 fn output_forwarding_progress(mut cmd: std::process::Command) -> std::io::Result<std::process::Output> {
     use std::io::{BufRead, Read};
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let mut stdout = child.stdout.take().expect("piped");
     let reader = std::thread::spawn(move || {
         let mut v = Vec::new();
-        let _ = stdout.read_to_end(&mut v);
+        let _ = (&mut stdout).take(KEEP_STDOUT).read_to_end(&mut v);
+        // the rest is drained, so that the helper never blocks on a full pipe
+        let _ = std::io::copy(&mut stdout, &mut std::io::sink());
         v
     });
-    let mut stderr = Vec::new();
+    let mut tail = std::collections::VecDeque::<String>::new();
+    let mut kept = 0;
+    let mut last_forward: Option<std::time::Instant> = None;
     for line in std::io::BufReader::new(child.stderr.take().expect("piped")).lines().map_while(Result::ok) {
-        if !line.starts_with("mpiexec_docker: error:") && line.starts_with("mpiexec_docker: ") {
-            crate::slurm_log::to_user(&line);
+        let progress = !line.starts_with("mpiexec_docker: error:") && line.starts_with("mpiexec_docker: ");
+        if progress && last_forward.is_none_or(|t| t.elapsed() >= FORWARD_EVERY) {
+            let cut = line.char_indices().nth(FORWARD_LINE).map_or(line.len(), |(i, _)| i);
+            crate::slurm_log::to_user(&line[..cut]);
+            last_forward = Some(std::time::Instant::now());
         }
-        stderr.extend_from_slice(line.as_bytes());
-        stderr.push(b'\n');
+        kept += line.len() + 1;
+        tail.push_back(line);
+        while kept > KEEP_STDERR && tail.len() > 1 {
+            kept -= tail.pop_front().map_or(0, |l| l.len() + 1);
+        }
     }
     let status = child.wait()?;
+    let stderr = tail.into_iter().flat_map(|l| (l + "\n").into_bytes()).collect();
     Ok(std::process::Output { status, stdout: reader.join().unwrap_or_default(), stderr })
 }
 

@@ -231,6 +231,24 @@ step_entry_image() {
     rm -rf "$tmp"
 }
 
+# An image with a VOLUME (md-tiny plus `VOLUME /data`), as a file on the shared file system: its
+# anonymous volume must go with the step's container.
+step_volume_image() {
+    local dir=$MDT_SHARED/images
+    [[ -s $dir/md-volume.tar ]] && return 0
+    log "building image md-volume (a VOLUME)"
+    local tmp; tmp=$(mktemp -d /var/tmp/mdt-image.XXXXXX)
+    podman load --quiet -i "$dir/md-tiny.tar" >/dev/null
+    podman create --quiet --name mdt-volume-build "$(image_ref tiny)" true >/dev/null
+    podman commit --quiet --change 'VOLUME /data' mdt-volume-build "$(image_ref volume)" >/dev/null
+    podman rm -f mdt-volume-build >/dev/null
+    podman save --quiet --format docker-archive -o "$tmp/md-volume.tar" "$(image_ref volume)"
+    podman rmi -f "$(image_ref volume)" >/dev/null 2>&1 || true
+    chmod 0644 "$tmp/md-volume.tar"
+    mv "$tmp/md-volume.tar" "$dir/md-volume.tar"
+    rm -rf "$tmp"
+}
+
 # A real registry (Debian's docker-registry) on the cluster network, $MDT_REGISTRY, holding md-tiny;
 # its log (one line per request) is $MDT_REGISTRY_LOG. Podman on every node trusts it over plain HTTP.
 step_registry() {
@@ -533,7 +551,7 @@ step_stack_images() {
     for wheel in "$MDT_STATE"/wheels/*.whl; do
         [[ $wheel -ef $STACK_ROOT$MDT_STATE/wheels/${wheel##*/} ]] || ln -f "$wheel" "$STACK_ROOT$MDT_STATE/wheels/"
     done
-    for name in md-tiny.tar md-tiny.oci.tar md-suid.tar md-entry.tar; do
+    for name in md-tiny.tar md-tiny.oci.tar md-suid.tar md-entry.tar md-volume.tar; do
         [[ $MDT_SHARED/images/$name -ef $shared/$name ]] || ln -f "$MDT_SHARED/images/$name" "$shared/$name"
     done
 }
@@ -551,6 +569,7 @@ main_stack() {
     step_tiny_image
     step_suid_image
     step_entry_image
+    step_volume_image
     step_stack_images
     stack_start
     stack_exec env MDT_INSIDE=1 MDT_STACK="$MDT_STACK" bash "$MDT_TOP/tests/cluster/up.sh"
@@ -576,6 +595,7 @@ main() {
     [[ -n ${MDT_INSIDE:-} ]] || step_tiny_image
     [[ -n ${MDT_INSIDE:-} ]] || step_suid_image
     [[ -n ${MDT_INSIDE:-} ]] || step_entry_image
+    [[ -n ${MDT_INSIDE:-} ]] || step_volume_image
     step_registry
     step_slurm_config
     step_daemons

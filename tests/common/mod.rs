@@ -237,6 +237,17 @@ pub fn leftovers() -> Vec<String> {
             );
         }
     }
+    // volumes (an image's VOLUME makes an anonymous one): none of ours may outlive its container
+    for node in NODES {
+        for who in [As::User, As::Root] {
+            let run = on_node(node, who, "podman volume ls -q");
+            found.extend(
+                run.lines().into_iter().filter(|l| !l.is_empty()).map(|l| format!("{node}/{}: volume {l}", who.name())),
+            );
+        }
+        let run = on_node(node, As::Root, "docker volume ls -q");
+        found.extend(run.lines().into_iter().filter(|l| !l.is_empty()).map(|l| format!("{node}/docker: volume {l}")));
+    }
     // Docker's containers: one daemon per node, and the login node's
     for node in NODES {
         let run =
