@@ -287,7 +287,7 @@ mod tests {
             a,
             "run --name md-1 --label mpiexec-docker=1 --network host --ipc host --pid host --userns keep-id \
              --ulimit memlock=-1:-1 --volume /home/u/run:/host --device /dev/infiniband/uverbs0 \
-             --env SLURM_JOB_ID --env MPIEXEC_DOCKER_IMAGE=localhost/md-openmpi --workdir /host --rm \
+             --env SLURM_JOB_ID --env MPIEXEC_DOCKER_IMAGE=localhost/md-openmpi --workdir /host --no-healthcheck --rm \
              --interactive localhost/md-openmpi mpiexec -n 2"
         );
     }
@@ -299,7 +299,7 @@ mod tests {
         spec.preserve_fds = 1;
         spec.host_namespaces = false;
         let a = run_args(EngineKind::Docker, &spec).join(" ");
-        assert_eq!(a, "run --user 1500:1500 --group-add 27 --rm img true");
+        assert_eq!(a, "run --user 1500:1500 --group-add 27 --no-healthcheck --rm img true");
         spec.no_new_privileges = true;
         spec.drop_capabilities = true;
         spec.cgroup_parent = Some("/slurm_node1/uid_1500/job_7/step_0".into());
@@ -307,7 +307,7 @@ mod tests {
         assert_eq!(
             a,
             "run --user 1500:1500 --group-add 27 --security-opt no-new-privileges --cap-drop ALL \
-             --cgroup-parent /slurm_node1/uid_1500/job_7/step_0 --rm img true"
+             --cgroup-parent /slurm_node1/uid_1500/job_7/step_0 --no-healthcheck --rm img true"
         );
         assert!(run_args(EngineKind::Podman, &spec).join(" ").contains("--preserve-fds 1"));
     }
