@@ -15,12 +15,16 @@ fn hellos(out: &str) -> Vec<String> {
 }
 
 fn six_ranks_on_three_nodes(image: &str, extra: &str) {
+    six_ranks_on_three_nodes_as(As::User, image, extra);
+}
+
+fn six_ranks_on_three_nodes_as(who: As, image: &str, extra: &str) {
     let _g = shared();
     // two ranks per node: the test nodes say they have 8 CPUs but share this machine's 2 cores, and
     // Open MPI 5 binds each rank to a core of the node where Slurm put it (Slurm 24.11 may pack 4 of 6
     // tasks onto node1: bare mpirun fails there the same way)
     let run = sbatch(
-        As::User,
+        who,
         "-N3 -n6 --ntasks-per-node=2 -t 2",
         &format!("cd {SHARED} && mpiexec_docker {extra} {image} mpi_hello"),
     );
@@ -35,6 +39,12 @@ fn six_ranks_on_three_nodes(image: &str, extra: &str) {
 #[test]
 fn open_mpi_across_three_nodes() {
     six_ranks_on_three_nodes(OPENMPI, "");
+}
+
+#[test]
+fn open_mpi_across_three_nodes_as_root() {
+    // rootful Podman: root inside, where Open MPI (4: ORTE, 5: PRRTE) refuses to run unless told
+    six_ranks_on_three_nodes_as(As::Root, OPENMPI, "");
 }
 
 #[test]
