@@ -212,41 +212,30 @@ step_suid_image() {
     rm -rf "$tmp"
 }
 
-# An image with an ENTRYPOINT (md-tiny plus a line that says it ran, then the task's program), as a
-# file on the shared file system: for --container-entrypoint.
-step_entry_image() {
-    local dir=$MDT_SHARED/images
-    [[ -s $dir/md-entry.tar ]] && return 0
-    log "building image md-entry (an entrypoint)"
+# md-tiny with one more Dockerfile instruction ($2), saved as the file md-$1.tar on the shared file
+# system (only a complete file gets its name).
+tiny_variant() {
+    local name=$1 change=$2 dir=$MDT_SHARED/images
+    [[ -s $dir/md-$name.tar ]] && return 0
+    log "building image md-$name ($change)"
     local tmp; tmp=$(mktemp -d /var/tmp/mdt-image.XXXXXX)
     podman load --quiet -i "$dir/md-tiny.tar" >/dev/null
-    podman create --quiet --name mdt-entry-build "$(image_ref tiny)" true >/dev/null
-    podman commit --quiet --change 'ENTRYPOINT ["/bin/sh", "-c", "echo entrypoint ran; exec \"$@\"", "entrypoint"]' \
-        mdt-entry-build "$(image_ref entry)" >/dev/null
-    podman rm -f mdt-entry-build >/dev/null
-    podman save --quiet --format docker-archive -o "$tmp/md-entry.tar" "$(image_ref entry)"
-    podman rmi -f "$(image_ref entry)" >/dev/null 2>&1 || true
-    chmod 0644 "$tmp/md-entry.tar"
-    mv "$tmp/md-entry.tar" "$dir/md-entry.tar"
+    podman rm -f "mdt-$name-build" >/dev/null 2>&1 || true
+    podman create --quiet --name "mdt-$name-build" "$(image_ref tiny)" true >/dev/null
+    podman commit --quiet --change "$change" "mdt-$name-build" "$(image_ref "$name")" >/dev/null
+    podman rm -f "mdt-$name-build" >/dev/null
+    podman save --quiet --format docker-archive -o "$tmp/md-$name.tar" "$(image_ref "$name")"
+    podman rmi -f "$(image_ref "$name")" >/dev/null 2>&1 || true
+    chmod 0644 "$tmp/md-$name.tar"
+    mv "$tmp/md-$name.tar" "$dir/md-$name.tar"
     rm -rf "$tmp"
 }
 
-# An image with a VOLUME (md-tiny plus `VOLUME /data`), as a file on the shared file system: its
-# anonymous volume must go with the step's container.
-step_volume_image() {
-    local dir=$MDT_SHARED/images
-    [[ -s $dir/md-volume.tar ]] && return 0
-    log "building image md-volume (a VOLUME)"
-    local tmp; tmp=$(mktemp -d /var/tmp/mdt-image.XXXXXX)
-    podman load --quiet -i "$dir/md-tiny.tar" >/dev/null
-    podman create --quiet --name mdt-volume-build "$(image_ref tiny)" true >/dev/null
-    podman commit --quiet --change 'VOLUME /data' mdt-volume-build "$(image_ref volume)" >/dev/null
-    podman rm -f mdt-volume-build >/dev/null
-    podman save --quiet --format docker-archive -o "$tmp/md-volume.tar" "$(image_ref volume)"
-    podman rmi -f "$(image_ref volume)" >/dev/null 2>&1 || true
-    chmod 0644 "$tmp/md-volume.tar"
-    mv "$tmp/md-volume.tar" "$dir/md-volume.tar"
-    rm -rf "$tmp"
+# An image with an ENTRYPOINT (a line that says it ran, then the task's program): for
+# --container-entrypoint. An image with a VOLUME: its anonymous volume must go with the step's container.
+step_tiny_variants() {
+    tiny_variant entry 'ENTRYPOINT ["/bin/sh", "-c", "echo entrypoint ran; exec \"$@\"", "entrypoint"]'
+    tiny_variant volume 'VOLUME /data'
 }
 
 # A real registry (Debian's docker-registry) on the cluster network, $MDT_REGISTRY, holding md-tiny;
@@ -568,8 +557,7 @@ main_stack() {
     step_nompi_image
     step_tiny_image
     step_suid_image
-    step_entry_image
-    step_volume_image
+    step_tiny_variants
     step_stack_images
     stack_start
     stack_exec env MDT_INSIDE=1 MDT_STACK="$MDT_STACK" bash "$MDT_TOP/tests/cluster/up.sh"
@@ -594,8 +582,7 @@ main() {
     step_fake_gpus
     [[ -n ${MDT_INSIDE:-} ]] || step_tiny_image
     [[ -n ${MDT_INSIDE:-} ]] || step_suid_image
-    [[ -n ${MDT_INSIDE:-} ]] || step_entry_image
-    [[ -n ${MDT_INSIDE:-} ]] || step_volume_image
+    [[ -n ${MDT_INSIDE:-} ]] || step_tiny_variants
     step_registry
     step_slurm_config
     step_daemons
