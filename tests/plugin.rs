@@ -316,13 +316,20 @@ fn tasks_enter_the_container_the_way_the_running_slurm_allows() {
          J=\"mpiexec_docker step-container join --pid $P --workdir {SHARED} --\"; \
          $J sh -c 'pwd; test -e /usr/sbin/slurmd || echo image-fs; test -S /.mpiexec-docker/relay/relay.sock && echo relay'; \
          $J sh -c 'exit 7' || echo status $?; $J /no/such/program 2>/dev/null || echo status $?; \
+         mpiexec_docker step-container join --pid $P --workdir {SHARED} --confinement ff.0.0000000000000000 -- \
+           echo ran unconfined 2>&1 || echo status $?; \
          mpiexec_docker step-container stop --job 990001 --step 7"
     );
     let run = on_node("node1", As::User, &script);
     assert!(run.ok(), "{run}");
     let lines = run.lines();
     let dir = lines.first().and_then(|l| l.strip_prefix("--dir ")).unwrap_or_else(|| panic!("no relay server: {run}"));
-    assert_eq!(lines[1..], [SHARED, "image-fs", "relay", "status 7", "status 127"], "{run}");
+    assert_eq!(lines[1..6], [SHARED, "image-fs", "relay", "status 7", "status 127"], "{run}");
+    // a confinement that cannot be installed (a BPF program without a return) stops the task with one
+    // line: it never runs unconfined
+    assert_eq!(lines.len(), 8, "{run}");
+    assert!(lines[6].starts_with("mpiexec_docker: error: cannot confine the task like its container"), "{run}");
+    assert_eq!(lines[7], "status 1", "{run}");
     // the container's relay server and run directory end with it
     let check = format!(
         "test -e {dir} && echo {dir}; ps -u 1500 -o args= | grep '^[^ ]*mpiexec_docker step-container serve .*--job 990001 '; true"
