@@ -1,7 +1,7 @@
 //! mpiexec-docker's SPANK plugin: `--container-image` for srun, sbatch and salloc.
 //!
 //! This file only exports what Slurm looks for and routes each callback to the module of its part:
-//! [`init`] (every context: options and plugstack.conf arguments, see [`options`]), [`remote`]
+//! `init` (every context: options and plugstack.conf arguments, see [`options`]), [`remote`]
 //! (slurmstepd: the step's container, its tasks' entry), and `job_script` (the job epilog's sweep on
 //! each node); `run_as` runs the helper as the job's user or as root. Every callback runs under
 //! [`guard`], so no Rust panic ever unwinds into Slurm (it would abort slurmstepd).
@@ -11,7 +11,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 pub mod ffi;
 pub mod handle;
-pub mod init;
+mod init;
 mod job_script;
 pub mod options;
 pub mod remote;

@@ -16,8 +16,6 @@ purge=0
 if outside_stack; then
     if stack_pid >/dev/null; then
         log "stopping the $MDT_STACK stack"
-        timeout 300 nsenter -t "$(stack_pid)" -m -u -n -p -C -r -w -- \
-            env MDT_INSIDE=1 MDT_STACK="$MDT_STACK" bash "$MDT_TOP/tests/cluster/down.sh" || true
         stack_stop
     fi
     if [[ $purge == 1 ]]; then

@@ -32,10 +32,13 @@ stack_pid() {
     [[ -s $STACK_PIDFILE ]] && kill -0 "$(cat "$STACK_PIDFILE")" 2>/dev/null && cat "$STACK_PIDFILE"
 }
 
+# nsenter's options that enter every namespace of the stack, its root and its working directory.
+STACK_NS=(-m -u -n -p -C -r -w)
+
 # Runs a command inside the stack (its login node), as root, from /.
 stack_exec() {
     local pid; pid=$(stack_pid) || die "the $MDT_STACK stack is not up: tests/cluster/up.sh --stack $MDT_STACK"
-    nsenter -t "$pid" -m -u -n -p -C -r -w -- "$@"
+    nsenter -t "$pid" "${STACK_NS[@]}" -- "$@"
 }
 
 # The root file system: built once per package list (a stamp holds the key), into a new directory
@@ -82,8 +85,6 @@ stack_start() {
         # the stack sees one checkout of the project (bind-mounted at start): another one restarts it
         [[ $(cat "$STACK_DIR/top" 2>/dev/null) == "$MDT_TOP" ]] && return 0
         log "the $MDT_STACK stack runs from $(cat "$STACK_DIR/top" 2>/dev/null): restarting it for $MDT_TOP"
-        timeout 300 nsenter -t "$(stack_pid)" -m -u -n -p -C -r -w -- \
-            env MDT_INSIDE=1 MDT_STACK="$MDT_STACK" bash "$(cat "$STACK_DIR/top")/tests/cluster/down.sh" || true
         stack_stop
     fi
     echo "$MDT_TOP" > "$STACK_DIR/top"
@@ -169,10 +170,14 @@ EOF
     echo "$child" > "$STACK_PIDFILE"
 }
 
-# Ends the stack: its init's death ends every process of its pid namespace; its mounts and network
-# namespaces go with the last of them. Then its cgroups are removed, deepest first.
+# Ends the stack: first its own down.sh inside it (containers and Podman's records, bounded), from the
+# checkout it was started with; then its init's death ends every process of its pid namespace, and its
+# mounts and network namespaces go with the last of them. Then its cgroups are removed, deepest first.
 stack_stop() {
     local pid; pid=$(stack_pid) || { rm -f "$STACK_PIDFILE"; return 0; }
+    local top; top=$(cat "$STACK_DIR/top" 2>/dev/null || echo "$MDT_TOP")
+    timeout 300 nsenter -t "$pid" "${STACK_NS[@]}" -- \
+        env MDT_INSIDE=1 MDT_STACK="$MDT_STACK" bash "$top/tests/cluster/down.sh" || true
     kill -KILL "$pid"
     local i
     for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
