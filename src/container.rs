@@ -69,6 +69,23 @@ impl Mount {
         Ok(m)
     }
 
+    /// Docker's `--mount type=bind,…`: fields with a comma or a quote are quoted (its CSV syntax).
+    fn mount_arg(&self) -> String {
+        let field = |k: &str, v: &Path| {
+            let f = format!("{k}={}", v.display());
+            if f.contains([',', '"']) {
+                format!("\"{}\"", f.replace('"', "\"\""))
+            } else {
+                f
+            }
+        };
+        let mut s = format!("type=bind,{},{}", field("source", &self.src), field("target", &self.dst));
+        if self.readonly {
+            s.push_str(",readonly");
+        }
+        s
+    }
+
     fn volume_arg(&self) -> String {
         let mut s = format!("{}:{}", self.src.display(), self.dst.display());
         if self.readonly {
@@ -204,7 +221,11 @@ pub fn run_args(engine: EngineKind, spec: &ContainerSpec) -> Vec<String> {
         push("--ulimit", if v.is_empty() { k.clone() } else { format!("{k}={v}") });
     }
     for m in &spec.mounts {
-        push("--volume", m.volume_arg());
+        match engine {
+            // Docker's daemon creates a missing `--volume` source, as root: `--mount` never does
+            EngineKind::Docker => push("--mount", m.mount_arg()),
+            EngineKind::Podman => push("--volume", m.volume_arg()),
+        }
     }
     for d in &spec.devices {
         push("--device", d.display().to_string());

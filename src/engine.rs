@@ -4,6 +4,7 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -80,11 +81,8 @@ impl Engine {
             EngineKind::Podman => cmd.args(["image", "exists", image]),
             EngineKind::Docker => cmd.args(["image", "inspect", "--format", "{{.Id}}", image]),
         };
-        let out = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
+        cmd.stdin(Stdio::null());
+        let out = output_within(&mut cmd, QUICK_LIMIT)
             .map_err(|source| EngineError::Spawn { engine: self.name(), source })?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         match (self.kind, out.status.code()) {
@@ -97,17 +95,17 @@ impl Engine {
         }
     }
 
-    /// Pulls the image. On a terminal the engine's own progress is shown; otherwise it is quiet and only
-    /// its last error line is reported.
-    pub fn pull(&self, image: &str, show_progress: bool) -> Result<(), EngineError> {
+    /// Pulls the image within `limit`; with Docker, `credentials` is the client configuration
+    /// directory to log in with (`DOCKER_CONFIG`). Quiet: only the engine's last error line is
+    /// reported.
+    pub fn pull_with(&self, image: &str, credentials: Option<&Path>, limit: Duration) -> Result<(), EngineError> {
         let mut cmd = self.command();
-        cmd.arg("pull");
-        if !show_progress {
-            cmd.arg("--quiet");
+        cmd.args(["pull", "--quiet", image]).stdin(Stdio::null());
+        if let (EngineKind::Docker, Some(dir)) = (self.kind, credentials) {
+            cmd.env("DOCKER_CONFIG", dir);
         }
-        cmd.arg(image).stdin(Stdio::null()).stdout(if show_progress { Stdio::inherit() } else { Stdio::null() });
-        cmd.stderr(if show_progress { Stdio::inherit() } else { Stdio::piped() });
-        let out = cmd.output().map_err(|source| EngineError::Spawn { engine: self.name(), source })?;
+        let out = output_within(&mut cmd, limit)
+            .map_err(|e| EngineError::Pull { image: image.into(), reason: e.to_string() })?;
         if out.status.success() {
             return Ok(());
         }
@@ -142,7 +140,7 @@ impl Engine {
         }
         cmd.args(names).stdin(Stdio::null());
         // bounded: a wedged engine must not hold a step's end (slurmstepd waits for it)
-        let _ = output_within(&mut cmd, std::time::Duration::from_secs(120));
+        let _ = output_within(&mut cmd, QUICK_LIMIT);
     }
 
     /// Ids of the containers carrying every `label=value` of `labels`.
@@ -152,10 +150,8 @@ impl Engine {
         for (k, v) in labels {
             cmd.arg("--filter").arg(format!("label={k}={v}"));
         }
-        let out = cmd
-            .stdin(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
+        cmd.stdin(Stdio::null());
+        let out = output_within(&mut cmd, QUICK_LIMIT)
             .map_err(|source| EngineError::Spawn { engine: self.name(), source })?;
         if !out.status.success() {
             return Err(EngineError::Unavailable {
@@ -167,49 +163,95 @@ impl Engine {
     }
 }
 
+/// The longest a quick engine call (inspect, list, remove) may take.
+pub const QUICK_LIMIT: Duration = Duration::from_secs(120);
+
 /// Runs `cmd` to completion, capturing its output, but kills it after `limit`: a Podman wedged on a
-/// lock must not wedge Slurm's step setup with it.
-pub fn output_within(
-    cmd: &mut std::process::Command,
-    limit: std::time::Duration,
-) -> std::io::Result<std::process::Output> {
+/// lock must not wedge Slurm's step setup with it. The command runs in a process group of its own,
+/// and the whole group is killed: what it started goes too, and nothing it left holding the output
+/// pipes can make this wait past the deadline.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> std::io::Result<std::process::Output> {
+    cmd.stdin(Stdio::null());
+    Ok(output_within_feeding(cmd, limit, |_| Ok(()))?.output)
+}
+
+/// What [`output_within_feeding`] returns: the output, and how feeding the standard input went
+/// (`None` when the command had none to feed).
+pub struct Fed {
+    pub output: std::process::Output,
+    pub fed: Option<Result<(), String>>,
+}
+
+/// [`output_within`], with `feed` writing the command's standard input (when `cmd` has it piped) on
+/// a thread of its own; the pipe is closed when `feed` returns.
+pub fn output_within_feeding(
+    cmd: &mut Command,
+    limit: Duration,
+    feed: impl FnOnce(&mut std::process::ChildStdin) -> Result<(), String> + Send + 'static,
+) -> std::io::Result<Fed> {
     use std::io::Read;
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-    // drain both pipes on threads so that a chatty child cannot block on a full pipe
-    let mut out = child.stdout.take();
-    let mut err = child.stderr.take();
-    let out_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        if let Some(o) = out.as_mut() {
-            let _ = o.read_to_end(&mut v);
-        }
-        v
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        if let Some(e) = err.as_mut() {
-            let _ = e.read_to_end(&mut v);
-        }
-        v
+    use std::os::unix::process::CommandExt;
+    use std::sync::mpsc;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).spawn()?;
+    let pgid = child.id() as i32;
+    let (tx, rx) = mpsc::channel::<(u8, Vec<u8>)>();
+    for (which, pipe) in [
+        (1u8, child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
+        (2, child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut v);
+            }
+            let _ = tx.send((which, v));
+        });
+    }
+    drop(tx);
+    let feeder = child.stdin.take().map(|mut stdin| {
+        let (ftx, frx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let r = feed(&mut stdin);
+            drop(stdin);
+            let _ = ftx.send(r);
+        });
+        frx
     });
     let start = std::time::Instant::now();
+    let kill = |child: &mut std::process::Child| {
+        // SAFETY: kill(2) of the process group we made for the child.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = child.wait();
+    };
     let status = loop {
         if let Some(st) = child.try_wait()? {
             break st;
         }
         if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill(&mut child);
             return Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("no answer within {} s", limit.as_secs()),
             ));
         }
-        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(10));
     };
-    Ok(std::process::Output {
-        status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-    })
+    // the output pipes: until whatever else holds them lets go, within what is left of the deadline
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        let left = limit.saturating_sub(start.elapsed()).max(Duration::from_secs(1));
+        match rx.recv_timeout(left) {
+            Ok((1, v)) => stdout = v,
+            Ok((_, v)) => stderr = v,
+            Err(_) => {
+                // SAFETY: as above; whatever of the group is left goes.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                break;
+            }
+        }
+    }
+    let fed = feeder
+        .map(|f| f.recv_timeout(Duration::from_secs(1)).unwrap_or_else(|_| Err("the command stopped reading".into())));
+    Ok(Fed { output: std::process::Output { status, stdout, stderr }, fed })
 }

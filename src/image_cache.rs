@@ -1,28 +1,41 @@
 //! Getting an image into the engine's store: once per node and user, however many steps and tasks ask
 //! at the same moment, and what the tool keeps there.
 //!
-//! - Every fetch (registry pull or file load) happens under the node lock ([`node_lock`]: a file in the
-//!   node-local runtime directory, one per user since rootless stores are per user). Whoever waits
-//!   finds the image there afterwards and reuses it.
+//! - Every fetch (registry pull or file load) happens under the user's fetch lock ([`fetch_lock`]:
+//!   one per user and node, in the state directory of [`crate::runtime_dir`]). Whoever waits finds
+//!   the image there afterwards and reuses it. One user's fetch never waits for another's.
 //! - A registry image is pulled by the engine, which commits it only when complete; a file is loaded
-//!   and then tagged [`crate::image_source::CACHE_REPOSITORY`]`/NAME:KEY` (see
-//!   [`crate::image_source`]). A half-finished fetch therefore never counts as cached.
+//!   and then tagged [`crate::image_source::CACHE_REPOSITORY`]`/NAME:KEY`, KEY being the start of the
+//!   SHA-256 of the bytes loaded. A half-finished fetch therefore never counts as cached.
+//! - A file is opened once, by the user ([`name_image`]), and from then on only that descriptor is
+//!   read: hashed, checked and fed to the engine's `load` on its standard input, without the names the
+//!   archive gives its image ([`crate::image_source::copy_without_names`]). The loaded image must have
+//!   the id the archive claims, and the file must not have changed meanwhile.
+//! - In a store shared by users (Docker's, which root drives for everyone), what the tool fetches for
+//!   a user carries that user's name (`CACHE_REPOSITORY/u<UID>/…`): a user runs a file's image only
+//!   after reading the file themselves, and a registry image only after pulling it with their own
+//!   credentials (or one the node's admin put in the store). Image ids and the tool's own names are
+//!   not accepted from users there.
 //! - What the tool fetched carries a name under `CACHE_REPOSITORY` (registry pulls too, as
 //!   `…/REFERENCE:pulled`): `mpiexec_docker images` lists those, `images prune` removes them, and the
-//!   config's `cache_max_size` removes the oldest when the cache grows past it.
+//!   config's `cache_max_size` removes the oldest when the cache grows past it (under the store lock,
+//!   [`store_lock`], the only lock users share).
+//! - Every engine call has a deadline: [`ENGINE_LIMIT`] for quick ones, [`FETCH_LIMIT`] for pulls and
+//!   loads.
 
 use std::io::IsTerminal;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{Flock, FlockArg};
 use thiserror::Error;
 
 use crate::config::PullPolicy;
-use crate::engine::{Engine, EngineError};
-use crate::image_source::{repository_component, ArchiveInfo, ImageError, ImageSource, CACHE_REPOSITORY};
+use crate::engine::{output_within, Engine, EngineError};
+use crate::image_source::{
+    copy_without_names, repository_component, ArchiveInfo, ImageError, ImageFile, ImageSource, CACHE_REPOSITORY,
+};
+use crate::runtime_dir::{self, Lock, RuntimeError};
 
 #[derive(Debug, Error)]
 pub enum CacheError {
@@ -30,25 +43,36 @@ pub enum CacheError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
     #[error("cannot load image file {path}: {reason}")]
     Load { path: String, reason: String },
-    #[error("cannot take the image lock {path}: {source}")]
-    Lock { path: PathBuf, source: nix::Error },
+    #[error("image '{0}': {1}")]
+    NotYours(String, &'static str),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
 }
 
-/// One engine operation on the store at a time per user and node. Held until dropped.
-pub fn node_lock() -> Result<Flock<std::fs::File>, CacheError> {
-    let path = crate::launch::runtime_base().join(format!("mpiexec-docker-{}.lock", nix::unistd::getuid()));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|source| CacheError::Io { what: path.display().to_string(), source })?;
-    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, source)| CacheError::Lock { path, source })
+/// The longest a quick engine call (inspect, tag, remove) may take.
+pub const ENGINE_LIMIT: Duration = Duration::from_secs(120);
+/// The longest a pull or a load may take.
+pub const FETCH_LIMIT: Duration = Duration::from_secs(1800);
+
+/// The lock of one user's fetches on this node (root keeps one per user it acts for). Held until
+/// dropped; waited for at most [`FETCH_LIMIT`] and a little.
+pub fn fetch_lock(uid: u32) -> Result<Lock, CacheError> {
+    let base = runtime_dir::user_base()?;
+    let name = match nix::unistd::geteuid().is_root() {
+        true => format!("fetch-{uid}.lock"),
+        false => "fetch.lock".into(),
+    };
+    Ok(runtime_dir::lock(&base, &name, FETCH_LIMIT + ENGINE_LIMIT)?)
+}
+
+/// The lock around removals from the store (prune, the cache cap): the only one users share, and
+/// only for those short changes.
+pub fn store_lock() -> Result<Lock, CacheError> {
+    Ok(runtime_dir::lock(&runtime_dir::user_base()?, "store.lock", ENGINE_LIMIT)?)
 }
 
 /// Where progress of a long fetch goes: a terminal gets the engine's own progress display; otherwise
@@ -73,26 +97,106 @@ pub fn progress_interval(value: Option<&str>) -> Duration {
         .unwrap_or(PROGRESS_EVERY)
 }
 
-/// An image as the user named it, resolved without asking the engine: the name it has (or will have)
-/// in the store, and for a file what its index says.
-#[derive(Debug, Clone)]
-pub struct Resolved {
-    /// The reference to run: a registry reference as written (normalised), a file's cache name.
-    pub local: String,
-    file: Option<(PathBuf, ArchiveInfo)>,
+/// An image as the user named it, its file (if any) opened with the user's rights.
+#[derive(Debug)]
+pub struct Named {
+    text: String,
+    source: ImageSource,
+    file: Option<ImageFile>,
 }
 
-/// Resolves `image`; relative file paths are taken from `base` (the job's directory). A file's index
-/// is read here, once.
-pub fn resolve(image: &str, base: &Path) -> Result<Resolved, CacheError> {
-    Ok(match ImageSource::parse(image)? {
-        ImageSource::Registry(reference) => Resolved { local: reference, file: None },
-        ImageSource::Archive { path, format } => {
-            let path = absolute(&path, base);
-            let info = ArchiveInfo::read(&path, format)?;
-            Resolved { local: info.cache_name(&path), file: Some((path, info)) }
+/// Parses what the user named and opens an image file; relative paths are taken from `base` (the
+/// job's directory). Call it with the user's rights: only what they may read is opened.
+pub fn name_image(image: &str, base: &Path) -> Result<Named, CacheError> {
+    let source = ImageSource::parse(image)?;
+    let file = match &source {
+        ImageSource::Registry(_) => None,
+        ImageSource::Archive { path, .. } => Some(ImageFile::open(&absolute(path, base))?),
+    };
+    Ok(Named { text: image.to_string(), source, file })
+}
+
+/// An image resolved without asking the engine: what to fetch, and the name it gets in the store.
+#[derive(Debug)]
+pub struct Resolved {
+    /// The reference to run: a registry reference as written (normalised), a file's cache name; in a
+    /// shared store, see [`ensure`] for what is run.
+    pub local: String,
+    /// The user whose names these are, in a store shared by users (Docker's): None otherwise.
+    scope: Option<u32>,
+    file: Option<(ImageFile, ArchiveInfo)>,
+}
+
+/// Resolves a named image. A file's index is read and its bytes hashed (from the descriptor opened
+/// by [`name_image`]); `memo`, a directory of whoever runs this, keeps the hashes of unchanged files.
+/// `scope`: the user, when the store is shared by users (see the module docs).
+pub fn resolve(named: Named, scope: Option<u32>, memo: Option<&Path>) -> Result<Resolved, CacheError> {
+    let Named { text, source, file } = named;
+    match (source, file) {
+        (ImageSource::Archive { format, .. }, Some(mut file)) => {
+            let info = ArchiveInfo::of(&mut file, format)?;
+            let sha = memo_sha256(&mut file, memo)?;
+            let local = ArchiveInfo::cache_name(&file.path, &sha, scope);
+            Ok(Resolved { local, scope, file: Some((file, info)) })
         }
-    })
+        (ImageSource::Registry(reference), _) => {
+            if scope.is_some() {
+                check_reachable(&reference).map_err(|why| CacheError::NotYours(text.clone(), why))?;
+            }
+            Ok(Resolved { local: reference, scope, file: None })
+        }
+        (ImageSource::Archive { .. }, None) => unreachable!("name_image opens every file"),
+    }
+}
+
+/// Names a user may not give in a shared store: the tool's own (another user's fetches) and image
+/// ids (anything in the store, whoever fetched it).
+fn check_reachable(reference: &str) -> Result<(), &'static str> {
+    let lower = reference.to_ascii_lowercase();
+    if lower.starts_with(CACHE_REPOSITORY) || lower.starts_with("mpiexec-docker-cache") {
+        return Err("names under localhost/mpiexec-docker-cache are the tool's own: name the image file or reference");
+    }
+    let hex = lower.strip_prefix("sha256:").unwrap_or(&lower);
+    if lower.starts_with("sha256:")
+        || (hex.len() >= 12 && hex.len() <= 64 && hex.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        return Err(
+            "image ids are not accepted here (the store is shared by users): name the image by its reference or file",
+        );
+    }
+    Ok(())
+}
+
+/// The file's SHA-256, from `memo` when the same file (device, inode, size, times) was hashed before.
+fn memo_sha256(file: &mut ImageFile, memo: Option<&Path>) -> Result<String, CacheError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(dir) = memo else { return Ok(file.sha256()?) };
+    let path = dir.join(format!("sha256-{}", file.stamp_key()));
+    let read = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path);
+    if let Ok(mut f) = read {
+        let mut text = String::new();
+        if std::io::Read::read_to_string(&mut f, &mut text).is_ok()
+            && text.len() == 64
+            && text.chars().all(|c| c.is_ascii_hexdigit())
+        {
+            return Ok(text);
+        }
+    }
+    let sha = with_progress(&format!("checking {}", file.path.display()), || file.sha256())?;
+    if file.unchanged() {
+        let tmp = dir.join(format!(".sha256-{}", runtime_dir::random_hex()));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, sha.as_bytes()))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    Ok(sha)
 }
 
 /// `path` from `base` when relative, without `.` components.
@@ -105,79 +209,169 @@ fn absolute(path: &Path, base: &Path) -> PathBuf {
     }
 }
 
-/// Makes the image available in `engine`'s store under `image.local`. The caller holds [`node_lock`].
-pub fn ensure(engine: &Engine, image: &Resolved, policy: PullPolicy) -> Result<(), CacheError> {
-    match &image.file {
+/// Makes the image available in `engine`'s store and returns the name to run it by: `image.local`,
+/// or in a shared store the user's own name for a registry image (see the module docs). The caller
+/// holds [`fetch_lock`]. `credentials`: a Docker client configuration directory with the user's
+/// registry logins, for pulls.
+pub fn ensure(
+    engine: &Engine,
+    image: &mut Resolved,
+    policy: PullPolicy,
+    credentials: Option<&Path>,
+) -> Result<String, CacheError> {
+    match &mut image.file {
         None => {
-            let reference = &image.local;
-            let present = engine.image_present(reference)?;
-            match (policy, present) {
-                (PullPolicy::Never, false) => {
-                    Err(EngineError::NotLocal { image: reference.clone(), engine: engine.name() }.into())
-                }
-                (PullPolicy::Newer, true) => {
-                    let id = |r: &str| quiet(engine, &["image", "inspect", "--format", "{{.Id}}", r]).ok();
-                    let before = id(reference);
-                    // a registry that cannot answer leaves us with what we have
-                    match with_progress(&format!("checking {reference}"), || pull(engine, reference)) {
-                        Err(e) => eprintln!("mpiexec_docker: warning: using the cached {reference}: {e}"),
-                        Ok(()) if id(reference) != before => {
-                            // the tag moved: our name follows it, and the old image goes unless in use
-                            let _ = quiet(engine, &["tag", reference, &pulled_name(reference)]);
-                            if let Some(old) = before {
-                                let _ = quiet(engine, &["rmi", old.trim()]);
-                            }
-                        }
-                        Ok(()) => {}
-                    }
-                    Ok(())
-                }
-                (PullPolicy::Always, _) | (PullPolicy::Missing | PullPolicy::Newer, false) => {
-                    with_progress(&format!("pulling {reference}"), || pull(engine, reference))?;
-                    // our name for it, so that `images` and `prune` know what we fetched
-                    let _ = quiet(engine, &["tag", reference, &pulled_name(reference)]);
-                    Ok(())
-                }
-                _ => Ok(()),
+            let reference = image.local.clone();
+            let Some(uid) = image.scope else {
+                ensure_pulled(engine, &reference, policy, None)?;
+                return Ok(reference);
+            };
+            // a shared store: the user's own name for what they pulled, or what the node's admin put
+            // there (a name none of our pulls leaves behind)
+            let mine = user_pulled_name(uid, &reference);
+            let fresh = matches!(policy, PullPolicy::Missing | PullPolicy::Never);
+            if fresh && engine.image_present(&mine)? {
+                return Ok(mine);
             }
-        }
-        Some((path, info)) => {
-            let name = &image.local;
-            if engine.image_present(name)? {
-                return Ok(());
+            if fresh && engine.image_present(&reference)? {
+                return Ok(reference);
             }
             if policy == PullPolicy::Never {
-                return Err(EngineError::NotLocal { image: name.clone(), engine: engine.name() }.into());
+                return Err(EngineError::NotLocal { image: reference, engine: engine.name() }.into());
             }
-            // a load also applies the archive's own names: those the store did not have before are
-            // taken off again, so that the user's store gains only our name
-            // and names it did have are given back to the images they named: in a store shared by
-            // users (Docker's), a file must not change what a name means for anyone else
-            let mut new_names = Vec::new();
-            let mut old_names = Vec::new();
-            for n in &info.names {
-                match quiet(engine, &["image", "inspect", "--format", "{{.Id}}", n]) {
-                    Ok(id) => old_names.push((n.clone(), id.trim().to_string())),
-                    Err(_) if !engine.image_present(n)? => new_names.push(n.clone()),
-                    Err(_) => {}
+            // one pull of a reference at a time on this node, whoever asks: ours untags it afterwards
+            let base = runtime_dir::user_base()?;
+            let _lock = runtime_dir::lock(&base, &format!("pull-{}.lock", short_hash(&reference)), FETCH_LIMIT)?;
+            let had = engine.image_present(&reference)?;
+            with_progress(&format!("pulling {reference}"), || engine.pull_with(&reference, credentials, FETCH_LIMIT))?;
+            quiet(engine, &["tag", &reference, &mine])
+                .map_err(|reason| EngineError::Pull { image: reference.clone(), reason })?;
+            if !had {
+                // the name stays the user's alone: `rmi` of a name only untags while another remains
+                let _ = quiet(engine, &["rmi", &reference]);
+            }
+            Ok(mine)
+        }
+        Some((file, info)) => {
+            let name = image.local.clone();
+            if engine.image_present(&name)? {
+                return Ok(name);
+            }
+            if policy == PullPolicy::Never {
+                return Err(EngineError::NotLocal { image: name, engine: engine.name() }.into());
+            }
+            let path = file.path.display().to_string();
+            let bad = |reason: String| CacheError::Load { path: path.clone(), reason };
+            let want = info.image_id(file)?;
+            let loaded = with_progress(&format!("loading {path}"), || load(engine, file))?;
+            let id = quiet(engine, &["image", "inspect", "--format", "{{.Id}}", &loaded]).map_err(bad)?;
+            let id = id.trim().trim_start_matches("sha256:").to_string();
+            if !file.unchanged() {
+                return Err(bad("the file changed while it was loaded: try again once it is written".into()));
+            }
+            if id != want {
+                return Err(bad(format!("the archive says its image is {want:.12} but it holds {id:.12}: refused")));
+            }
+            quiet(engine, &["tag", &id, &name]).map_err(bad)?;
+            Ok(name)
+        }
+    }
+}
+
+fn ensure_pulled(
+    engine: &Engine,
+    reference: &str,
+    policy: PullPolicy,
+    credentials: Option<&Path>,
+) -> Result<(), CacheError> {
+    let present = engine.image_present(reference)?;
+    match (policy, present) {
+        (PullPolicy::Never, false) => {
+            Err(EngineError::NotLocal { image: reference.to_string(), engine: engine.name() }.into())
+        }
+        (PullPolicy::Newer, true) => {
+            let id = |r: &str| quiet(engine, &["image", "inspect", "--format", "{{.Id}}", r]).ok();
+            let before = id(reference);
+            // a registry that cannot answer leaves us with what we have
+            match with_progress(&format!("checking {reference}"), || {
+                engine.pull_with(reference, credentials, FETCH_LIMIT)
+            }) {
+                Err(e) => eprintln!("mpiexec_docker: warning: using the cached {reference}: {e}"),
+                Ok(()) if id(reference) != before => {
+                    // the tag moved: our name follows it, and the old image goes unless in use
+                    let _ = quiet(engine, &["tag", reference, &pulled_name(reference)]);
+                    if let Some(old) = before {
+                        let _ = quiet(engine, &["rmi", old.trim()]);
+                    }
                 }
-            }
-            let loaded = with_progress(&format!("loading {}", path.display()), || load(engine, path))?;
-            let tagged = quiet(engine, &["tag", &loaded, name]);
-            for (n, id) in &old_names {
-                let _ = quiet(engine, &["tag", id, n]);
-            }
-            tagged.map_err(|reason| CacheError::Load { path: path.display().to_string(), reason })?;
-            for n in new_names {
-                // Podman takes one name off an image with `untag`; Docker's `rmi` of a name does that
-                // while the image has another (ours)
-                let _ = match engine.kind {
-                    crate::plugstack::EngineKind::Podman => quiet(engine, &["untag", name, &n]),
-                    crate::plugstack::EngineKind::Docker => quiet(engine, &["rmi", &n]),
-                };
+                Ok(()) => {}
             }
             Ok(())
         }
+        (PullPolicy::Always, _) | (PullPolicy::Missing | PullPolicy::Newer, false) => {
+            with_progress(&format!("pulling {reference}"), || engine.pull_with(reference, credentials, FETCH_LIMIT))?;
+            // our name for it, so that `images` and `prune` know what we fetched
+            let _ = quiet(engine, &["tag", reference, &pulled_name(reference)]);
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The first 16 hex digits of the SHA-256 of `text`.
+fn short_hash(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// A user's registry logins for root's pulls: the `auths` of their `~/.docker/config.json` (read
+/// with their rights; credential helpers and every other setting left out: root would run them),
+/// copied into a directory of root's for `DOCKER_CONFIG`. Removed when dropped.
+#[derive(Debug)]
+pub struct Credentials {
+    dir: PathBuf,
+}
+
+impl Credentials {
+    /// Reads `home/.docker/config.json`; call it acting as the user. `None` when they have none.
+    pub fn read(home: &Path) -> Option<serde_json::Value> {
+        use std::io::Read;
+        let file = std::fs::File::open(home.join(".docker/config.json")).ok()?;
+        if !file.metadata().ok()?.is_file() {
+            return None;
+        }
+        let mut text = String::new();
+        file.take(1 << 20).read_to_string(&mut text).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let auths = v.get("auths")?.clone();
+        Some(serde_json::json!({ "auths": auths }))
+    }
+
+    /// Writes `config` (from [`Credentials::read`]) into a new private directory of `base`.
+    pub fn write(base: &Path, config: &serde_json::Value) -> Result<Credentials, CacheError> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let dir = base.join(format!("docker-config-{}", runtime_dir::random_hex()));
+        let err = |source| CacheError::Io { what: dir.display().to_string(), source };
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(err)?;
+        let creds = Credentials { dir: dir.clone() };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dir.join("config.json"))
+            .map_err(err)?;
+        std::io::Write::write_all(&mut f, config.to_string().as_bytes()).map_err(err)?;
+        Ok(creds)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Credentials {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -205,19 +399,26 @@ fn with_progress<T>(what: &str, f: impl FnOnce() -> T) -> T {
     out
 }
 
-fn pull(engine: &Engine, reference: &str) -> Result<(), CacheError> {
-    Ok(engine.pull(reference, std::io::stderr().is_terminal())?)
-}
-
-/// `engine load` of an archive; returns the loaded image's name or id.
-fn load(engine: &Engine, path: &Path) -> Result<String, CacheError> {
-    let bad = |reason: String| CacheError::Load { path: path.display().to_string(), reason };
+/// `engine load` of an open archive, fed on its standard input without the archive's names (see
+/// [`copy_without_names`]); returns the loaded image's name or id.
+fn load(engine: &Engine, file: &mut ImageFile) -> Result<String, CacheError> {
+    let path = file.path.display().to_string();
+    let bad = |reason: String| CacheError::Load { path: path.clone(), reason };
     let mut cmd = engine.command();
-    cmd.arg("load").arg("--quiet").arg("--input").arg(path).stdin(Stdio::null());
-    let out = cmd.output().map_err(|source| EngineError::Spawn { engine: engine.name(), source })?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
+    cmd.arg("load").arg("--quiet").stdin(Stdio::piped());
+    let mut reader = file.file.try_clone().map_err(|e| bad(e.to_string()))?;
+    let out = crate::engine::output_within_feeding(&mut cmd, FETCH_LIMIT, move |stdin| {
+        copy_without_names(&mut reader, stdin)
+    })
+    .map_err(|e| bad(e.to_string()))?;
+    let stdout = String::from_utf8_lossy(&out.output.stdout);
+    if let Some(Err(e)) = out.fed {
+        if !out.output.status.success() {
+            return Err(bad(e));
+        }
+    }
+    if !out.output.status.success() {
+        let err = String::from_utf8_lossy(&out.output.stderr);
         let line = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
         return Err(bad(shorten(line.trim_start_matches("Error: "))));
     }
@@ -244,12 +445,9 @@ fn shorten(s: &str) -> String {
 
 /// Runs an engine command, discarding its output; the last error line on failure.
 fn quiet(engine: &Engine, args: &[&str]) -> Result<String, String> {
-    let out = engine
-        .command()
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", engine.name()))?;
+    let mut cmd = engine.command();
+    cmd.args(args).stdin(Stdio::null());
+    let out = output_within(&mut cmd, ENGINE_LIMIT).map_err(|e| format!("{} {}: {e}", engine.name(), args[0]))?;
     if out.status.success() {
         return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
@@ -264,6 +462,12 @@ pub fn pulled_name(reference: &str) -> String {
         if last.contains(':') || last.contains('@') { reference.to_string() } else { format!("{reference}:latest") };
     let clean = repository_component(&reference);
     format!("{CACHE_REPOSITORY}/{clean}:pulled")
+}
+
+/// A user's own name for a registry image pulled for them into a shared store:
+/// `CACHE_REPOSITORY/u<UID>/<reference, sanitised>:pulled`.
+pub fn user_pulled_name(uid: u32, reference: &str) -> String {
+    pulled_name(reference).replacen(&format!("{CACHE_REPOSITORY}/"), &format!("{CACHE_REPOSITORY}/u{uid}/"), 1)
 }
 
 /// One image the tool keeps.

@@ -107,14 +107,85 @@ pub fn with_absolute_path(text: &str, base: &Path) -> String {
     text.to_string()
 }
 
-/// What is known of an image file before loading it: its format and a key for its content.
+/// An image file opened once, by whoever may read it (the user: with Docker the root helper opens it
+/// while acting as the user), and from then on used only through this descriptor: checked, hashed and
+/// fed to the engine's `load` without its path being looked up again.
+#[derive(Debug)]
+pub struct ImageFile {
+    pub path: PathBuf,
+    pub file: std::fs::File,
+    /// The file's identity when opened (device, inode, size, mtime, ctime): a file changed while it
+    /// was loaded is refused.
+    stamp: (u64, u64, u64, i64, i64, i64, i64),
+}
+
+impl ImageFile {
+    /// Opens `path` without blocking (a FIFO or a device would stall the open, and whoever waits on
+    /// the lock of this user's fetches with it), then checks it is a regular file.
+    pub fn open(path: &Path) -> Result<ImageFile, ImageError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let bad = |reason: String| ImageError::BadFile { path: path.display().to_string(), reason };
+        if path.starts_with("/proc") || path.starts_with("/dev") {
+            return Err(bad("image files under /proc or /dev are not accepted; give the file's own path".into()));
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| bad(e.to_string()))?;
+        let stamp = stamp(&file).map_err(|e| bad(e.to_string()))?;
+        if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
+            return Err(bad("not a regular file".into()));
+        }
+        Ok(ImageFile { path: path.to_path_buf(), file, stamp })
+    }
+
+    /// The SHA-256 of the file's bytes, read from the open descriptor.
+    pub fn sha256(&mut self) -> Result<String, ImageError> {
+        use sha2::Digest;
+        let bad =
+            |e: std::io::Error| ImageError::BadFile { path: self.path.display().to_string(), reason: e.to_string() };
+        self.file.seek(SeekFrom::Start(0)).map_err(bad)?;
+        let mut hasher = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = self.file.read(&mut buf).map_err(bad)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// A key for the file's identity (see `stamp`): equal keys, unchanged file.
+    pub fn stamp_key(&self) -> String {
+        let (dev, ino, size, ms, mns, cs, cns) = self.stamp;
+        format!("{dev:x}-{ino:x}-{size:x}-{ms:x}.{mns:x}-{cs:x}.{cns:x}")
+    }
+
+    /// Whether the file is still as it was when opened (nothing wrote to it since: its ctime moves
+    /// with any change).
+    pub fn unchanged(&self) -> bool {
+        stamp(&self.file).map(|s| s == self.stamp).unwrap_or(false)
+    }
+}
+
+fn stamp(file: &std::fs::File) -> std::io::Result<(u64, u64, u64, i64, i64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = file.metadata()?;
+    Ok((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()))
+}
+
+/// What is known of an image file before loading it: its format, the image it holds and the names
+/// it would give it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchiveInfo {
     pub format: ArchiveFormat,
     /// Hex digest naming the image's content (docker-archive: the config's; oci-archive: the
     /// manifest's).
     pub digest: String,
-    /// The names the archive gives its image (a load applies them to the store too).
+    /// The names the archive gives its image (our loads strip them, see [`copy_without_names`]).
     pub names: Vec<String>,
 }
 
@@ -122,21 +193,14 @@ impl ArchiveInfo {
     /// Reads the archive's index (not its layers). A file that is not a tar archive, or has no
     /// image index, or is cut short, is refused here.
     pub fn read(path: &Path, wanted: Option<ArchiveFormat>) -> Result<ArchiveInfo, ImageError> {
-        let bad = |reason: String| ImageError::BadFile { path: path.display().to_string(), reason };
-        // opened without blocking (a FIFO or a device would stall the open, and whoever waits on this
-        // node's image lock with it), then checked to be a regular file before anything is read
-        let mut file = {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(path)
-                .map_err(|e| bad(e.to_string()))?
-        };
-        if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
-            return Err(bad("not a regular file".into()));
-        }
-        let entries = tar_entries(&mut file, &["manifest.json", "index.json", "oci-layout"]).map_err(bad)?;
+        let mut file = ImageFile::open(path)?;
+        ArchiveInfo::of(&mut file, wanted)
+    }
+
+    /// [`ArchiveInfo::read`] from an open image file.
+    pub fn of(image: &mut ImageFile, wanted: Option<ArchiveFormat>) -> Result<ArchiveInfo, ImageError> {
+        let bad = |reason: String| ImageError::BadFile { path: image.path.display().to_string(), reason };
+        let entries = tar_entries(&mut image.file, &INDEX_FILES).map_err(bad)?;
         let get = |name: &str| entries.iter().find(|(n, _)| n == name).map(|(_, c)| c.as_str());
         let info =
             match (get("manifest.json"), get("index.json")) {
@@ -159,17 +223,43 @@ impl ArchiveInfo {
         Ok(info)
     }
 
-    /// The name the loaded image is kept under: `CACHE_REPOSITORY/<file stem>:<digest prefix>`.
-    pub fn cache_name(&self, path: &Path) -> String {
+    /// The id the loaded image must have: the config digest (for an oci-archive, read from its
+    /// manifest blob).
+    pub fn image_id(&self, image: &mut ImageFile) -> Result<String, ImageError> {
+        let bad = |reason: String| ImageError::BadFile { path: image.path.display().to_string(), reason };
+        match self.format {
+            ArchiveFormat::Docker => Ok(self.digest.clone()),
+            ArchiveFormat::Oci => {
+                let blob = format!("blobs/sha256/{}", self.digest);
+                let entries = tar_entries(&mut image.file, &[blob.as_str()]).map_err(bad)?;
+                let manifest =
+                    entries.first().map(|(_, c)| c.as_str()).ok_or_else(|| bad(format!("{blob} is missing")))?;
+                let v: serde_json::Value = serde_json::from_str(manifest).map_err(|e| bad(format!("{blob}: {e}")))?;
+                v.pointer("/config/digest")
+                    .and_then(|d| d.as_str())
+                    .and_then(hex_digest)
+                    .ok_or_else(|| bad(format!("{blob} names no config")))
+            }
+        }
+    }
+
+    /// The name the loaded image is kept under: `CACHE_REPOSITORY/[u<UID>/]<file stem>:<key>`, where
+    /// the key is the start of the file's SHA-256 and the uid part is there when the store is shared
+    /// by users (Docker's): one user's entries never stand for another's file.
+    pub fn cache_name(path: &Path, sha256: &str, scope: Option<u32>) -> String {
         let stem = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let stem = stem.trim_end_matches(".tar").trim_end_matches(".oci").trim_end_matches(".docker");
         let mut name = repository_component(stem);
         if name.is_empty() {
             name = "image".into();
         }
-        format!("{CACHE_REPOSITORY}/{name}:{}", &self.digest[..self.digest.len().min(16)])
+        let user = scope.map(|u| format!("u{u}/")).unwrap_or_default();
+        format!("{CACHE_REPOSITORY}/{user}{name}:{}", &sha256[..sha256.len().min(16)])
     }
 }
+
+/// The top-level files of an archive that give names or say what it holds.
+const INDEX_FILES: [&str; 4] = ["manifest.json", "index.json", "oci-layout", "repositories"];
 
 /// `text` as one path component of an image repository name: lower case, `[a-z0-9._-]`, other
 /// characters as `-`, starting and ending with a letter or digit (may come out empty).
@@ -181,15 +271,30 @@ pub fn repository_component(text: &str) -> String {
     mapped.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
 }
 
-/// The contents of the named top-level entries of a tar file, read by walking its headers (layers
-/// are skipped, not read). Errors on a file that is not a tar or ends early.
-fn tar_entries<R: Read + Seek>(r: &mut R, names: &[&str]) -> Result<Vec<(String, String)>, String> {
+/// One member of a tar file as an engine's loader reads it: the PAX (`x`) or GNU long-name (`L`)
+/// headers before it applied (Go's archive/tar, which Docker and Podman use, honours both).
+#[derive(Debug)]
+struct Member {
+    /// Where its first header (an extended one, if any) starts.
+    start: u64,
+    /// Where its own header starts.
+    header_at: u64,
+    size: u64,
+    name: String,
+    /// Whether extended headers came before it.
+    extended: bool,
+    /// Where the next member starts.
+    end: u64,
+}
+
+/// Walks the members of a tar file (headers only: data is skipped), calling `visit` for each.
+fn walk<R: Read + Seek>(r: &mut R, mut visit: impl FnMut(&Member, &mut R) -> Result<(), String>) -> Result<(), String> {
     let total = r.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
     r.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
-    let mut found = Vec::new();
     let mut pos = 0u64;
     let mut header = [0u8; 512];
     let mut seen_any = false;
+    let (mut start, mut long_name, mut long_size): (Option<u64>, Option<String>, Option<u64>) = (None, None, None);
     loop {
         if pos + 512 > total {
             return Err(if seen_any {
@@ -198,10 +303,10 @@ fn tar_entries<R: Read + Seek>(r: &mut R, names: &[&str]) -> Result<Vec<(String,
                 "not a tar archive".into()
             });
         }
+        r.seek(SeekFrom::Start(pos)).map_err(|e| e.to_string())?;
         r.read_exact(&mut header).map_err(|e| e.to_string())?;
         if header.iter().all(|&b| b == 0) {
-            // end of archive
-            return if seen_any { Ok(found) } else { Err("not a tar archive".into()) };
+            return if seen_any { Ok(()) } else { Err("not a tar archive".into()) };
         }
         if &header[257..262] != b"ustar" && !checksum_ok(&header) {
             return Err(if seen_any { "the archive is corrupt".into() } else { "not a tar archive".into() });
@@ -212,26 +317,158 @@ fn tar_entries<R: Read + Seek>(r: &mut R, names: &[&str]) -> Result<Vec<(String,
             let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
             String::from_utf8_lossy(&raw[..end]).into_owned()
         };
-        let size = u64::from_str_radix(field(124, 136).trim(), 8).map_err(|_| "the archive is corrupt".to_string())?;
-        let name = field(0, 100);
-        let name = name.trim_start_matches("./").to_string();
+        let size = if header[124] & 0x80 != 0 {
+            // GNU base-256
+            header[125..136].iter().fold(0u64, |acc, &b| acc.saturating_mul(256).saturating_add(b as u64))
+        } else {
+            u64::from_str_radix(field(124, 136).trim(), 8).map_err(|_| "the archive is corrupt".to_string())?
+        };
+        let kind = header[156];
         let data = pos + 512;
-        let next = data + size.div_ceil(512) * 512;
+        let next = data.checked_add(size.div_ceil(512) * 512).ok_or("the archive is corrupt")?;
         if next > total {
             return Err("the file is cut short (truncated archive)".into());
         }
-        if names.contains(&name.as_str()) && found.iter().any(|(n, _)| *n == name) {
-            // which of the two an engine's load would apply is the engine's choice: neither is trusted
-            return Err(format!("the archive holds {name} twice: refused"));
+        start.get_or_insert(pos);
+        match kind {
+            b'x' | b'L' | b'g' | b'K' => {
+                if size > 1 << 20 {
+                    return Err("the archive is corrupt (an extended header over 1 MiB)".into());
+                }
+                let mut body = vec![0u8; size as usize];
+                r.read_exact(&mut body).map_err(|e| e.to_string())?;
+                match kind {
+                    b'L' => long_name = Some(String::from_utf8_lossy(&body).trim_end_matches('\0').to_string()),
+                    b'x' | b'g' => {
+                        for (k, v) in pax_records(&body) {
+                            if kind == b'g' && (k == "path" || k == "size") {
+                                return Err("the archive sets names or sizes globally (PAX): refused".into());
+                            }
+                            match k.as_str() {
+                                "path" => long_name = Some(v),
+                                "size" => long_size = Some(v.parse().map_err(|_| "the archive is corrupt")?),
+                                _ => {}
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                pos = next;
+                continue;
+            }
+            _ => {}
         }
-        if names.contains(&name.as_str()) && size <= 16 << 20 {
-            let mut buf = vec![0u8; size as usize];
-            r.read_exact(&mut buf).map_err(|e| e.to_string())?;
-            found.push((name, String::from_utf8_lossy(&buf).into_owned()));
+        let extended = start != Some(pos);
+        let mut name = long_name.take().unwrap_or_else(|| {
+            let prefix = field(345, 500);
+            let name = field(0, 100);
+            if &header[257..262] == b"ustar" && !prefix.is_empty() {
+                format!("{prefix}/{name}")
+            } else {
+                name
+            }
+        });
+        name = name.trim_start_matches("./").to_string();
+        let size = long_size.take().unwrap_or(size);
+        let end = data.checked_add(size.div_ceil(512) * 512).ok_or("the archive is corrupt")?;
+        if end > total {
+            return Err("the file is cut short (truncated archive)".into());
         }
-        r.seek(SeekFrom::Start(next)).map_err(|e| e.to_string())?;
-        pos = next;
+        let member = Member { start: start.take().unwrap_or(pos), header_at: pos, size, name, extended, end };
+        visit(&member, r)?;
+        pos = end;
     }
+}
+
+/// The `key=value` records of a PAX extended header (`"<len> key=value\n"` each).
+fn pax_records(body: &[u8]) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(body);
+    text.lines()
+        .filter_map(|l| l.split_once(' ').and_then(|(_, kv)| kv.split_once('=')))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The contents of the named members of a tar file (layers are skipped, not read). Errors on a file
+/// that is not a tar or ends early, and on an index file given twice or through extended headers.
+fn tar_entries<R: Read + Seek>(r: &mut R, names: &[&str]) -> Result<Vec<(String, String)>, String> {
+    let mut found: Vec<(String, String)> = Vec::new();
+    walk(r, |m, r| {
+        if !names.contains(&m.name.as_str()) {
+            return Ok(());
+        }
+        if found.iter().any(|(n, _)| *n == m.name) {
+            // which of the two an engine's load would apply is the engine's choice: neither is trusted
+            return Err(format!("the archive holds {} twice: refused", m.name));
+        }
+        if m.extended && INDEX_FILES.contains(&m.name.as_str()) {
+            return Err(format!("the archive names {} through an extended tar header: refused", m.name));
+        }
+        if m.size > 16 << 20 {
+            return Err(format!("{} is over 16 MiB", m.name));
+        }
+        r.seek(SeekFrom::Start(m.header_at + 512)).map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; m.size as usize];
+        r.read_exact(&mut buf).map_err(|e| e.to_string())?;
+        found.push((m.name.clone(), String::from_utf8_lossy(&buf).into_owned()));
+        Ok(())
+    })?;
+    Ok(found)
+}
+
+/// Copies an image archive to `out` as an engine's `load` should see it: with no names. The names in
+/// `manifest.json` (`RepoTags`) and `index.json` (annotations) are dropped and `repositories` is left
+/// out, so that a load never changes what any name means in the store; every other byte is as read.
+pub fn copy_without_names<R: Read + Seek, W: std::io::Write>(r: &mut R, out: &mut W) -> Result<(), String> {
+    let mut members = Vec::new();
+    walk(r, |m, _| {
+        members.push((m.start, m.header_at, m.size, m.name.clone(), m.end));
+        Ok(())
+    })?;
+    let copy = |r: &mut R, out: &mut W, from: u64, to: u64| -> Result<(), String> {
+        r.seek(SeekFrom::Start(from)).map_err(|e| e.to_string())?;
+        let n = std::io::copy(&mut r.by_ref().take(to - from), out).map_err(|e| e.to_string())?;
+        if n != to - from {
+            return Err("the file changed while it was read".into());
+        }
+        Ok(())
+    };
+    for (start, header_at, size, name, end) in members {
+        match name.as_str() {
+            "repositories" => {}
+            "manifest.json" | "index.json" => {
+                r.seek(SeekFrom::Start(header_at)).map_err(|e| e.to_string())?;
+                let mut header = [0u8; 512];
+                r.read_exact(&mut header).map_err(|e| e.to_string())?;
+                let mut body = vec![0u8; size as usize];
+                r.read_exact(&mut body).map_err(|e| e.to_string())?;
+                let mut v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| format!("bad {name}: {e}"))?;
+                if name == "manifest.json" {
+                    for entry in v.as_array_mut().into_iter().flatten() {
+                        if let Some(o) = entry.as_object_mut() {
+                            o.insert("RepoTags".into(), serde_json::Value::Null);
+                        }
+                    }
+                } else {
+                    for entry in v.get_mut("manifests").and_then(|m| m.as_array_mut()).into_iter().flatten() {
+                        if let Some(o) = entry.as_object_mut() {
+                            o.remove("annotations");
+                        }
+                    }
+                }
+                let body = serde_json::to_vec(&v).map_err(|e| e.to_string())?;
+                header[124..136].copy_from_slice(format!("{:011o}\0", body.len()).as_bytes());
+                header[148..156].copy_from_slice(b"        ");
+                let sum: u32 = header.iter().map(|&b| b as u32).sum();
+                header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+                out.write_all(&header).map_err(|e| e.to_string())?;
+                out.write_all(&body).map_err(|e| e.to_string())?;
+                out.write_all(&vec![0u8; body.len().div_ceil(512) * 512 - body.len()]).map_err(|e| e.to_string())?;
+            }
+            _ => copy(r, out, start, end)?,
+        }
+    }
+    out.write_all(&[0u8; 1024]).map_err(|e| e.to_string())
 }
 
 fn checksum_ok(h: &[u8; 512]) -> bool {
@@ -386,9 +623,15 @@ mod tests {
         let info = ArchiveInfo::read(&p, None).unwrap();
         let names = vec!["md/x:1".to_string()];
         assert_eq!(info, ArchiveInfo { format: ArchiveFormat::Docker, digest: CONFIG.into(), names });
+        let sha = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
         assert_eq!(
-            info.cache_name(Path::new("/shared/My Image.tar")),
-            format!("{CACHE_REPOSITORY}/my-image:8f2c3e4d5a6b7c8d")
+            ArchiveInfo::cache_name(Path::new("/shared/My Image.tar"), sha, None),
+            format!("{CACHE_REPOSITORY}/my-image:0011223344556677")
+        );
+        assert_eq!(
+            ArchiveInfo::cache_name(Path::new("/shared/My Image.tar"), sha, Some(1500)),
+            format!("{CACHE_REPOSITORY}/u1500/my-image:0011223344556677"),
+            "a shared store keeps each user's entries apart"
         );
         assert!(ArchiveInfo::read(&p, Some(ArchiveFormat::Oci)).is_err(), "not an oci-archive");
     }
@@ -422,6 +665,78 @@ mod tests {
         let p = write("twooci.tar", &tar(&[("oci-layout", b"{}"), ("index.json", index.as_bytes())]));
         let err = ArchiveInfo::read(&p, None).unwrap_err().to_string();
         assert!(err.contains("names 2 images"), "{err}");
+    }
+
+    fn tar_with_pax(pax_path: &str, entries: &[(&str, &[u8])]) -> Vec<u8> {
+        // a PAX header ('x') naming the next member differently from its own header
+        let record = format!("path={pax_path}\n");
+        let len = record.len() + 3;
+        let body = format!("{len} {record}");
+        assert_eq!(body.len(), len);
+        let mut out = tar(&[("PaxHeader", body.as_bytes())]);
+        out.truncate(out.len() - 1024);
+        out[156] = b'x';
+        out[148..156].copy_from_slice(b"        ");
+        let sum: u32 = out[..512].iter().map(|&b| b as u32).sum();
+        out[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        out.extend_from_slice(&tar(entries));
+        out
+    }
+
+    #[test]
+    fn index_files_named_through_extended_headers_are_refused() {
+        // Go's archive/tar (the engines' loaders) reads this member as manifest.json
+        let evil = format!(r#"[{{"Config":"{CONFIG}.json","RepoTags":["ubuntu:22.04"]}}]"#);
+        let p = write("pax.tar", &tar_with_pax("manifest.json", &[("harmless.txt", evil.as_bytes())]));
+        let err = ArchiveInfo::read(&p, None).unwrap_err().to_string();
+        assert!(err.contains("extended tar header"), "{err}");
+        // a second manifest.json that way is the index twice
+        let one = format!(r#"[{{"Config":"{CONFIG}.json","RepoTags":["md/x:1"]}}]"#);
+        let mut bytes = tar(&[("manifest.json", one.as_bytes())]);
+        bytes.truncate(bytes.len() - 1024);
+        bytes.extend_from_slice(&tar_with_pax("manifest.json", &[("other", evil.as_bytes())]));
+        let p = write("pax2.tar", &bytes);
+        let err = ArchiveInfo::read(&p, None).unwrap_err().to_string();
+        assert!(err.contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn loads_see_no_names() {
+        let manifest =
+            format!(r#"[{{"Config":"{CONFIG}.json","RepoTags":["ubuntu:22.04","md/x:1"],"Layers":["a/layer.tar"]}}]"#);
+        let repositories = br#"{"ubuntu":{"22.04":"abc"}}"#;
+        let layer = [7u8; 2000];
+        let original =
+            tar(&[("a/layer.tar", &layer), ("repositories", repositories), ("manifest.json", manifest.as_bytes())]);
+        let mut out = Vec::new();
+        copy_without_names(&mut std::io::Cursor::new(&original), &mut out).unwrap();
+        let p = write("stripped.tar", &out);
+        let info = ArchiveInfo::read(&p, None).unwrap();
+        assert_eq!(info.digest, CONFIG, "the same image");
+        assert!(info.names.is_empty(), "{info:?}");
+        let entries = tar_entries(&mut std::io::Cursor::new(&out), &["repositories", "a/layer.tar"]).unwrap();
+        assert_eq!(entries.len(), 1, "repositories is left out");
+        assert_eq!(entries[0].1.as_bytes(), &layer[..], "layers are copied as they are");
+        let index = format!(
+            r#"{{"manifests":[{{"digest":"sha256:{CONFIG}","annotations":{{"org.opencontainers.image.ref.name":"ubuntu:22.04"}}}}]}}"#
+        );
+        let original = tar(&[("oci-layout", b"{}"), ("index.json", index.as_bytes())]);
+        let mut out = Vec::new();
+        copy_without_names(&mut std::io::Cursor::new(&original), &mut out).unwrap();
+        let p = write("stripped-oci.tar", &out);
+        let info = ArchiveInfo::read(&p, None).unwrap();
+        assert_eq!((info.format, info.names.len()), (ArchiveFormat::Oci, 0));
+    }
+
+    #[test]
+    fn the_key_is_the_hash_of_the_bytes() {
+        let p = write("hash.tar", b"abc");
+        let mut f = ImageFile::open(&p).unwrap();
+        assert_eq!(f.sha256().unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert!(f.unchanged());
+        std::fs::write(&p, b"abcd").unwrap();
+        assert!(!f.unchanged(), "a write is seen");
+        assert!(ImageFile::open(Path::new("/proc/self/fd/0")).unwrap_err().to_string().contains("/proc"));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::engine::Engine;
 use crate::environment::EnvFilter;
 use crate::identity::UserIds;
 use crate::plugstack::EngineKind;
+use crate::runtime_dir::RuntimeDir;
 
 /// Where the helper is mounted in the container.
 pub const IN_HELPER: &str = "/.mpiexec-docker/mpiexec_docker";
@@ -75,100 +76,6 @@ pub fn in_container_command(mode: &str, args: &[String]) -> Vec<String> {
     let mut c = vec!["in-container".to_string(), mode.to_string()];
     c.extend(args.iter().cloned());
     c
-}
-
-/// Where per-run directories go: `$XDG_RUNTIME_DIR`, else the temporary directory.
-pub fn runtime_base() -> PathBuf {
-    std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).filter(|p| p.is_dir()).unwrap_or_else(std::env::temp_dir)
-}
-
-/// A private per-run directory on the host (0700) holding the links mounted at [`IN_BIN`]. Removed
-/// when dropped.
-///
-/// Its owner holds an exclusive `flock` on [`OWNER_LOCK`] inside it for as long as the directory is in
-/// use; the lock passes to a child that inherits the descriptor (the step container's relay server).
-/// A directory whose lock can be taken has no owner left and may be swept.
-#[derive(Debug)]
-pub struct RuntimeDir {
-    pub path: PathBuf,
-    owner: std::fs::File,
-    keep: bool,
-}
-
-/// The lock file in every [`RuntimeDir`] (see there).
-pub const OWNER_LOCK: &str = "owner.lock";
-
-/// Whether the runtime directory at `path` still has a live owner (its lock is held). Directories
-/// without a lock file count as owned by the process whose id ends their name, if that process lives.
-pub fn runtime_dir_in_use(path: &Path) -> bool {
-    match std::fs::File::open(path.join(OWNER_LOCK)) {
-        // SAFETY: flock on a descriptor we own; a taken lock is released when `f` is closed.
-        Ok(f) => unsafe {
-            use std::os::fd::AsRawFd;
-            libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0
-        },
-        Err(_) => path
-            .file_name()
-            .and_then(|n| n.to_string_lossy().rsplit('-').next().and_then(|p| p.parse::<u32>().ok()))
-            .map(|pid| Path::new(&format!("/proc/{pid}")).exists())
-            .unwrap_or(false),
-    }
-}
-
-impl RuntimeDir {
-    pub fn create(tag: &str) -> Result<RuntimeDir, LaunchError> {
-        use std::os::unix::fs::{symlink, DirBuilderExt};
-        // the effective uid: the user's also when root acts for them (see `identity`)
-        let path = runtime_base().join(format!("mpiexec-docker-{}-{tag}", nix::unistd::geteuid()));
-        let err = |source| LaunchError::RuntimeDir { path: path.clone(), source };
-        std::fs::DirBuilder::new().mode(0o700).create(&path).map_err(err)?;
-        let owner = std::fs::File::create(path.join(OWNER_LOCK)).map_err(err)?;
-        {
-            use std::os::fd::AsRawFd;
-            // SAFETY: flock on the descriptor just opened.
-            if unsafe { libc::flock(owner.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-                return Err(err(std::io::Error::last_os_error()));
-            }
-        }
-        let bin = path.join("bin");
-        std::fs::DirBuilder::new().mode(0o755).create(&bin).map_err(err)?;
-        for name in LINK_NAMES {
-            symlink(IN_HELPER, bin.join(name)).map_err(err)?;
-        }
-        std::fs::DirBuilder::new().mode(0o700).create(path.join("relay")).map_err(err)?;
-        Ok(RuntimeDir { path, owner, keep: false })
-    }
-
-    /// Hands the directory over to another process: returns a descriptor sharing the owner lock (to
-    /// be inherited by that process: it is close-on-exec until the child clears that), and this value
-    /// no longer removes the directory when dropped.
-    pub fn hand_over(mut self) -> std::io::Result<std::os::fd::OwnedFd> {
-        self.keep = true;
-        Ok(self.owner.try_clone()?.into())
-    }
-
-    /// Adopts a directory handed over by [`RuntimeDir::hand_over`]: `owner` is the inherited lock.
-    pub fn adopt(path: PathBuf, owner: std::os::fd::OwnedFd) -> RuntimeDir {
-        RuntimeDir { path, owner: owner.into(), keep: false }
-    }
-
-    pub fn bin(&self) -> PathBuf {
-        self.path.join("bin")
-    }
-
-    /// The directory of the relay socket, mounted at [`crate::relay::IN_RELAY_DIR`].
-    pub fn relay(&self) -> PathBuf {
-        self.path.join("relay")
-    }
-}
-
-impl Drop for RuntimeDir {
-    fn drop(&mut self) {
-        if self.keep {
-            return;
-        }
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
 }
 
 /// Builds the container for `req`.
@@ -295,18 +202,5 @@ mod tests {
         assert!(valid_env_name("OMP_NUM_THREADS"));
         assert!(!valid_env_name("1X"));
         assert!(!valid_env_name("A-B"));
-    }
-
-    #[test]
-    fn runtime_dir_holds_links_and_goes_away() {
-        let dir = RuntimeDir::create("unit-test").unwrap();
-        let path = dir.path.clone();
-        for name in LINK_NAMES {
-            assert_eq!(std::fs::read_link(dir.bin().join(name)).unwrap(), PathBuf::from(IN_HELPER));
-        }
-        assert!(runtime_dir_in_use(&path));
-        drop(dir);
-        assert!(!path.exists());
-        assert!(!runtime_dir_in_use(&path));
     }
 }

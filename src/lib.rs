@@ -16,10 +16,12 @@
 //! - [`image_source`]: registry references and image files, and the cache key of a file.
 //! - [`in_container`]: the helper's in-container side (the mpiexec selector, exec).
 //! - [`launch`]: the host side: a user request to a container spec.
+//! - [`mount_source`]: mount sources a root daemon gets for a user, bound from what the user opened.
 //! - [`mpi`]: MPI flavour detection and what each flavour needs.
 //! - [`plugstack`]: the SPANK plugin's `plugstack.conf` arguments (`key=value`).
 //! - [`process`]: supervising a child with signal forwarding and shell-style exit codes.
 //! - [`relay`]: the in-container srun/ssh relay to the host (protocol, rewrite, server, client).
+//! - [`runtime_dir`]: node-local state (locks, per-run directories) no other user can squat or swap.
 //! - [`step_join`]: how a task of a `--container-image` step enters its step's container.
 //! - [`slurm_version`]: Slurm version numbers and the major.minor compatibility rule.
 
@@ -35,9 +37,11 @@ pub mod image_cache;
 pub mod image_source;
 pub mod in_container;
 pub mod launch;
+pub mod mount_source;
 pub mod mpi;
 pub mod plugstack;
 pub mod process;
 pub mod relay;
+pub mod runtime_dir;
 pub mod slurm_version;
 pub mod step_join;

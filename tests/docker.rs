@@ -176,7 +176,8 @@ fn image_files_are_loaded_once_per_node_under_our_name_only() {
         let names =
             on_node(node, As::Root, "docker images --format '{{.Repository}}:{{.Tag}}' | grep md-tiny").success();
         assert_eq!(names.lines().len(), 1, "{node}: {names}");
-        assert!(names.stdout.starts_with("localhost/mpiexec-docker-cache/md-tiny:"), "{node}: {names}");
+        // the user's own name: in the node's shared store, one user's load never stands for another's
+        assert!(names.stdout.starts_with("localhost/mpiexec-docker-cache/u1500/md-tiny:"), "{node}: {names}");
         on_node(node, As::Root, prune).success();
     }
 }
@@ -287,5 +288,100 @@ dst.close()"#
     assert_eq!(image_id(), before, "localhost/md-openmpi is still the same image");
     let run = sh(As::User, &format!("srun -w node2 -n1 --container-image={OPENMPI} printenv MD_IMAGE_FLAVOUR"));
     assert_eq!(run.success().lines(), ["openmpi"]);
+    assert_no_node_drained();
+}
+
+#[test]
+fn a_forged_archive_is_never_served_for_the_real_file() {
+    let _g = docker_alone();
+    // the second user rewrites md-tiny's config (the image's environment) under its old name, in a
+    // file of the same name: the old cache key (file stem + the config name the archive claims)
+    // would have matched the real md-tiny.tar's
+    let dir = format!("/home/{USER2}/forged");
+    let evil = format!("{dir}/md-tiny.tar");
+    let script = format!(
+        r#"import os, tarfile, io
+os.makedirs("{dir}", exist_ok=True)
+src = tarfile.open("{SHARED}/images/md-tiny.tar")
+dst = tarfile.open("{evil}", "w")
+for m in src.getmembers():
+    data = src.extractfile(m).read() if m.isfile() else None
+    if m.name.endswith(".json") and len(m.name) == 69:
+        data = data.replace(b"MD_IMAGE_FLAVOUR=tiny", b"MD_IMAGE_FLAVOUR=evil")
+        m.size = len(data)
+    dst.addfile(m, io.BytesIO(data) if data is not None else None)
+dst.close()"#
+    );
+    sh(As::User2, &format!("python3 -c {}", shell_quote(&script))).success();
+    let flavour = "sh -c 'echo $MD_IMAGE_FLAVOUR'";
+    let run = sh(As::User2, &format!("srun -w node3 -n1 --container-image={evil} {flavour}"));
+    assert!(!run.ok() && run.stderr.contains("refused"), "{run}");
+    let real = format!("{SHARED}/images/md-tiny.tar");
+    let run = sh(As::User, &format!("srun -w node3 -n1 --container-image={real} {flavour}"));
+    assert_eq!(run.success().lines(), ["tiny"]);
+    // nor can the second user name the first user's entries, or any image by its id
+    let names = on_node("node3", As::Root, "docker images --format '{{.Repository}}:{{.Tag}}' | grep u1500/md-tiny");
+    let theirs = names.success().lines()[0].clone();
+    let id = on_node("node3", As::Root, &format!("docker image inspect -f '{{{{.Id}}}}' {theirs}")).success();
+    let id = id.stdout.trim().to_string();
+    for name in [theirs.as_str(), id.as_str(), &id[7..19]] {
+        let run = sh(As::User2, &format!("srun -w node3 -n1 --container-image={name} true"));
+        assert!(!run.ok() && run.stderr.contains("not accepted") || run.stderr.contains("tool's own"), "{run}");
+    }
+    sh(As::User2, &format!("rm -rf {dir}")).success();
+    assert_no_node_drained();
+}
+
+#[test]
+fn a_swapped_mount_source_never_reaches_another_users_files() {
+    let _g = docker();
+    // the first user's private file; the second user swaps a directory of theirs for a link to it
+    // while their steps start (an image check lies between the user's check and Docker's bind)
+    sh(As::User, "mkdir -p ~/private && chmod 700 ~/private && echo secret-of-user-1 > ~/private/secret").success();
+    let home2 = format!("/home/{USER2}");
+    let script = format!(
+        "mkdir -p {home2}/swap/real && echo own-file > {home2}/swap/real/secret\n\
+         (while true; do ln -sfn /home/{USER}/private {home2}/swap/d; rm -f {home2}/swap/d; \
+           ln -sfn {home2}/swap/real {home2}/swap/d; done) 2>/dev/null &\n\
+         for i in $(seq 8); do srun -n1 --container-image={OPENMPI} --container-mounts={home2}/swap/d:/x \
+           cat /x/secret 2>&1; done\n\
+         kill %1"
+    );
+    let run = sbatch(As::User2, "-N1 -n1 -w node2", &script);
+    assert!(!run.stdout.contains("secret-of-user-1") && !run.stderr.contains("secret-of-user-1"), "{run}");
+    assert!(run.stdout.contains("own-file"), "some steps ran with the user's own directory: {run}");
+    // a path through /proc names the engine's own view: refused with one line
+    let run = sh(
+        As::User2,
+        &format!("srun -w node2 -n1 --container-image={OPENMPI} --container-mounts=/proc/self/cwd:/x true"),
+    );
+    assert!(!run.ok() && run.stderr.contains("/proc"), "{run}");
+    sh(As::User2, &format!("rm -rf {home2}/swap")).success();
+    sh(As::User, "rm -rf ~/private").success();
+    // nothing staged stays mounted on the node
+    let mounts = on_node("node2", As::Root, "grep -c /run/mpiexec-docker /proc/self/mountinfo || true").success();
+    assert_eq!(mounts.stdout.trim(), "0", "{mounts}");
+    assert_clean_within(30);
+    assert_no_node_drained();
+}
+
+#[test]
+fn names_squatted_in_tmp_stall_nobody() {
+    let _g = docker();
+    // the second user makes the names the first user's tool once used in /tmp, on every node: a
+    // directory open to all, a FIFO as the lock, links
+    for node in NODES {
+        on_node(
+            node,
+            As::User2,
+            "mkdir -p -m 777 /tmp/mpiexec-docker-1500 2>/dev/null; mkfifo /tmp/mpiexec-docker-1500.lock 2>/dev/null; \
+             ln -sfn /etc /tmp/mpiexec-docker-0 2>/dev/null; mkfifo /tmp/mpiexec-docker-0.lock 2>/dev/null; true",
+        );
+    }
+    let run = sh(As::User, &format!("timeout 120 srun -N3 -n3 --container-image={OPENMPI} id -u"));
+    for node in NODES {
+        on_node(node, As::User2, "rm -rf /tmp/mpiexec-docker-1500 /tmp/mpiexec-docker-1500.lock /tmp/mpiexec-docker-0 /tmp/mpiexec-docker-0.lock");
+    }
+    assert_eq!(run.success().lines(), ["1500"; 3]);
     assert_no_node_drained();
 }

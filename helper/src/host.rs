@@ -9,12 +9,13 @@ use mpiexec_docker::container::run_args;
 use mpiexec_docker::engine::Engine;
 use mpiexec_docker::environment::EnvFilter;
 use mpiexec_docker::image_cache;
-use mpiexec_docker::launch::{self, in_container_command, Request, RuntimeDir};
+use mpiexec_docker::launch::{self, in_container_command, Request};
 use mpiexec_docker::plugstack::EngineKind;
 use mpiexec_docker::process::spawn_forwarding;
 use mpiexec_docker::relay::rewrite::run_in_docker_prefix;
 use mpiexec_docker::relay::server::{self, RelayConfig};
 use mpiexec_docker::relay::SOCKET_NAME;
+use mpiexec_docker::runtime_dir::{self, RuntimeDir};
 
 use crate::cli::{split_at_image, Cli, Mode};
 
@@ -81,11 +82,17 @@ pub fn main(mode: Mode, argv: &[String]) -> i32 {
         Err(e) => return fail(EXIT_ENGINE, format!("cannot find the helper binary itself: {e}")),
     };
     // a registry reference, or an image file (by the name its content gives it in the store)
-    let image = match image_cache::resolve(&cli.image, &host_dir) {
+    let state = match runtime_dir::user_base() {
+        Ok(s) => s,
+        Err(e) => return fail(EXIT_ENGINE, e),
+    };
+    let mut image = match image_cache::name_image(&cli.image, &host_dir)
+        .and_then(|named| image_cache::resolve(named, None, Some(&state)))
+    {
         Ok(i) => i,
         Err(e) => return fail(EXIT_ENGINE, e),
     };
-    let runtime = match RuntimeDir::create(&format!("{}", std::process::id())) {
+    let runtime = match RuntimeDir::create(&state, None) {
         Ok(r) => r,
         Err(e) => return fail(EXIT_ENGINE, e),
     };
@@ -114,10 +121,13 @@ pub fn main(mode: Mode, argv: &[String]) -> i32 {
     }
 
     // one fetch per node and user, however many ranks' containers start at once
-    match image_cache::node_lock().and_then(|_lock| image_cache::ensure(&engine, &image, pull)) {
-        Ok(()) => {
+    let uid = nix::unistd::getuid().as_raw();
+    match image_cache::fetch_lock(uid).and_then(|_lock| image_cache::ensure(&engine, &mut image, pull, None)) {
+        Ok(local) => {
             if let Some(max) = config.cache_max_size {
-                let _ = image_cache::enforce_cap(&engine, max, &image.local);
+                if let Ok(_store) = image_cache::store_lock() {
+                    let _ = image_cache::enforce_cap(&engine, max, &local);
+                }
             }
         }
         Err(e) => return fail(EXIT_ENGINE, e),

@@ -3,7 +3,7 @@
 
 use mpiexec_docker::config::Config;
 use mpiexec_docker::engine::Engine;
-use mpiexec_docker::image_cache::{self, node_lock};
+use mpiexec_docker::image_cache;
 use mpiexec_docker::plugstack::EngineKind;
 
 pub fn main(args: &[String]) -> i32 {
@@ -32,7 +32,7 @@ pub fn main(args: &[String]) -> i32 {
 fn run(prune: bool, kind: Option<EngineKind>) -> Result<(), String> {
     let config = Config::load().map_err(|e| e.to_string())?;
     let engine = Engine::find(kind.unwrap_or(config.engine)).map_err(|e| e.to_string())?;
-    let _lock = node_lock().map_err(|e| e.to_string())?;
+    let _lock = image_cache::store_lock().map_err(|e| e.to_string())?;
     let items = image_cache::list(&engine).map_err(|e| e.to_string())?;
     if !prune {
         println!("{:<64} {:<12} {:>10}", "IMAGE", "ID", "SIZE");

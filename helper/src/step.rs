@@ -17,15 +17,16 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use mpiexec_docker::config::{Config, PullPolicy};
+use mpiexec_docker::config::Config;
 use mpiexec_docker::confinement::Confinement;
 use mpiexec_docker::container::run_args;
 use mpiexec_docker::engine::{output_within, Engine};
 use mpiexec_docker::identity::UserIds;
-use mpiexec_docker::image_cache::{self, node_lock};
-use mpiexec_docker::launch::{self, in_container_command, Request, RuntimeDir};
+use mpiexec_docker::image_cache;
+use mpiexec_docker::launch::{self, in_container_command, Request};
 use mpiexec_docker::plugstack::EngineKind;
 use mpiexec_docker::process::ProcessHandle;
+use mpiexec_docker::runtime_dir::{self, RuntimeDir};
 use mpiexec_docker::step_join::Started;
 
 #[derive(PartialEq)]
@@ -196,7 +197,6 @@ fn run(args: &[String]) -> Result<(), String> {
     if me.uid != nix::unistd::getuid().as_raw() && !nix::unistd::geteuid().is_root() {
         return Err("--user: only root may start a container for another user".into());
     }
-    let _lock = node_lock().map_err(|e| e.to_string())?;
     if a.action == Action::Stop {
         // a named container stays for the job's later steps; the job's end removes it
         if a.container_name.is_none() {
@@ -205,8 +205,15 @@ fn run(args: &[String]) -> Result<(), String> {
             }
             engine.remove(&[name]);
         }
+        // per-run directories whose relay server is gone (root's cannot be removed by the user's server)
+        if let Ok(state) = runtime_dir::user_base() {
+            runtime_dir::sweep(&state);
+        }
         return Ok(());
     }
+    // one start at a time per user on this node (a named container is looked up, then made): another
+    // user's starts never wait for this one
+    let _lock = image_cache::fetch_lock(me.uid).map_err(|e| e.to_string())?;
     if let Some(n) = &a.container_name {
         if let Some((pid, image)) = running(&engine, &name, me.uid)? {
             let info = image_info(&engine, &image)?.ok_or_else(|| format!("the image of container '{n}' is gone"))?;
@@ -217,41 +224,106 @@ fn run(args: &[String]) -> Result<(), String> {
             return Err(format!("no container named '{n}' in this job on this node: give --container-image too"));
         }
     }
-    // the image's name in the store; one engine call then tells both whether it is there and its
-    // entrypoint and environment (for the tasks, which inherit the job's environment, not the image's)
-    // what the user names is read with the user's rights (an image file, the directories mounted)
+    // what the user names is opened and read with the user's rights (an image file, the directories
+    // mounted, their registry logins); root then uses only what was opened there
     let base = std::path::Path::new(&a.workdir);
+    // a store shared by users (Docker's, driven by root for them): the user's own names only
+    let scope = (engine.kind == EngineKind::Docker && !me.is_root()).then_some(me.uid);
+    let home = nix::unistd::User::from_uid(me.uid.into()).ok().flatten().map(|u| u.dir);
     let acting = me.act_as().map_err(|e| e.to_string())?;
-    let image = image_cache::resolve(&a.image, base).map_err(|e| e.to_string())?;
+    let named = image_cache::name_image(&a.image, base).map_err(|e| e.to_string())?;
     for dir in std::iter::once(&a.workdir).chain(&a.mount_home) {
         mpiexec_docker::container::Mount::parse_existing(dir).map_err(|e| e.to_string())?;
     }
+    let logins = match (scope, &home) {
+        (Some(_), Some(home)) => image_cache::Credentials::read(home),
+        _ => None,
+    };
     drop(acting);
-    let local = image.local.clone();
-    let info = match image_info(&engine, &local)? {
-        Some(info) if matches!(config.pull, PullPolicy::Missing | PullPolicy::Never) => info,
-        _ => {
-            image_cache::ensure(&engine, &image, config.pull).map_err(|e| e.to_string())?;
-            if let Some(max) = config.cache_max_size {
-                for gone in image_cache::enforce_cap(&engine, max, &local).unwrap_or_default() {
-                    log::info!("cache over {max} bytes: removed {gone}");
-                }
+    let state = runtime_dir::user_base().map_err(|e| e.to_string())?;
+    let mut image = image_cache::resolve(named, scope, Some(&state)).map_err(|e| e.to_string())?;
+    let credentials = match logins {
+        Some(c) => Some(image_cache::Credentials::write(&state, &c).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let local = image_cache::ensure(&engine, &mut image, config.pull, credentials.as_ref().map(|c| c.dir()))
+        .map_err(|e| e.to_string())?;
+    drop(credentials);
+    if let Some(max) = config.cache_max_size {
+        if let Ok(_store) = image_cache::store_lock() {
+            for gone in image_cache::enforce_cap(&engine, max, &local).unwrap_or_default() {
+                log::info!("cache over {max} bytes: removed {gone}");
             }
-            image_info(&engine, &local)?
-                .ok_or_else(|| format!("image '{}' is still missing after its fetch", a.image))?
+        }
+    }
+    // the image's entrypoint and environment (for the tasks, which inherit the job's environment, not
+    // the image's)
+    let info = image_info(&engine, &local)?.ok_or_else(|| format!("image '{}' is missing after its fetch", a.image))?;
+    // the per-run directory is root's when root acts for the user: nothing in it is theirs to swap,
+    // but the relay's directory, where the socket is bound with their rights
+    let relay_owner = (nix::unistd::geteuid().is_root() && !me.is_root()).then_some((me.uid, me.gid));
+    let runtime = RuntimeDir::create(&state, relay_owner).map_err(|e| e.to_string())?;
+    // root acting for a user with a root daemon: each source the user names is opened with their
+    // rights now, and the engine gets a mount point of root's bound to what was opened (see
+    // `mount_source`): nothing the user changes afterwards reaches the daemon
+    let for_user = relay_owner.is_some();
+    let home = a.mount_home.clone().filter(|h| h != &a.workdir && std::path::Path::new(h).is_dir());
+    let (mut workdir_src, mut home_src, mut mounts) = (a.workdir.clone(), home.clone(), a.mounts.clone());
+    let mut staging = None;
+    if for_user {
+        use mpiexec_docker::container::Mount;
+        use mpiexec_docker::mount_source::{open_as_user, Staging};
+        let text = |e: &dyn std::fmt::Display| e.to_string();
+        let acting = me.act_as().map_err(|e| text(&e))?;
+        let workdir_fd = open_as_user(std::path::Path::new(&a.workdir)).map_err(|e| text(&e))?;
+        let home_fd = match &home {
+            Some(h) => Some(open_as_user(std::path::Path::new(h)).map_err(|e| text(&e))?),
+            None => None,
+        };
+        let mut mount_fds = Vec::new();
+        for m in &a.mounts {
+            let parsed = Mount::parse_existing(m).map_err(|e| text(&e))?;
+            let fd = open_as_user(&parsed.src).map_err(|e| text(&e))?;
+            mount_fds.push((parsed, fd));
+        }
+        drop(acting);
+        let mut st = Staging::new(runtime.path.join("mnt")).map_err(|e| text(&e))?;
+        let path = |p: std::path::PathBuf| p.display().to_string();
+        workdir_src = path(st.stage(&workdir_fd, a.workdir.as_ref()).map_err(|e| text(&e))?);
+        if let (Some(fd), Some(h)) = (&home_fd, &home) {
+            home_src = Some(path(st.stage(fd, h.as_ref()).map_err(|e| text(&e))?));
+        }
+        mounts = Vec::new();
+        for (m, fd) in &mount_fds {
+            let point = st.stage(fd, &m.src).map_err(|e| text(&e))?;
+            mounts.push(format!("{}:{}{}", point.display(), m.dst.display(), if m.readonly { ":ro" } else { "" }));
+        }
+        staging = Some(st);
+    }
+    // the relay's socket exists before the container does: no task can start before it is there (made
+    // by root in root's directory and given to the user, or made by the user in theirs)
+    let socket = runtime.relay().join(mpiexec_docker::relay::SOCKET_NAME);
+    let bind = |p: &std::path::Path| {
+        mpiexec_docker::relay::server::bind(p).map_err(|e| format!("cannot make the srun/ssh relay's socket: {e}"))
+    };
+    let (listener, acting) = match relay_owner {
+        Some((uid, gid)) => {
+            let listener = bind(&socket)?;
+            runtime_dir::give_socket(&socket, uid, gid).map_err(|e| e.to_string())?;
+            // the staged sources are root's: the spec is built with root's ids
+            (listener, None)
+        }
+        None => {
+            let acting = me.act_as().map_err(|e| e.to_string())?;
+            (bind(&socket)?, Some(acting))
         }
     };
-    let acting = me.act_as().map_err(|e| e.to_string())?;
-    let runtime = RuntimeDir::create(&format!("{}", std::process::id())).map_err(|e| e.to_string())?;
-    // the relay's socket exists before the container does: no task can start before it is there
-    let listener = mpiexec_docker::relay::server::bind(&runtime.relay().join(mpiexec_docker::relay::SOCKET_NAME))
-        .map_err(|e| format!("cannot make the srun/ssh relay's socket: {e}"))?;
     let request = Request {
         image: local.clone(),
         command: in_container_command("pause", &[]),
-        host_dir: a.workdir.clone().into(),
+        host_dir: workdir_src.clone().into(),
         env: Vec::new(),
-        mounts: a.mounts.clone(),
+        mounts,
         interactive: false,
         user: me.clone(),
     };
@@ -272,15 +344,13 @@ fn run(args: &[String]) -> Result<(), String> {
     spec.detach = true;
     // Podman writes the container's pid here: one engine call less than asking afterwards
     let pidfile = runtime.path.join("container.pid");
-    spec.pidfile = Some(pidfile.clone());
+    spec.pidfile = (engine.kind == EngineKind::Podman).then(|| pidfile.clone());
     spec.interactive = false;
     // the tasks see the job's working directory where it is on the host, and the node's /tmp and
     // Slurm spool (PMIx server files) for direct MPI launch
-    spec.mount(&a.workdir, &a.workdir, false);
-    if let Some(home) = &a.mount_home {
-        if home != &a.workdir && std::path::Path::new(home).is_dir() {
-            spec.mount(home, home, false);
-        }
+    spec.mount(&workdir_src, &a.workdir, false);
+    if let (Some(src), Some(home)) = (&home_src, &home) {
+        spec.mount(src, home, false);
     }
     spec.workdir = Some(a.container_workdir.clone().unwrap_or_else(|| a.workdir.clone()).into());
     spec.read_only = a.readonly;
@@ -301,6 +371,8 @@ fn run(args: &[String]) -> Result<(), String> {
         engine.remove(std::slice::from_ref(&name));
         out = engine_output(&engine, &run_args(engine.kind, &spec))?;
     }
+    // the container has its own copies of its mounts now
+    drop(staging);
     if !out.status.success() {
         let text = String::from_utf8_lossy(&out.stderr);
         return Err(format!(

@@ -56,19 +56,8 @@ pub fn main(args: &[String]) -> i32 {
 /// Removes this user's per-run directories (relay socket, links) that no live process owns: a helper
 /// or relay server killed by SIGKILL cannot remove its own.
 fn remove_stale_runtime_dirs() {
-    use std::os::unix::fs::MetadataExt;
-    let uid = nix::unistd::getuid();
-    let prefix = format!("mpiexec-docker-{uid}-");
-    let Ok(entries) = std::fs::read_dir(mpiexec_docker::launch::runtime_base()) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.strip_prefix(&prefix).is_none_or(|p| p.parse::<u32>().is_err()) {
-            continue;
-        }
-        let owned = entry.metadata().map(|m| m.uid() == uid.as_raw() && m.is_dir()).unwrap_or(false);
-        if owned && !mpiexec_docker::launch::runtime_dir_in_use(&entry.path()) {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
+    if let Ok(base) = mpiexec_docker::runtime_dir::user_base() {
+        mpiexec_docker::runtime_dir::sweep(&base);
     }
 }
 

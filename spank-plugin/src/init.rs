@@ -23,6 +23,15 @@ pub fn init(spank: &Spank, args: &[String]) -> Result<(), String> {
     let parsed = PluginArgs::parse(args).map_err(|e| e.to_string());
     let result = parsed.clone().map(|_| ());
     *PLUGIN_ARGS.lock().unwrap_or_else(|e| e.into_inner()) = Some(parsed);
+    if ctx == Context::Remote && nix::unistd::geteuid().is_root() {
+        // the job user's private state directory (locks, per-run directories), made by root so that
+        // no other user can have made it first (see mpiexec_docker::runtime_dir)
+        if let (Ok(uid), Ok(gid)) = (spank.uid(), spank.gid()) {
+            if let Err(e) = mpiexec_docker::runtime_dir::prepare_user_dir(uid, gid) {
+                log::warn!("{e}");
+            }
+        }
+    }
     match ctx {
         Context::Local | Context::Allocator => result,
         _ => {
