@@ -31,6 +31,8 @@ pub enum EngineError {
 pub struct Engine {
     pub kind: EngineKind,
     pub program: PathBuf,
+    /// Cleanup after a step or job (see [`Engine::for_cleanup`]).
+    cleanup: bool,
 }
 
 /// Searches `path_var` (a PATH value) for `name`.
@@ -49,7 +51,7 @@ impl Engine {
         let path = std::env::var_os("PATH").unwrap_or_default();
         let name = kind.command();
         match which(name, &path) {
-            Some(program) => Ok(Engine { kind, program }),
+            Some(program) => Ok(Engine { kind, program, cleanup: false }),
             None => Err(EngineError::NotFound { engine: name, path: path.to_string_lossy().into_owned() }),
         }
     }
@@ -63,6 +65,15 @@ impl Engine {
         self.kind == EngineKind::Podman && !nix::unistd::geteuid().is_root()
     }
 
+    /// The engine for removing what a step or job left: Podman then reads the node's `containers.conf`
+    /// only, not the user's, whose programs (OCI runtime, hooks, conmon) would run at a job's end
+    /// outside its cgroup; of the user's settings only those that say where their state is are kept
+    /// (cgroup manager, events backend, temporary directory), as command-line flags.
+    pub fn for_cleanup(mut self) -> Engine {
+        self.cleanup = true;
+        self
+    }
+
     /// A command line of the engine. Podman 5 warns at every call on a cgroup v1 node (its v1 support
     /// is deprecated); that line is noise to a job's user, who can do nothing about the node, and it
     /// would hide the engine's real error line: it is turned off.
@@ -70,6 +81,22 @@ impl Engine {
         let mut cmd = Command::new(&self.program);
         if self.kind == EngineKind::Podman {
             cmd.env("PODMAN_IGNORE_CGROUPSV1_WARNING", "1");
+            if self.cleanup {
+                let system = ["/etc/containers/containers.conf", "/usr/share/containers/containers.conf"]
+                    .into_iter()
+                    .find(|p| Path::new(p).is_file())
+                    .unwrap_or("/dev/null");
+                cmd.env("CONTAINERS_CONF", system).env_remove("CONTAINERS_CONF_OVERRIDE");
+                if !nix::unistd::geteuid().is_root() {
+                    let home = std::env::var_os("HOME").map(PathBuf::from);
+                    let config = std::env::var_os("XDG_CONFIG_HOME")
+                        .map(PathBuf::from)
+                        .or(home.map(|h| h.join(".config")))
+                        .map(|c| c.join("containers/containers.conf"));
+                    let text = config.and_then(|c| std::fs::read_to_string(c).ok()).unwrap_or_default();
+                    cmd.args(state_flags(&text));
+                }
+            }
         }
         cmd
     }
@@ -115,6 +142,36 @@ impl Engine {
         }
         Err(EngineError::Pull { image: image.into(), reason })
     }
+}
+
+/// The Podman flags for the settings of a user's `containers.conf` that say where their state is
+/// (`[engine]` `cgroup_manager`, `events_logger`, `tmp_dir`), from its text; nothing that names a
+/// program to run.
+pub fn state_flags(containers_conf: &str) -> Vec<String> {
+    let mut table = String::new();
+    let mut flags = Vec::new();
+    for line in containers_conf.lines().map(str::trim) {
+        if line.starts_with('[') {
+            table = line.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else { continue };
+        let value = value.split('#').next().unwrap_or("").trim().trim_matches('"');
+        let ok = |allowed: &[&str]| allowed.contains(&value);
+        match (table.as_str(), key.trim()) {
+            ("engine", "cgroup_manager") if ok(&["cgroupfs", "systemd"]) => {
+                flags.extend(["--cgroup-manager".to_string(), value.into()])
+            }
+            ("engine", "events_logger") if ok(&["file", "journald", "none"]) => {
+                flags.extend(["--events-backend".to_string(), value.into()])
+            }
+            ("engine", "tmp_dir") if value.starts_with('/') && !value.contains('$') => {
+                flags.extend(["--tmpdir".to_string(), value.into()])
+            }
+            _ => {}
+        }
+    }
+    flags
 }
 
 /// The last non-empty line of an engine's error output, without its "Error: " prefix.
@@ -254,4 +311,29 @@ pub fn output_within_feeding(
     let fed = feeder
         .map(|f| f.recv_timeout(Duration::from_secs(1)).unwrap_or_else(|_| Err("the command stopped reading".into())));
     Ok(Fed { output: std::process::Output { status, stdout, stderr }, fed })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cleanup_keeps_only_where_the_state_is() {
+        let conf = r#"
+[containers]
+default_ulimits = []
+[engine]
+cgroup_manager = "cgroupfs"  # no systemd here
+events_logger = "file"
+runtime = "/home/u/evil-runtime"
+hooks_dir = ["/home/u/hooks"]
+conmon_path = ["/home/u/conmon"]
+tmp_dir = "/var/tmp/u"
+[engine.runtimes]
+crun = ["/home/u/evil"]
+"#;
+        assert_eq!(
+            super::state_flags(conf),
+            ["--cgroup-manager", "cgroupfs", "--events-backend", "file", "--tmpdir", "/var/tmp/u"]
+        );
+        assert!(super::state_flags("[engine]\ncgroup_manager = \"--x\"\n").is_empty());
+    }
 }

@@ -59,14 +59,14 @@ pub const ENGINE_LIMIT: Duration = Duration::from_secs(120);
 pub const FETCH_LIMIT: Duration = Duration::from_secs(1800);
 
 /// The lock of one user's fetches on this node (root keeps one per user it acts for). Held until
-/// dropped; waited for at most [`FETCH_LIMIT`] and a little.
+/// dropped; waited for at most [`FETCH_LIMIT`].
 pub fn fetch_lock(uid: u32) -> Result<Lock, CacheError> {
     let base = runtime_dir::user_base()?;
     let name = match nix::unistd::geteuid().is_root() {
         true => format!("fetch-{uid}.lock"),
         false => "fetch.lock".into(),
     };
-    Ok(runtime_dir::lock(&base, &name, FETCH_LIMIT + ENGINE_LIMIT)?)
+    Ok(runtime_dir::lock(&base, &name, FETCH_LIMIT)?)
 }
 
 /// The lock around removals from the store (prune, the cache cap): the only one users share, and

@@ -69,6 +69,9 @@ pub struct Request {
     pub interactive: bool,
     /// Whose container it is: the caller, or the job's user when the helper runs as root for them.
     pub user: UserIds,
+    /// The `devices.list` of the step's device cgroup (Slurm's record of what the step may open),
+    /// when the helper is not in it itself (root acting for a user); else this process's own.
+    pub devices_list: Option<PathBuf>,
 }
 
 /// The in-container command for `mode` ("mpiexec" or "exec") and its arguments.
@@ -151,7 +154,12 @@ pub fn container_spec(
     spec.env_set.push((ENV_IN_CONTAINER.into(), "1".into()));
 
     let gpus = GpuAllocation::from_env(|k| host_env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()));
-    spec.devices = devices::discover(&DeviceRoots::system(), &gpus)
+    // the GPU list from the job's environment is only ever narrowed by the device cgroup
+    let mut roots = DeviceRoots::system();
+    if let Some(list) = &req.devices_list {
+        roots.cgroup_devices_list = Some(list.clone());
+    }
+    spec.devices = devices::discover(&roots, &gpus)
         .into_iter()
         .filter(|d| match d.kind {
             DeviceKind::InfiniBand => config.devices.infiniband,

@@ -23,6 +23,28 @@ pub const FORWARDED: &[Signal] = &[
     Signal::SIGALRM,
 ];
 
+/// Marks every descriptor from 3 up close-on-exec, so that a program run next inherits only its
+/// standard streams (and what the caller clears the flag of afterwards). For `pre_exec`: only
+/// async-signal-safe calls.
+pub fn no_inherited_fds() {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range(2) with the CLOEXEC flag only changes descriptor flags.
+    let done =
+        unsafe { libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC) };
+    if done == 0 {
+        return;
+    }
+    // an older kernel: one descriptor at a time, up to the limit
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit(2) into a local; fcntl(2) on numbers, harmless on closed ones.
+    unsafe {
+        let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 { limit.rlim_cur.min(65536) } else { 1024 };
+        for fd in 3..max as i32 {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+}
+
 /// The shell's convention for an exit status.
 pub fn exit_code(status: ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;

@@ -502,3 +502,35 @@ fn an_images_volume_goes_with_its_step() {
     }
     assert_clean_within(30);
 }
+
+#[test]
+fn names_squatted_by_another_user_stall_nobody() {
+    let _g = shared();
+    // the second user makes, on every node, the names in /tmp that rootless Podman users' state once
+    // had (a FIFO as the lock, a directory open to all) and a look-alike runtime directory
+    for node in NODES {
+        on_node(
+            node,
+            As::User2,
+            "mkdir -p -m 777 /tmp/mpiexec-docker-1500 2>/dev/null; mkfifo /tmp/mpiexec-docker-1500.lock 2>/dev/null; true",
+        );
+    }
+    let squat =
+        "mkdir -p -m 777 /tmp/mpiexec-docker-1500 2>/dev/null; mkfifo /tmp/mpiexec-docker-1500.lock 2>/dev/null; true";
+    sh(As::User2, squat);
+    let run = sh(As::User, &format!("timeout 120 srun -N3 -n3 --container-image={OPENMPI} id -u"));
+    // the standalone helper, told to use the second user's directory as its runtime directory, passes it by
+    let helper =
+        sh(As::User, &format!("XDG_RUNTIME_DIR=/tmp/mpiexec-docker-1500 timeout 120 mpiexec_docker {OPENMPI} id -u"));
+    let unsquat = "rm -rf /tmp/mpiexec-docker-1500 /tmp/mpiexec-docker-1500.lock";
+    sh(As::User2, unsquat);
+    for node in NODES {
+        on_node(node, As::User2, unsquat);
+    }
+    assert_eq!(run.success().lines(), ["1500"; 3]);
+    assert_eq!(helper.success().lines(), ["1500"]);
+    // the state each user's steps used is theirs alone
+    let state = on_node("node1", As::Root, "stat -c '%U %a' /run/mpiexec-docker/1500").success();
+    assert_eq!(state.stdout.trim(), format!("{USER} 700"));
+    assert_no_node_drained();
+}

@@ -104,6 +104,7 @@ pub fn main(mode: Mode, argv: &[String]) -> i32 {
         mounts: cli.mounts.clone(),
         interactive: true,
         user: mpiexec_docker::identity::UserIds::of_caller(),
+        devices_list: None,
     };
     let host_env: Vec<(String, String)> = std::env::vars().collect();
     if let Err(e) = start_relay(&runtime, &cli, kind, &config, &request) {

@@ -198,6 +198,7 @@ fn run(args: &[String]) -> Result<(), String> {
         return Err("--user: only root may start a container for another user".into());
     }
     if a.action == Action::Stop {
+        let engine = engine.for_cleanup();
         // a named container stays for the job's later steps; the job's end removes it
         if a.container_name.is_none() {
             if a.pid > 0 {
@@ -326,6 +327,14 @@ fn run(args: &[String]) -> Result<(), String> {
         mounts,
         interactive: false,
         user: me.clone(),
+        // root's helper is not in the step's cgroups: the step's own device rules limit what it passes
+        devices_list: a
+            .step_cgroup
+            .as_ref()
+            .map(|cg| {
+                std::path::Path::new("/sys/fs/cgroup/devices").join(cg.trim_start_matches('/')).join("devices.list")
+            })
+            .filter(|p| p.is_file()),
     };
     let mut host_env: Vec<(String, String)> = std::env::vars().collect();
     if let Some(gpus) = &a.gpus {
@@ -533,6 +542,8 @@ fn spawn_server(
     unsafe {
         cmd.pre_exec(move || {
             libc::setsid();
+            // a long-lived process: it keeps only what it is given
+            mpiexec_docker::process::no_inherited_fds();
             for inherited in [fd, listen_fd] {
                 if libc::fcntl(inherited, libc::F_SETFD, 0) != 0 {
                     return Err(std::io::Error::last_os_error());

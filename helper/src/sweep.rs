@@ -23,7 +23,7 @@ pub fn main(args: &[String]) -> i32 {
     let Some(job) = job.filter(|j| !j.is_empty() && j.chars().all(|c| c.is_ascii_digit())) else { return usage() };
     let mut failed = false;
     for kind in engines {
-        let Ok(engine) = Engine::find(kind) else { continue };
+        let Ok(engine) = Engine::find(kind).map(Engine::for_cleanup) else { continue };
         // A removal can race with one that a killed task started (the record then sits in
         // "Stopping"): look again after removing, a few times.
         for attempt in 0..5 {

@@ -198,6 +198,12 @@ pub fn task_init_privileged(_spank: &Spank, _args: &[String]) -> Result<(), Stri
     Ok(())
 }
 
+/// The longest the plugin waits for `step-container start`: the helper's own bounds (its fetch lock,
+/// one fetch, a few quick engine calls) and a margin.
+const START_LIMIT: std::time::Duration = std::time::Duration::from_secs(
+    2 * mpiexec_docker::image_cache::FETCH_LIMIT.as_secs() + 10 * mpiexec_docker::image_cache::ENGINE_LIMIT.as_secs(),
+);
+
 /// The most of the helper's output the plugin keeps (slurmstepd's memory is spared by the OOM killer:
 /// nothing a job can make the helper print may grow it without bound).
 const KEEP_STDOUT: u64 = 1 << 20;
@@ -213,6 +219,16 @@ const FORWARD_LINE: usize = 512;
 fn output_forwarding_progress(mut cmd: std::process::Command) -> std::io::Result<std::process::Output> {
     use std::io::{BufRead, Read};
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    // slurmstepd never waits without a deadline: the helper is killed once it is past its own
+    // (every wait and engine call of the helper is bounded; see `START_LIMIT`)
+    let (done, watch) = std::sync::mpsc::channel::<()>();
+    let pid = child.id() as i32;
+    let watchdog = std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = watch.recv_timeout(START_LIMIT) {
+            // SAFETY: kill(2) of our own child, not yet reaped (we reap it only after this thread ends).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
     let mut stdout = child.stdout.take().expect("piped");
     let reader = std::thread::spawn(move || {
         let mut v = Vec::new();
@@ -237,7 +253,10 @@ fn output_forwarding_progress(mut cmd: std::process::Command) -> std::io::Result
             kept -= tail.pop_front().map_or(0, |l| l.len() + 1);
         }
     }
-    let status = child.wait()?;
+    let status = child.wait();
+    drop(done);
+    let _ = watchdog.join();
+    let status = status?;
     let stderr = tail.into_iter().flat_map(|l| (l + "\n").into_bytes()).collect();
     Ok(std::process::Output { status, stdout: reader.join().unwrap_or_default(), stderr })
 }
@@ -317,9 +336,17 @@ pub fn exit(_spank: &Spank, _args: &[String]) -> Result<(), String> {
     if let Some(n) = &c.name {
         cmd.args(["--name", n]);
     }
-    match cmd.stdout(Stdio::null()).stderr(Stdio::null()).status() {
-        Ok(s) if s.success() => {}
-        other => log::error!("removing the container of step {}.{}: {other:?}", c.job, c.step),
+    // bounded: the helper's engine calls are, and so is this wait (slurmstepd waits on it)
+    let limit = 3 * mpiexec_docker::image_cache::ENGINE_LIMIT;
+    match mpiexec_docker::engine::output_within(&mut cmd, limit) {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => log::error!(
+            "removing the container of step {}.{}: {}",
+            c.job,
+            c.step,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => log::error!("removing the container of step {}.{}: {e}", c.job, c.step),
     }
     Ok(())
 }

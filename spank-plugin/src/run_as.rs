@@ -25,10 +25,25 @@ pub fn helper_as(helper: &std::path::Path, user: &nix::unistd::User, gid: u32) -
         .env("LOGNAME", &user.name)
         .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(Stdio::null());
+    isolate(&mut cmd);
     if ids.uid != 0 {
         ids.become_in_child(&mut cmd);
     }
     cmd
+}
+
+/// What the helper never inherits from slurmstepd or slurmd: their descriptors (marked close-on-exec),
+/// the job's umask and working directory (`022`, `/`).
+fn isolate(cmd: &mut Command) {
+    cmd.current_dir("/");
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0o022);
+            mpiexec_docker::process::no_inherited_fds();
+            Ok(())
+        });
+    }
 }
 
 /// `helper` as root with a clean environment, from any context: `user_init` runs with the job user's
@@ -42,6 +57,7 @@ pub fn helper_as_root(helper: &std::path::Path) -> Command {
         .env("LOGNAME", "root")
         .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(Stdio::null());
+    isolate(&mut cmd);
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
