@@ -274,7 +274,7 @@ impl Drop for RuntimeDir {
             return;
         }
         // (a relay server running as the user cannot remove root's directory: root's sweep does)
-        let _ = std::fs::remove_dir_all(&self.path);
+        remove_run_dir(&self.path);
     }
 }
 
@@ -283,6 +283,29 @@ pub fn give_socket(path: &Path, uid: u32, gid: u32) -> Result<(), RuntimeError> 
     use std::os::unix::fs::PermissionsExt;
     std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(io(path))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io(path))
+}
+
+/// The directory of a per-run directory that holds staging mount points (see
+/// [`crate::mount_source`]).
+pub const STAGING: &str = "mnt";
+
+/// Removes a per-run directory. Staging mount points a killed helper left are unmounted first and
+/// removed one by one, never recursively: a recursive removal would go into the user's directory
+/// still bound there. A directory whose mount points cannot all be taken down is left as it is.
+/// Whether it is gone.
+pub fn remove_run_dir(path: &Path) -> bool {
+    let staging = path.join(STAGING);
+    if let Ok(entries) = std::fs::read_dir(&staging) {
+        for entry in entries.flatten() {
+            let point = entry.path();
+            let _ = nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_dir(&point).or_else(|_| std::fs::remove_file(&point));
+        }
+        if std::fs::remove_dir(&staging).is_err() && staging.exists() {
+            return false;
+        }
+    }
+    std::fs::remove_dir_all(path).is_ok()
 }
 
 /// Removes the per-run directories in `base` that no live process owns (a helper or relay server
@@ -296,7 +319,7 @@ pub fn sweep(base: &Path) -> usize {
             continue;
         }
         let owned = entry.metadata().map(|m| m.uid() == me && m.is_dir()).unwrap_or(false);
-        if owned && !runtime_dir_in_use(&entry.path()) && std::fs::remove_dir_all(entry.path()).is_ok() {
+        if owned && !runtime_dir_in_use(&entry.path()) && remove_run_dir(&entry.path()) {
             removed += 1;
         }
     }
@@ -342,6 +365,26 @@ mod tests {
         assert_eq!(sweep(&base), 1);
         assert!(!path.exists());
         std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_sweep_never_removes_what_a_staging_mount_left_bound() {
+        // what a helper killed while its container started leaves: a bind of the user's directory
+        assert!(nix::unistd::geteuid().is_root(), "this test binds a directory: run it as root (tests/run.sh does)");
+        let base = scratch("staging");
+        let users = scratch("users-files");
+        std::fs::write(users.join("data"), "keep me").unwrap();
+        let dir = RuntimeDir::create(&base, None).unwrap();
+        let point = dir.path.join(STAGING).join("0");
+        std::fs::create_dir_all(&point).unwrap();
+        nix::mount::mount(Some(&users), &point, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>).unwrap();
+        let path = dir.path.clone();
+        let _ = dir.hand_over();
+        assert_eq!(sweep(&base), 1);
+        assert!(!path.exists());
+        assert_eq!(std::fs::read_to_string(users.join("data")).unwrap(), "keep me");
+        std::fs::remove_dir_all(&base).unwrap();
+        std::fs::remove_dir_all(&users).unwrap();
     }
 
     #[test]

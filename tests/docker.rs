@@ -213,7 +213,7 @@ fn a_pid_written_by_the_user_is_never_acted_on_as_root() {
     let slurmd = node_pid("node1");
     let cgroup_before = sh(As::Root, &format!("cat /proc/{slurmd}/cgroup")).success().stdout;
     let script = format!(
-        "(while true; do for d in /tmp/mpiexec-docker-1500-*/ /run/user/1500/mpiexec-docker-1500-*/; do \
+        "(while true; do for d in /run/mpiexec-docker/1500/run-*/ /run/mpiexec-docker/0/run-*/; do \
            [ -d \"$d\" ] && echo {slurmd} > \"$d/container.pid\"; done; done) 2>/dev/null &\n\
          for i in 1 2 3; do srun --container-image={OPENMPI} -n1 true && echo step ok; done\n\
          kill %1"
@@ -356,6 +356,16 @@ fn a_swapped_mount_source_never_reaches_another_users_files() {
         &format!("srun -w node2 -n1 --container-image={OPENMPI} --container-mounts=/proc/self/cwd:/x true"),
     );
     assert!(!run.ok() && run.stderr.contains("/proc"), "{run}");
+    // nor does a working directory the job's environment names (slurmstepd takes PWD from it)
+    for pwd in [format!("/home/{USER}/private"), "/proc/self/cwd".to_string()] {
+        let run = sh(
+            As::User2,
+            &format!(
+                "env PWD={pwd} srun -w node2 -n1 --container-image={OPENMPI} sh -c 'cat secret; cat private/secret'"
+            ),
+        );
+        assert!(!run.ok() && !run.stdout.contains("secret-of-user-1"), "{run}");
+    }
     sh(As::User2, &format!("rm -rf {home2}/swap")).success();
     sh(As::User, "rm -rf ~/private").success();
     // nothing staged stays mounted on the node
@@ -384,4 +394,52 @@ fn names_squatted_in_tmp_stall_nobody() {
     }
     assert_eq!(run.success().lines(), ["1500"; 3]);
     assert_no_node_drained();
+}
+
+#[test]
+fn registry_images_are_each_users_own_pull() {
+    let _g = docker_alone();
+    // what root pulls for one user (with that user's logins) stays that user's: another user's step
+    // pulls it again with theirs, never runs it on the first user's word
+    let image = "10.77.0.1:5000/md/tiny";
+    let forget = "docker images --format '{{.Repository}}:{{.Tag}}' | grep -E 'md/tiny|md-tiny-latest' \
+                  | xargs -r docker rmi >/dev/null 2>&1; true";
+    on_node("node1", As::Root, forget);
+    let flavour = "sh -c 'echo $MD_IMAGE_FLAVOUR'";
+    let run = sh(As::User2, &format!("srun -w node1 -n1 --container-image={image} {flavour}"));
+    assert_eq!(run.success().lines(), ["tiny"]);
+    let names = || {
+        let out = on_node(
+            "node1",
+            As::Root,
+            "docker images --format '{{.Repository}}:{{.Tag}}' | grep -E 'md/tiny|md-tiny' | sort",
+        );
+        out.success().lines()
+    };
+    assert_eq!(names(), ["localhost/mpiexec-docker-cache/u1501/10.77.0.1-5000-md-tiny-latest:pulled"]);
+    let run = sh(As::User, &format!("srun -w node1 -n1 --container-image={image} {flavour}"));
+    assert_eq!(run.success().lines(), ["tiny"]);
+    assert_eq!(
+        names(),
+        [
+            "localhost/mpiexec-docker-cache/u1500/10.77.0.1-5000-md-tiny-latest:pulled",
+            "localhost/mpiexec-docker-cache/u1501/10.77.0.1-5000-md-tiny-latest:pulled"
+        ]
+    );
+    on_node("node1", As::Root, forget);
+    assert_no_node_drained();
+}
+
+#[test]
+fn the_relay_server_root_starts_for_a_user_inherits_nothing() {
+    let _g = docker();
+    // while a Docker step runs, its relay server (started by root's helper, running as the user) holds
+    // its standard streams, its lock and its socket only, with umask 022 and / as its directory
+    let script = "srun -n1 --container-image=localhost/md-openmpi sleep 5 & sleep 3; \
+                  for p in $(pgrep -u mpitest -f 'step-container serve'); do \
+                    echo fds=$(ls /proc/$p/fd | wc -l) $(grep Umask /proc/$p/status) cwd=$(readlink /proc/$p/cwd); done; wait";
+    let run = sbatch(As::User, "-N1 -n1 -w node3", script);
+    let lines: Vec<String> = run.lines().into_iter().filter(|l| l.starts_with("fds=")).collect();
+    assert_eq!(lines, ["fds=5 Umask: 0022 cwd=/"], "{run}");
+    assert_clean_within(30);
 }

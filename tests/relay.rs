@@ -128,7 +128,9 @@ fn the_relay_serves_only_its_own_container() {
     let mut sock = String::new();
     let found = wait_for(15, || {
         // the newest relay of the test user on node1 (the job's helper runs there)
-        let ls = on_node("node1", As::Root, "ls -td /tmp/mpiexec-docker-1500-*/relay/relay.sock 2>/dev/null | head -1");
+        // (in the user's private state directory, made for them by root: see runtime_dir)
+        let ls =
+            on_node("node1", As::Root, "ls -td /run/mpiexec-docker/1500/run-*/relay/relay.sock 2>/dev/null | head -1");
         sock = ls.stdout.trim().to_string();
         !sock.is_empty()
     });

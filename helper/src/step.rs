@@ -288,7 +288,7 @@ fn run(args: &[String]) -> Result<(), String> {
             mount_fds.push((parsed, fd));
         }
         drop(acting);
-        let mut st = Staging::new(runtime.path.join("mnt")).map_err(|e| text(&e))?;
+        let mut st = Staging::new(runtime.path.join(runtime_dir::STAGING)).map_err(|e| text(&e))?;
         let path = |p: std::path::PathBuf| p.display().to_string();
         workdir_src = path(st.stage(&workdir_fd, a.workdir.as_ref()).map_err(|e| text(&e))?);
         if let (Some(fd), Some(h)) = (&home_fd, &home) {

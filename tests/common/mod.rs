@@ -256,10 +256,14 @@ pub fn leftovers() -> Vec<String> {
     }
     let run = sh(As::Root, "docker ps -a --filter label=mpiexec-docker --format '{{.Names}} {{.Status}}'");
     found.extend(run.lines().into_iter().filter(|l| !l.is_empty()).map(|l| format!("login/docker: {l}")));
-    // run directories (links, relay sockets) in every node's /tmp and the login node's
+    // run directories (links, relay sockets, staging mounts) in every node's state directories
     for node in NODES {
-        let dirs =
-            on_node(node, As::Root, "ls -d /tmp/mpiexec-docker-*-*/ /run/user/*/mpiexec-docker-*/ 2>/dev/null || true");
+        let dirs = on_node(
+            node,
+            As::Root,
+            "ls -d /run/mpiexec-docker/*/run-*/ /run/user/*/mpiexec-docker/run-*/ /tmp/mpiexec-docker-*/run-*/ \
+             2>/dev/null; grep -o ' /run/mpiexec-docker[^ ]*' /proc/self/mountinfo; true",
+        );
         found.extend(dirs.lines().into_iter().filter(|l| !l.is_empty()).map(|l| format!("{node}: run directory {l}")));
     }
     let procs = sh(
