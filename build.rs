@@ -12,7 +12,7 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use mpiexec_docker::slurm_version::SlurmVersion;
+use mpiexec_docker_core::slurm_version::SlurmVersion;
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());

@@ -100,8 +100,8 @@ fn plugin_version_matches_running_slurm() {
         *version
     };
     let running = sh(As::Root, "srun --version").success();
-    let running = mpiexec_docker::slurm_version::SlurmVersion::parse(&running.stdout).expect("srun --version");
-    let built = mpiexec_docker::slurm_version::SlurmVersion(built);
+    let running = mpiexec_docker_core::slurm_version::SlurmVersion::parse(&running.stdout).expect("srun --version");
+    let built = mpiexec_docker_core::slurm_version::SlurmVersion(built);
     assert!(built.plugin_compatible_with(running), "plugin built for {built}, Slurm runs {running}");
     // and the plugin does not import spank_prepend_task_argv (absent before 23.11): it is looked up at run time
     let run = sh(As::Root, &format!("nm -D --undefined-only {PLUGIN}")).success();

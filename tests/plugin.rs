@@ -398,8 +398,8 @@ fn named_containers_are_kept_for_the_jobs_later_steps() {
 /// Whether the running Slurm has `spank_prepend_task_argv` (23.11 and later).
 fn slurm_can_prepend() -> bool {
     let version = sh(As::User, "srun --version").success();
-    let v = mpiexec_docker::slurm_version::SlurmVersion::parse(&version.stdout).expect("srun --version");
-    v >= mpiexec_docker::slurm_version::PREPEND_TASK_ARGV_SINCE
+    let v = mpiexec_docker_core::slurm_version::SlurmVersion::parse(&version.stdout).expect("srun --version");
+    v >= mpiexec_docker_core::slurm_version::PREPEND_TASK_ARGV_SINCE
 }
 
 #[test]
@@ -486,7 +486,7 @@ fn a_long_job_variable_reaches_the_tasks_whole() {
         ),
     );
     // our links come first on PATH
-    let in_bin = mpiexec_docker::launch::IN_BIN;
+    let in_bin = mpiexec_docker_core::launch::IN_BIN;
     let want = (in_bin.len() + 1 + long.len() + ":/usr/local/bin:/usr/bin:/bin".len()).to_string();
     assert_eq!(run.success().lines(), [want.as_str(), "/.mpi"]);
 }

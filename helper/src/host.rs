@@ -4,18 +4,18 @@
 use std::process::Stdio;
 
 use clap::Parser;
-use mpiexec_docker::config::{Config, PullPolicy};
-use mpiexec_docker::container::run_args;
-use mpiexec_docker::engine::Engine;
-use mpiexec_docker::environment::EnvFilter;
-use mpiexec_docker::image_cache;
-use mpiexec_docker::launch::{self, in_container_command, Request};
-use mpiexec_docker::plugstack::EngineKind;
-use mpiexec_docker::process::spawn_forwarding;
-use mpiexec_docker::relay::rewrite::run_in_docker_prefix;
-use mpiexec_docker::relay::server::{self, RelayConfig};
-use mpiexec_docker::relay::SOCKET_NAME;
-use mpiexec_docker::runtime_dir::{self, RuntimeDir};
+use mpiexec_docker_core::config::{Config, PullPolicy};
+use mpiexec_docker_core::container::run_args;
+use mpiexec_docker_core::engine::Engine;
+use mpiexec_docker_core::environment::EnvFilter;
+use mpiexec_docker_core::image_cache;
+use mpiexec_docker_core::launch::{self, in_container_command, Request};
+use mpiexec_docker_core::plugstack::EngineKind;
+use mpiexec_docker_core::process::spawn_forwarding;
+use mpiexec_docker_core::relay::rewrite::run_in_docker_prefix;
+use mpiexec_docker_core::relay::server::{self, RelayConfig};
+use mpiexec_docker_core::relay::SOCKET_NAME;
+use mpiexec_docker_core::runtime_dir::{self, RuntimeDir};
 
 use crate::cli::{split_at_image, Cli, Mode};
 
@@ -103,7 +103,7 @@ pub fn main(mode: Mode, argv: &[String]) -> i32 {
         env: cli.env.clone(),
         mounts: cli.mounts.clone(),
         interactive: true,
-        user: mpiexec_docker::identity::UserIds::of_caller(),
+        user: mpiexec_docker_core::identity::UserIds::of_caller(),
         devices_list: None,
     };
     let host_env: Vec<(String, String)> = std::env::vars().collect();
@@ -165,7 +165,7 @@ fn start_relay(
     req: &Request,
 ) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the helper binary itself: {e}"))?;
-    let image = mpiexec_docker::image_source::with_absolute_path(&cli.image, &req.host_dir);
+    let image = mpiexec_docker_core::image_source::with_absolute_path(&cli.image, &req.host_dir);
     let wrap = run_in_docker_prefix(&exe, kind, &cli.env, &cli.mounts, &image);
     let relay = RelayConfig {
         allowed: config.relay_commands.clone(),

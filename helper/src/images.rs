@@ -1,10 +1,10 @@
 //! `mpiexec_docker images [prune] [--engine podman|docker]`: what the tool fetched into this node's
 //! store for the caller (image files loaded, registry images pulled), and removing it.
 
-use mpiexec_docker::config::Config;
-use mpiexec_docker::engine::Engine;
-use mpiexec_docker::image_cache;
-use mpiexec_docker::plugstack::EngineKind;
+use mpiexec_docker_core::config::Config;
+use mpiexec_docker_core::engine::Engine;
+use mpiexec_docker_core::image_cache;
+use mpiexec_docker_core::plugstack::EngineKind;
 
 pub fn main(args: &[String]) -> i32 {
     let mut prune = false;

@@ -17,8 +17,8 @@ mod sweep;
 
 use std::path::Path;
 
-use mpiexec_docker::in_container;
-use mpiexec_docker::launch::ENV_IN_CONTAINER;
+use mpiexec_docker_core::in_container;
+use mpiexec_docker_core::launch::ENV_IN_CONTAINER;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -35,7 +35,7 @@ fn main() {
             in_container_main(args.get(2).map(String::as_str).unwrap_or(""), &args[3.min(args.len())..])
         }
         "mpiexec" | "mpirun" if inside => in_container_main("mpiexec", &args[1..]),
-        "srun" | "ssh" | "rsh" if inside => mpiexec_docker::relay::client::run(&name, &args[1..]),
+        "srun" | "ssh" | "rsh" if inside => mpiexec_docker_core::relay::client::run(&name, &args[1..]),
         "run_in_docker" => host::main(cli::Mode::Exec, &args),
         _ if args.get(1).map(String::as_str) == Some("sweep") => sweep::main(&args[2..]),
         _ if args.get(1).map(String::as_str) == Some("images") => images::main(&args[2..]),

@@ -17,17 +17,17 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use mpiexec_docker::config::Config;
-use mpiexec_docker::confinement::Confinement;
-use mpiexec_docker::container::run_args;
-use mpiexec_docker::engine::{output_within, Engine};
-use mpiexec_docker::identity::UserIds;
-use mpiexec_docker::image_cache;
-use mpiexec_docker::launch::{self, in_container_command, Request};
-use mpiexec_docker::plugstack::EngineKind;
-use mpiexec_docker::process::ProcessHandle;
-use mpiexec_docker::runtime_dir::{self, RuntimeDir};
-use mpiexec_docker::step_join::Started;
+use mpiexec_docker_core::config::Config;
+use mpiexec_docker_core::confinement::Confinement;
+use mpiexec_docker_core::container::run_args;
+use mpiexec_docker_core::engine::{output_within, Engine};
+use mpiexec_docker_core::identity::UserIds;
+use mpiexec_docker_core::image_cache;
+use mpiexec_docker_core::launch::{self, in_container_command, Request};
+use mpiexec_docker_core::plugstack::EngineKind;
+use mpiexec_docker_core::process::ProcessHandle;
+use mpiexec_docker_core::runtime_dir::{self, RuntimeDir};
+use mpiexec_docker_core::step_join::Started;
 
 #[derive(PartialEq)]
 enum Action {
@@ -234,7 +234,7 @@ fn run(args: &[String]) -> Result<(), String> {
     let acting = me.act_as().map_err(|e| e.to_string())?;
     let named = image_cache::name_image(&a.image, base).map_err(|e| e.to_string())?;
     for dir in std::iter::once(&a.workdir).chain(&a.mount_home) {
-        mpiexec_docker::container::Mount::parse_existing(dir).map_err(|e| e.to_string())?;
+        mpiexec_docker_core::container::Mount::parse_existing(dir).map_err(|e| e.to_string())?;
     }
     let logins = match (scope, &home) {
         (Some(_), Some(home)) => image_cache::Credentials::read(home),
@@ -272,8 +272,8 @@ fn run(args: &[String]) -> Result<(), String> {
     let (mut workdir_src, mut home_src, mut mounts) = (a.workdir.clone(), home.clone(), a.mounts.clone());
     let mut staging = None;
     if for_user {
-        use mpiexec_docker::container::Mount;
-        use mpiexec_docker::mount_source::{open_as_user, Staging};
+        use mpiexec_docker_core::container::Mount;
+        use mpiexec_docker_core::mount_source::{open_as_user, Staging};
         let text = |e: &dyn std::fmt::Display| e.to_string();
         let acting = me.act_as().map_err(|e| text(&e))?;
         let workdir_fd = open_as_user(std::path::Path::new(&a.workdir)).map_err(|e| text(&e))?;
@@ -303,9 +303,9 @@ fn run(args: &[String]) -> Result<(), String> {
     }
     // the relay's socket exists before the container does: no task can start before it is there (made
     // by root in root's directory and given to the user, or made by the user in theirs)
-    let socket = runtime.relay().join(mpiexec_docker::relay::SOCKET_NAME);
+    let socket = runtime.relay().join(mpiexec_docker_core::relay::SOCKET_NAME);
     let bind = |p: &std::path::Path| {
-        mpiexec_docker::relay::server::bind(p).map_err(|e| format!("cannot make the srun/ssh relay's socket: {e}"))
+        mpiexec_docker_core::relay::server::bind(p).map_err(|e| format!("cannot make the srun/ssh relay's socket: {e}"))
     };
     let (listener, acting) = match relay_owner {
         Some((uid, gid)) => {
@@ -367,7 +367,7 @@ fn run(args: &[String]) -> Result<(), String> {
         // root inside; with rootless Podman that root is the caller on the host, no more. (With
         // Docker the container stays the user's: each task maps itself to root in a user namespace
         // of its own, see the plugin.)
-        spec.user = mpiexec_docker::container::UserMode::Default;
+        spec.user = mpiexec_docker_core::container::UserMode::Default;
     }
     for dir in ["/tmp", "/var/spool/slurmd", "/var/spool/slurm"] {
         if std::path::Path::new(dir).is_dir() && dir != a.workdir {
@@ -418,7 +418,7 @@ fn run(args: &[String]) -> Result<(), String> {
     if let Err(e) = pid
         .parse::<i32>()
         .map_err(|e| e.to_string())
-        .and_then(|p| mpiexec_docker::step_join::wait_for_pause(p, ENGINE_LIMIT).map_err(|e| e.to_string()))
+        .and_then(|p| mpiexec_docker_core::step_join::wait_for_pause(p, ENGINE_LIMIT).map_err(|e| e.to_string()))
     {
         engine.remove(&[name]);
         return Err(format!("the container for image '{}' did not start its process: {e}", a.image));
@@ -428,8 +428,8 @@ fn run(args: &[String]) -> Result<(), String> {
     if let Some(cgroup) = &a.step_cgroup {
         // only our placeholder, running as the job's user, is ever moved
         let moved = pid.parse::<i32>().map_err(|e| e.to_string()).and_then(|p| {
-            mpiexec_docker::step_join::check_pause(p, me.uid).map_err(|e| e.to_string())?;
-            match mpiexec_docker::step_join::move_into_cgroup(p, std::path::Path::new("/sys/fs/cgroup"), cgroup) {
+            mpiexec_docker_core::step_join::check_pause(p, me.uid).map_err(|e| e.to_string())?;
+            match mpiexec_docker_core::step_join::move_into_cgroup(p, std::path::Path::new("/sys/fs/cgroup"), cgroup) {
                 Ok(0) => Err(format!("the step's cgroup {cgroup} is in no cgroup hierarchy here")),
                 Ok(_) => Ok(()),
                 Err(e) => Err(e.to_string()),
@@ -456,7 +456,7 @@ fn run(args: &[String]) -> Result<(), String> {
 fn end_pause(pid: i32, uid: u32) {
     let Some(process) = ProcessHandle::open(pid) else { return };
     // checked through the pidfd's process: the pid cannot have been reused since it was opened
-    if mpiexec_docker::step_join::check_pause(pid, uid).is_ok() && process.alive() {
+    if mpiexec_docker_core::step_join::check_pause(pid, uid).is_ok() && process.alive() {
         process.kill(nix::sys::signal::Signal::SIGKILL);
         process.wait(Some(Duration::from_secs(1)));
     }
@@ -543,7 +543,7 @@ fn spawn_server(
         cmd.pre_exec(move || {
             libc::setsid();
             // a long-lived process: it keeps only what it is given
-            mpiexec_docker::process::no_inherited_fds();
+            mpiexec_docker_core::process::no_inherited_fds();
             for inherited in [fd, listen_fd] {
                 if libc::fcntl(inherited, libc::F_SETFD, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
@@ -562,9 +562,9 @@ fn spawn_server(
 /// image: the job's `--container-image` reaches it through Slurm's own `SLURM_SPANK__…` variables);
 /// `ssh` runs its remote command through `run_in_docker` with the same image.
 fn serve(a: &Args, config: &Config, engine: &Engine) -> Result<(), String> {
-    use mpiexec_docker::environment::EnvFilter;
-    use mpiexec_docker::relay::rewrite::run_in_docker_prefix;
-    use mpiexec_docker::relay::server::{self, RelayConfig};
+    use mpiexec_docker_core::environment::EnvFilter;
+    use mpiexec_docker_core::relay::rewrite::run_in_docker_prefix;
+    use mpiexec_docker_core::relay::server::{self, RelayConfig};
     use std::os::fd::FromRawFd;
     let dir = a.dir.clone().ok_or("--dir is required")?;
     if a.lock_fd < 0 || a.listen_fd < 0 || a.pid <= 0 {
@@ -576,7 +576,7 @@ fn serve(a: &Args, config: &Config, engine: &Engine) -> Result<(), String> {
     let container = ProcessHandle::open(a.pid).ok_or_else(|| format!("the container's process {} is gone", a.pid))?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     // remote programs start elsewhere: a relative image file path must not depend on where
-    let image = mpiexec_docker::image_source::with_absolute_path(&a.image, std::path::Path::new(&a.workdir));
+    let image = mpiexec_docker_core::image_source::with_absolute_path(&a.image, std::path::Path::new(&a.workdir));
     let wrap = run_in_docker_prefix(&exe, engine.kind, &[], &a.mounts, &image);
     let relay = RelayConfig {
         allowed: config.relay_commands.clone(),
@@ -605,7 +605,7 @@ fn join(a: &Args) -> Result<(), String> {
         Some(word) => Some(Confinement::from_word(word).map_err(|e| e.to_string())?),
         None => None,
     };
-    mpiexec_docker::step_join::enter(a.pid, std::path::Path::new(workdir)).map_err(|e| e.to_string())?;
+    mpiexec_docker_core::step_join::enter(a.pid, std::path::Path::new(workdir)).map_err(|e| e.to_string())?;
     if let Some(c) = confinement {
         c.apply().map_err(|e| e.to_string())?;
     }

@@ -2,9 +2,9 @@
 //! caller's store (Podman, and Docker when it is there). The SPANK plugin runs it at the end of each
 //! job on every node, as root and as the job's user, so that nothing survives a job whatever killed it.
 
-use mpiexec_docker::engine::Engine;
-use mpiexec_docker::launch::LABEL;
-use mpiexec_docker::plugstack::EngineKind;
+use mpiexec_docker_core::engine::Engine;
+use mpiexec_docker_core::launch::LABEL;
+use mpiexec_docker_core::plugstack::EngineKind;
 
 pub fn main(args: &[String]) -> i32 {
     let mut job = None;
@@ -56,8 +56,8 @@ pub fn main(args: &[String]) -> i32 {
 /// Removes this user's per-run directories (relay socket, links) that no live process owns: a helper
 /// or relay server killed by SIGKILL cannot remove its own.
 fn remove_stale_runtime_dirs() {
-    if let Ok(base) = mpiexec_docker::runtime_dir::user_base() {
-        mpiexec_docker::runtime_dir::sweep(&base);
+    if let Ok(base) = mpiexec_docker_core::runtime_dir::user_base() {
+        mpiexec_docker_core::runtime_dir::sweep(&base);
     }
 }
 

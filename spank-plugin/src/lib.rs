@@ -1,22 +1,28 @@
 //! mpiexec-docker's SPANK plugin: `--container-image` for srun, sbatch and salloc.
 //!
-//! This file only exports what Slurm looks for and routes each callback to the module of its part:
-//! `init` (every context: options and plugstack.conf arguments, see [`options`]), [`remote`]
-//! (slurmstepd: the step's container, its tasks' entry), and `job_script` (the job epilog's sweep on
-//! each node); `run_as` runs the helper as the job's user or as root. Every callback runs under
-//! [`guard`], so no Rust panic ever unwinds into Slurm (it would abort slurmstepd).
+//! This file only exports what Slurm looks for and routes each callback, by the context Slurm runs
+//! it in, to the module of that context ([`dispatch`], one screen):
+//! - [`submit`]: srun, sbatch, salloc (local and allocator contexts): options and their checks;
+//! - [`stepd`]: slurmstepd (remote context): the step's container and its tasks' entry;
+//! - `slurmd`: slurmd's job scripts (job_script context): the epilog's sweep.
+//!
+//! Beside them: [`options`] (the options and their callback), [`state`] (what is kept between
+//! callbacks), `run_as` (the helper as the job's user or as root), [`handle`] and [`ffi`] (Slurm's
+//! API), [`slurm_log`]. Every callback runs under [`guard`], so no Rust panic ever unwinds into Slurm
+//! (it would abort slurmstepd).
 
 use std::ffi::{c_char, c_int};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 pub mod ffi;
 pub mod handle;
-mod init;
-mod job_script;
 pub mod options;
-pub mod remote;
 mod run_as;
 pub mod slurm_log;
+mod slurmd;
+pub mod state;
+pub mod stepd;
+pub mod submit;
 
 use handle::Spank;
 
@@ -76,8 +82,50 @@ where
     }
 }
 
+/// The SPANK callbacks the plugin implements, in the order Slurm makes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Callback {
+    Init,
+    InitPostOpt,
+    UserInit,
+    TaskInitPrivileged,
+    TaskInit,
+    Exit,
+    JobEpilog,
+}
+
+/// Where each callback goes, by context. What is not listed does nothing there.
+///
+/// | callback | srun/sbatch/salloc | slurmstepd | job script (slurmd) |
+/// | --- | --- | --- | --- |
+/// | init | `submit::init` | `stepd::init` | `slurmd::init` |
+/// | init_post_opt | `submit::init_post_opt` | | |
+/// | user_init | | `stepd::user_init` | |
+/// | task_init_privileged | | `stepd::task_init_privileged` | |
+/// | task_init | | `stepd::task_init` | |
+/// | exit | | `stepd::exit` | |
+/// | job_epilog | | | `slurmd::job_epilog` |
+pub fn dispatch(callback: Callback, spank: &Spank, args: &[String]) -> Result<(), String> {
+    use handle::Context::*;
+    use Callback::*;
+    let ctx = handle::context();
+    log::trace!("{callback:?} in {ctx:?} context, built for Slurm {BUILT_FOR_SLURM}");
+    match (callback, ctx) {
+        (Init, Local | Allocator) => submit::init(spank, args),
+        (InitPostOpt, Local | Allocator) => submit::init_post_opt(spank, args),
+        (Init, Remote) => stepd::init(spank, args),
+        (UserInit, Remote) => stepd::user_init(spank, args),
+        (TaskInitPrivileged, Remote) => stepd::task_init_privileged(spank, args),
+        (TaskInit, Remote) => stepd::task_init(spank, args),
+        (Exit, Remote) => stepd::exit(spank, args),
+        (Init, JobScript) => slurmd::init(spank, args),
+        (JobEpilog, _) => slurmd::job_epilog(spank, args),
+        _ => Ok(()),
+    }
+}
+
 macro_rules! callback {
-    ($name:ident, $body:path) => {
+    ($name:ident, $which:expr) => {
         /// # Safety
         /// Called by Slurm only, with its handle and plugstack.conf arguments.
         #[no_mangle]
@@ -86,33 +134,16 @@ macro_rules! callback {
                 // SAFETY: Slurm passes this callback's own handle and its plugstack.conf arguments.
                 let spank = unsafe { Spank::from_raw(sp) };
                 let args = unsafe { handle::plugin_args(ac, av) };
-                $body(&spank, &args)
+                dispatch($which, &spank, &args)
             })
         }
     };
 }
 
-callback!(slurm_spank_init, init::init);
-callback!(slurm_spank_task_init_privileged, remote::task_init_privileged);
-callback!(slurm_spank_task_init, remote::task_init);
-callback!(slurm_spank_user_init, remote::user_init);
-callback!(slurm_spank_exit, exit);
-callback!(slurm_spank_job_epilog, job_epilog);
-
-fn exit(spank: &Spank, args: &[String]) -> Result<(), String> {
-    if handle::context() == handle::Context::Remote {
-        remote::exit(spank, args)?;
-    }
-    Ok(())
-}
-
-/// The epilog never reports failure to Slurm: that would drain the node.
-fn job_epilog(spank: &Spank, args: &[String]) -> Result<(), String> {
-    if init::PLUGIN_ARGS.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
-        let _ = init::init(spank, args);
-    }
-    if let Err(e) = job_script::job_epilog(spank, args) {
-        log::error!("{e}");
-    }
-    Ok(())
-}
+callback!(slurm_spank_init, Callback::Init);
+callback!(slurm_spank_init_post_opt, Callback::InitPostOpt);
+callback!(slurm_spank_user_init, Callback::UserInit);
+callback!(slurm_spank_task_init_privileged, Callback::TaskInitPrivileged);
+callback!(slurm_spank_task_init, Callback::TaskInit);
+callback!(slurm_spank_exit, Callback::Exit);
+callback!(slurm_spank_job_epilog, Callback::JobEpilog);

@@ -1,29 +1,20 @@
 //! The command-line options the plugin adds to srun, sbatch and salloc (defined, with pyxis's names,
-//! in [`mpiexec_docker::container_options`]), and where their values go.
+//! in [`mpiexec_docker_core::container_options`]), and where their values go.
 //!
 //! Slurm calls `option_cb` with each value: in srun/sbatch/salloc to validate it (remote = 0; a bad
 //! value stops the command before any node is used), and again in slurmstepd before
-//! `slurm_spank_init` (remote = 1). Values land in [`OPTIONS`].
+//! `slurm_spank_init` (remote = 1). Values land in the plugin's state ([`crate::state`]).
 
 use std::ffi::{c_char, c_int, CStr, CString};
-use std::sync::Mutex;
 
-use mpiexec_docker::container_options::{ContainerOptions, OPTIONS as DEFS};
+use mpiexec_docker_core::container_options::OPTIONS as DEFS;
 
 use crate::ffi;
 use crate::handle::Spank;
 
-pub static OPTIONS: Mutex<ContainerOptions> = Mutex::new(ContainerOptions {
-    image: None,
-    mounts: None,
-    workdir: None,
-    env: None,
-    remap_root: None,
-    mount_home: None,
-    readonly: None,
-    name: None,
-    entrypoint: None,
-});
+/// Why `--container-entrypoint` cannot be had here.
+pub const ENTRYPOINT_NEEDS: &str = "--container-entrypoint needs Slurm 23.11 or later (spank_prepend_task_argv); \
+     on this Slurm the tasks start without the image's entrypoint: drop the option or run the entrypoint yourself";
 
 /// Registers every option. Slurm requires this in `slurm_spank_init` of every context that sees them.
 pub fn register_all(spank: &Spank) -> Result<(), crate::handle::SpankError> {
@@ -52,8 +43,8 @@ extern "C" fn option_cb(val: c_int, optarg: *const c_char, _remote: c_int) -> c_
         };
         let def = DEFS.get(val as usize).ok_or_else(|| format!("unknown option number {val}"))?;
         if def.name == "container-entrypoint" && crate::handle::prepend_fn().is_none() {
-            return Err(crate::remote::ENTRYPOINT_NEEDS.into());
+            return Err(ENTRYPOINT_NEEDS.into());
         }
-        OPTIONS.lock().unwrap_or_else(|e| e.into_inner()).apply(def.name, &value).map_err(|e| e.to_string())
+        crate::state::with(|s| s.options.apply(def.name, &value)).map_err(|e| e.to_string())
     })
 }

@@ -4,15 +4,6 @@
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-use mpiexec_docker::plugstack::PluginArgs;
-
-use crate::init::PLUGIN_ARGS;
-
-/// The plugstack.conf arguments as parsed by `init` in this process (defaults when `init` did not run).
-pub fn plugin_args() -> Result<PluginArgs, String> {
-    PLUGIN_ARGS.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(|| Ok(PluginArgs::default()))
-}
-
 /// `helper` as `user` with group `gid`, with a clean environment of theirs: their ids for real, and,
 /// when we are root, their supplementary groups instead of ours.
 pub fn helper_as(helper: &std::path::Path, user: &nix::unistd::User, gid: u32) -> Command {
@@ -40,7 +31,7 @@ fn isolate(cmd: &mut Command) {
     unsafe {
         cmd.pre_exec(|| {
             libc::umask(0o022);
-            mpiexec_docker::process::no_inherited_fds();
+            mpiexec_docker_core::process::no_inherited_fds();
             Ok(())
         });
     }
@@ -75,11 +66,11 @@ pub fn helper_as_root(helper: &std::path::Path) -> Command {
 }
 
 /// The job user's ids as the helper's `--user` takes them: uid, gid and supplementary groups.
-pub fn user_ids(user: &nix::unistd::User, gid: u32) -> mpiexec_docker::identity::UserIds {
+pub fn user_ids(user: &nix::unistd::User, gid: u32) -> mpiexec_docker_core::identity::UserIds {
     let groups = std::ffi::CString::new(user.name.clone())
         .ok()
         .and_then(|name| nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(gid)).ok())
         .map(|g| g.into_iter().map(|g| g.as_raw()).filter(|&g| g != gid).collect())
         .unwrap_or_default();
-    mpiexec_docker::identity::UserIds { uid: user.uid.as_raw(), gid, groups }
+    mpiexec_docker_core::identity::UserIds { uid: user.uid.as_raw(), gid, groups }
 }

@@ -1,6 +1,9 @@
 //! slurmstepd (remote context): the tasks of a step with `--container-image` run in the image.
 //!
-//! How:
+//! How (callbacks in the order Slurm makes them):
+//! - `init` (as root): registers the options (Slurm hands their values over next), reads the
+//!   plugstack.conf arguments (an error is kept for `task_init`: failing `init` here would fail every
+//!   step of the node) and makes the job user's private state directory.
 //! - `user_init` (once per node per step, as the job's user, before any task forks) starts one
 //!   placeholder container through the helper (`mpiexec_docker step-container start`) and keeps its
 //!   process id. Failures are kept, not returned: a failing `user_init` of a batch step drains the node.
@@ -13,63 +16,48 @@
 //!   limits and accounting are Slurm's own. A kept failure fails the task here, with its message, and
 //!   only the job.
 //! - `step-container start` also leaves a relay server for the container (srun/ssh inside the step
-//!   run the host's, see `mpiexec_docker::relay`); it ends with the container.
+//!   run the host's, see `mpiexec_docker_core::relay`); it ends with the container.
 //! - `exit` (once per node per step) removes the container; the job epilog sweeps anything left.
 
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::Mutex;
 
-use mpiexec_docker::confinement::Confinement;
-use mpiexec_docker::container_options::ContainerOptions;
-use mpiexec_docker::step_join::{self, Started};
+use mpiexec_docker_core::confinement::Confinement;
+use mpiexec_docker_core::container_options::ContainerOptions;
+use mpiexec_docker_core::plugstack::{EngineKind, PluginArgs};
+use mpiexec_docker_core::step_join::{self, Started};
 
 use crate::ffi::spank_item;
 use crate::handle::Spank;
-use crate::options::OPTIONS;
-use crate::run_as::{helper_as, helper_as_root, plugin_args, user_ids};
-use mpiexec_docker::plugstack::EngineKind;
-
-/// Why `--container-entrypoint` cannot be had here.
-pub const ENTRYPOINT_NEEDS: &str = "--container-entrypoint needs Slurm 23.11 or later (spank_prepend_task_argv); \
-     on this Slurm the tasks start without the image's entrypoint: drop the option or run the entrypoint yourself";
+use crate::options::ENTRYPOINT_NEEDS;
+use crate::run_as::{helper_as, helper_as_root, user_ids};
+use crate::state::{self, plugin_args, StepContainer};
 
 /// Slurm's step id of the extern step (no tasks to wrap).
 const EXTERN_STEP: u32 = 0xfffffffc;
 
-#[derive(Debug, Clone)]
-struct StepContainer {
-    pid: i32,
-    /// Where the tasks start, inside.
-    workdir: String,
-    /// The image's environment, applied to each task except the names of `keep`.
-    image_env: Vec<(String, String)>,
-    keep: Vec<String>,
-    image: String,
-    /// `--container-name`: kept for later steps.
-    name: Option<String>,
-    /// The image's entrypoint, run before each task's program (`--container-entrypoint`).
-    entrypoint: Vec<String>,
-    job: u32,
-    step: u32,
-    uid: u32,
-    gid: u32,
-    /// Made by a root daemon (Docker): tasks join it in `task_init_privileged`, as root.
-    rootful: bool,
-    /// `--container-remap-root` with such a container: each task maps itself to root.
-    remap_root: bool,
+pub fn init(spank: &Spank, args: &[String]) -> Result<(), String> {
+    crate::options::register_all(spank).map_err(|e| format!("cannot register options: {e}"))?;
+    let parsed = PluginArgs::parse(args).map_err(|e| e.to_string());
+    if let Err(msg) = &parsed {
+        log::error!("{msg}");
+    }
+    state::with(|s| s.args = Some(parsed));
+    if nix::unistd::geteuid().is_root() {
+        // the job user's private state directory (locks, per-run directories), made by root so that
+        // no other user can have made it first (see mpiexec_docker_core::runtime_dir)
+        if let (Ok(uid), Ok(gid)) = (spank.uid(), spank.gid()) {
+            if let Err(e) = mpiexec_docker_core::runtime_dir::prepare_user_dir(uid, gid) {
+                log::warn!("{e}");
+            }
+        }
+    }
+    Ok(())
 }
-
-/// The step's container: None when the step asked for none.
-static STEP: Mutex<Option<Result<StepContainer, String>>> = Mutex::new(None);
-
-/// In a task's process: the confinement of the step container's process, read as root in
-/// `task_init_privileged`, applied last in `task_init` or by the helper's `join`.
-static CONFINEMENT: Mutex<Option<Result<Confinement, String>>> = Mutex::new(None);
 
 pub fn user_init(spank: &Spank, _args: &[String]) -> Result<(), String> {
     // options not given on the command line take their defaults from the job's environment
-    let given = OPTIONS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let given = state::with(|s| s.options.clone());
     let result = match given.with_env_defaults(|k| spank.getenv(k)) {
         Ok(opts) => match (opts.image.clone(), &opts.name) {
             (None, None) => return Ok(()),
@@ -78,7 +66,7 @@ pub fn user_init(spank: &Spank, _args: &[String]) -> Result<(), String> {
         Err(e) => Err(e.to_string()),
     };
     // a failure is reported by task_init, once per task, and fails only the job
-    *STEP.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+    state::with(|s| s.step = Some(result));
     Ok(())
 }
 
@@ -96,6 +84,15 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> Result<StepCont
     let workdir = spank.getenv("PWD").filter(|d| d.starts_with('/')).unwrap_or_else(|| user.dir.display().to_string());
     // Docker's daemon is root's: the helper starts the container as root, for the user
     let rootful = args.engine == EngineKind::Docker;
+    // every refusal before anything is started
+    if opts.entrypoint == Some(true) {
+        if rootful {
+            return Err("--container-entrypoint is not available with Docker here; drop the option".into());
+        }
+        if crate::handle::prepend_fn().is_none() {
+            return Err(ENTRYPOINT_NEEDS.into());
+        }
+    }
     let mut cmd = match rootful {
         true => helper_as_root(&args.helper),
         false => helper_as(&args.helper, &user, gid),
@@ -143,7 +140,6 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> Result<StepCont
     let started = Started::parse(&String::from_utf8_lossy(&out.stdout))?;
     let (pid, image_env) = (started.pid, started.env);
     let entrypoint = match opts.entrypoint {
-        Some(true) if crate::handle::prepend_fn().is_none() => return Err(ENTRYPOINT_NEEDS.into()),
         Some(true) => started.entrypoint,
         _ => Vec::new(),
     };
@@ -154,9 +150,6 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> Result<StepCont
         Some(_) => "through spank_prepend_task_argv",
         None => "in task_init (this Slurm has no spank_prepend_task_argv)",
     };
-    if rootful && opts.entrypoint == Some(true) {
-        return Err("--container-entrypoint is not available with Docker here; drop the option".into());
-    }
     log::info!("step {job}.{step}: tasks run in container of {image} (pid {pid}); they enter it {how}");
     let (name, image) = (opts.name.clone(), image.to_string());
     let remap_root = rootful && opts.remap_root == Some(true);
@@ -181,7 +174,7 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> Result<StepCont
 /// may copy a process's seccomp filter), and a container made by a root daemon is joined here (see
 /// [`step_join::enter_privileged`]) with the container's bounding set.
 pub fn task_init_privileged(_spank: &Spank, _args: &[String]) -> Result<(), String> {
-    let step = STEP.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let step = state::with(|s| s.step.clone());
     let Some(Ok(c)) = step else { return Ok(()) };
     // what is kept here is reported by task_init, which fails only the job
     let confinement = step_join::check_pause(c.pid, c.uid)
@@ -194,14 +187,14 @@ pub fn task_init_privileged(_spank: &Spank, _args: &[String]) -> Result<(), Stri
             conf.drop_bounding().map_err(|e| e.to_string())?;
         }
     }
-    *CONFINEMENT.lock().unwrap_or_else(|e| e.into_inner()) = Some(confinement);
+    state::with(|s| s.confinement = Some(confinement));
     Ok(())
 }
 
 /// The longest the plugin waits for `step-container start`: the helper's own bounds (its fetch lock,
 /// one fetch, a few quick engine calls) and a margin.
 const START_LIMIT: std::time::Duration = std::time::Duration::from_secs(
-    2 * mpiexec_docker::image_cache::FETCH_LIMIT.as_secs() + 10 * mpiexec_docker::image_cache::ENGINE_LIMIT.as_secs(),
+    2 * mpiexec_docker_core::image_cache::FETCH_LIMIT.as_secs() + 10 * mpiexec_docker_core::image_cache::ENGINE_LIMIT.as_secs(),
 );
 
 /// The most of the helper's output the plugin keeps (slurmstepd's memory is spared by the OOM killer:
@@ -262,16 +255,12 @@ fn output_forwarding_progress(mut cmd: std::process::Command) -> std::io::Result
 }
 
 pub fn task_init(spank: &Spank, _args: &[String]) -> Result<(), String> {
-    let step = STEP.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let step = state::with(|s| s.step.clone());
     match step {
         None => Ok(()),
         Some(Err(e)) => Err(e),
         Some(Ok(c)) => {
-            let confinement = CONFINEMENT
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-                .unwrap_or_else(|| Err("the task's confinement was not read (no task_init_privileged)".into()))?;
+            let confinement = state::with(|s| s.confinement.take()).unwrap_or_else(|| Err("the task's confinement was not read (no task_init_privileged)".into()))?;
             if spank.get_u32(spank_item::S_TASK_GLOBAL_ID) == Ok(0) {
                 log::info!("step {}.{}: tasks confined like their container: {confinement}", c.job, c.step);
             }
@@ -307,7 +296,7 @@ pub fn task_init(spank: &Spank, _args: &[String]) -> Result<(), String> {
 /// keeps with `--container-env`), our links first on `PATH` (`srun`, `mpiexec` inside the step use
 /// the relay and the selector), and the markers of our containers.
 fn task_env(c: &StepContainer, job_path: Option<String>) -> Vec<(String, String)> {
-    use mpiexec_docker::launch::{ENV_IMAGE, ENV_IN_CONTAINER, IN_BIN};
+    use mpiexec_docker_core::launch::{ENV_IMAGE, ENV_IN_CONTAINER, IN_BIN};
     let mut env: Vec<(String, String)> = c.image_env.iter().filter(|(k, _)| !c.keep.contains(k)).cloned().collect();
     let path = match c.keep.iter().any(|k| k == "PATH") {
         true => job_path,
@@ -323,7 +312,7 @@ fn task_env(c: &StepContainer, job_path: Option<String>) -> Vec<(String, String)
 
 /// Removes the step's container (as its user: rootless stores are per user).
 pub fn exit(_spank: &Spank, _args: &[String]) -> Result<(), String> {
-    let step = STEP.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let step = state::with(|s| s.step.take());
     let Some(Ok(c)) = step else { return Ok(()) };
     let args = plugin_args().unwrap_or_default();
     let Some(user) = nix::unistd::User::from_uid(c.uid.into()).ok().flatten() else { return Ok(()) };
@@ -337,8 +326,8 @@ pub fn exit(_spank: &Spank, _args: &[String]) -> Result<(), String> {
         cmd.args(["--name", n]);
     }
     // bounded: the helper's engine calls are, and so is this wait (slurmstepd waits on it)
-    let limit = 3 * mpiexec_docker::image_cache::ENGINE_LIMIT;
-    match mpiexec_docker::engine::output_within(&mut cmd, limit) {
+    let limit = 3 * mpiexec_docker_core::image_cache::ENGINE_LIMIT;
+    match mpiexec_docker_core::engine::output_within(&mut cmd, limit) {
         Ok(out) if out.status.success() => {}
         Ok(out) => log::error!(
             "removing the container of step {}.{}: {}",
