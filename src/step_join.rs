@@ -176,61 +176,17 @@ pub fn enter(pid: i32, workdir: &Path) -> Result<(), JoinError> {
 
 /// The words prepended to a task's argv on Slurm versions with `spank_prepend_task_argv`.
 pub fn prepend_argv(helper: &Path, pid: i32, workdir: &Path, confinement: &Confinement) -> Vec<String> {
-    vec![
-        helper.display().to_string(),
-        "step-container".into(),
-        "join".into(),
-        "--pid".into(),
-        pid.to_string(),
-        "--workdir".into(),
-        workdir.display().to_string(),
-        "--confinement".into(),
-        confinement.to_word(),
-        "--".into(),
-    ]
-}
-
-/// What `mpiexec_docker step-container start` prints for the plugin: the container's process id, the
-/// image's entrypoint (a JSON list, or `null`), then the image's environment, one `NAME=VALUE` a line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Started {
-    pub pid: i32,
-    pub entrypoint: Vec<String>,
-    pub env: Vec<(String, String)>,
-}
-
-impl Started {
-    /// `image_info` is the engine's `{{json .Config.Entrypoint}}` line followed by the env lines.
-    pub fn render(pid: &str, image_info: &str) -> String {
-        format!("{pid}\n{image_info}")
-    }
-
-    pub fn parse(text: &str) -> Result<Started, String> {
-        let mut lines = text.lines();
-        let pid = lines.next().and_then(|l| l.trim().parse::<i32>().ok()).ok_or("the helper printed no pid")?;
-        let entrypoint = match lines.next().map(str::trim) {
-            None | Some("") | Some("null") | Some("[]") => Vec::new(),
-            Some(json) => serde_yaml::from_str::<Vec<String>>(json)
-                .map_err(|e| format!("the helper printed a bad entrypoint '{json}': {e}"))?,
-        };
-        let env = lines.filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Ok(Started { pid, entrypoint, env })
-    }
+    let join = crate::step_contract::JoinArgs {
+        pid,
+        workdir: Some(workdir.display().to_string()),
+        confinement: Some(confinement.to_word()),
+        command: Vec::new(),
+    };
+    std::iter::once(helper.display().to_string()).chain(join.to_argv_prefix()).collect()
 }
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn start_output_round_trip() {
-        let text = Started::render("4242", "[\"/bin/entry.sh\",\"--x\"]\nPATH=/usr/bin\nA=b=c\n");
-        let s = Started::parse(&text).unwrap();
-        assert_eq!(s.pid, 4242);
-        assert_eq!(s.entrypoint, ["/bin/entry.sh", "--x"]);
-        assert_eq!(s.env, [("PATH".to_string(), "/usr/bin".to_string()), ("A".to_string(), "b=c".to_string())]);
-        assert_eq!(Started::parse("7\nnull\n").unwrap().entrypoint, Vec::<String>::new());
-        assert!(Started::parse("").is_err());
-    }
-
     use super::*;
 
     #[test]

@@ -2,21 +2,17 @@
 //!
 //! The plugin calls `start` once per node per step (from `slurm_spank_user_init`, as the job's user):
 //! it starts a placeholder container (the helper pausing, with the host's network, IPC and PID
-//! namespaces, the job's working directory mounted at the same path) and prints its process id. Each
+//! namespaces, the job's working directory mounted at the same path) and prints its process id (with
+//! the image's entrypoint and environment). Each
 //! task then joins that container's namespaces and stays an ordinary child of slurmstepd. `stop`
 //! removes the container when the step ends.
 //!
-//! ```text
-//! mpiexec_docker step-container start --job J --step S --image IMAGE --workdir DIR [--engine E] [--mount SPEC]...
-//!     [--container-workdir DIR] [--mount-home DIR] [--remap-root] [--readonly] [--gpus LIST] [--name NAME]
-//! (prints the container's pid, the image's entrypoint, then its environment: see `Started`)
-//! mpiexec_docker step-container stop --job J --step S [--engine E] [--name NAME] [--pid PID]
-//! mpiexec_docker step-container join --pid PID [--workdir DIR] [--confinement WORD] -- PROG [ARGS]
-//! ```
+//! The arguments and the answer (`Started`, JSON) are the core library's `step_contract` types.
 
 use std::process::Stdio;
 use std::time::Duration;
 
+use clap::Parser;
 use mpiexec_docker_core::config::Config;
 use mpiexec_docker_core::confinement::Confinement;
 use mpiexec_docker_core::container::run_args;
@@ -27,129 +23,9 @@ use mpiexec_docker_core::launch::{self, in_container_command, Request};
 use mpiexec_docker_core::plugstack::EngineKind;
 use mpiexec_docker_core::process::ProcessHandle;
 use mpiexec_docker_core::runtime_dir::{self, RuntimeDir};
-use mpiexec_docker_core::step_join::Started;
-
-#[derive(PartialEq)]
-enum Action {
-    Start,
-    Stop,
-    Serve,
-    Join,
-}
-
-struct Args {
-    action: Action,
-    job: String,
-    step: String,
-    image: String,
-    workdir: String,
-    engine: Option<EngineKind>,
-    mounts: Vec<String>,
-    container_workdir: Option<String>,
-    remap_root: bool,
-    readonly: bool,
-    mount_home: Option<String>,
-    /// `serve`: the runtime directory, the container's pid and the inherited owner lock.
-    dir: Option<String>,
-    pid: i32,
-    lock_fd: i32,
-    /// `serve`: the relay's socket, bound by `start` before the container started.
-    listen_fd: i32,
-    /// The step's GPUs on this node (Slurm's indexes, "" for none); all of the node's when not given.
-    gpus: Option<String>,
-    /// `--container-name`: the container is kept for the job's later steps that name it.
-    container_name: Option<String>,
-    /// `join`: the task's program and arguments.
-    command: Vec<String>,
-    /// `join`: the container process's confinement (see `Confinement::to_word`), applied before exec.
-    confinement: Option<String>,
-    /// `--user UID:GID[:GROUPS]`: the job's user, when root runs this for them (Docker).
-    user: Option<UserIds>,
-    /// `--step-cgroup`: the step's cgroup, for engines whose containers are not our children.
-    step_cgroup: Option<String>,
-}
-
-fn parse(args: &[String]) -> Result<Args, String> {
-    let mut a = Args {
-        action: Action::Stop,
-        job: String::new(),
-        step: String::new(),
-        image: String::new(),
-        workdir: String::new(),
-        engine: None,
-        mounts: Vec::new(),
-        container_workdir: None,
-        remap_root: false,
-        readonly: false,
-        mount_home: None,
-        dir: None,
-        pid: 0,
-        lock_fd: -1,
-        listen_fd: -1,
-        command: Vec::new(),
-        confinement: None,
-        gpus: None,
-        container_name: None,
-        user: None,
-        step_cgroup: None,
-    };
-    let mut it = args.iter();
-    match it.next().map(String::as_str) {
-        Some("start") => a.action = Action::Start,
-        Some("stop") => a.action = Action::Stop,
-        Some("serve") => a.action = Action::Serve,
-        Some("join") => a.action = Action::Join,
-        _ => return Err("usage: mpiexec_docker step-container start|stop --job J --step S …".into()),
-    }
-    while let Some(k) = it.next() {
-        match k.as_str() {
-            "--" if a.action == Action::Join => {
-                a.command = it.cloned().collect();
-                break;
-            }
-            "--remap-root" => {
-                a.remap_root = true;
-                continue;
-            }
-            "--readonly" => {
-                a.readonly = true;
-                continue;
-            }
-            _ => {}
-        }
-        let v = it.next().cloned().ok_or_else(|| format!("{k} needs a value"))?;
-        match k.as_str() {
-            "--job" => a.job = v,
-            "--step" => a.step = v,
-            "--image" => a.image = v,
-            "--workdir" => a.workdir = v,
-            "--engine" => a.engine = Some(v.parse()?),
-            "--mount" => a.mounts.push(v),
-            "--container-workdir" => a.container_workdir = Some(v),
-            "--mount-home" => a.mount_home = Some(v),
-            "--gpus" => a.gpus = Some(v),
-            "--name" => a.container_name = Some(v),
-            "--user" => a.user = Some(v.parse().map_err(|e| format!("--user: {e}"))?),
-            "--step-cgroup" => a.step_cgroup = Some(v),
-            "--dir" => a.dir = Some(v),
-            "--pid" => a.pid = v.parse().map_err(|_| format!("--pid {v}: not a process id"))?,
-            "--lock-fd" => a.lock_fd = v.parse().map_err(|_| format!("--lock-fd {v}: not a descriptor"))?,
-            "--confinement" => a.confinement = Some(v),
-            "--listen-fd" => a.listen_fd = v.parse().map_err(|_| format!("--listen-fd {v}: not a descriptor"))?,
-            other => return Err(format!("unknown option {other}")),
-        }
-    }
-    if a.action == Action::Join {
-        if a.pid <= 0 || a.command.is_empty() {
-            return Err("usage: mpiexec_docker step-container join --pid PID [--workdir DIR] -- PROG [ARGS]".into());
-        }
-        return Ok(a);
-    }
-    if a.job.is_empty() || a.step.is_empty() {
-        return Err("--job and --step are required".into());
-    }
-    Ok(a)
-}
+use mpiexec_docker_core::step_contract::{
+    JoinArgs, ServeArgs, StartArgs, Started, StepAction, StepContainerCommand, StopArgs,
+};
 
 /// The container's name: one per job, step and node; a named one (`--container-name`) per job, name
 /// and node.
@@ -162,7 +38,20 @@ fn name(job: &str, step: &str, named: Option<&str>) -> String {
 }
 
 pub fn main(args: &[String]) -> i32 {
-    match run(args) {
+    let command = match StepContainerCommand::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mpiexec_docker: error: step-container: {}", e.to_string().lines().next().unwrap_or(""));
+            return 2;
+        }
+    };
+    let result = match command.action {
+        StepAction::Join(a) => join(&a),
+        StepAction::Start(a) => start(&a),
+        StepAction::Stop(a) => stop(&a),
+        StepAction::Serve(a) => serve(&a),
+    };
+    match result {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("mpiexec_docker: error: {e}");
@@ -181,44 +70,53 @@ fn engine_output(engine: &Engine, args: &[String]) -> Result<std::process::Outpu
         .map_err(|e| format!("{} {}: {e}", engine.name(), args.first().map(String::as_str).unwrap_or("")))
 }
 
-fn run(args: &[String]) -> Result<(), String> {
-    let a = parse(args)?;
-    if a.action == Action::Join {
-        return join(&a);
-    }
+/// The caller's config and engine (`engine`, else the config's).
+fn setup(engine: Option<EngineKind>) -> Result<(Config, Engine), String> {
     let config = Config::load().map_err(|e| e.to_string())?;
-    let engine = Engine::find(a.engine.unwrap_or(config.engine)).map_err(|e| e.to_string())?;
-    if a.action == Action::Serve {
-        return serve(&a, &config, &engine);
-    }
-    let name = name(&a.job, &a.step, a.container_name.as_deref());
-    // whose container: the caller's own, or (root only) the job user's named by --user
-    let me = a.user.clone().unwrap_or_else(UserIds::of_caller);
+    let engine = Engine::find(engine.unwrap_or(config.engine)).map_err(|e| e.to_string())?;
+    Ok((config, engine))
+}
+
+/// Whose container: the caller's own, or (root only) the job user's named by `--user`.
+fn whose(user: &Option<UserIds>) -> Result<UserIds, String> {
+    let me = user.clone().unwrap_or_else(UserIds::of_caller);
     if me.uid != nix::unistd::getuid().as_raw() && !nix::unistd::geteuid().is_root() {
         return Err("--user: only root may start a container for another user".into());
     }
-    if a.action == Action::Stop {
-        let engine = engine.for_cleanup();
-        // a named container stays for the job's later steps; the job's end removes it
-        if a.container_name.is_none() {
-            if a.pid > 0 {
-                end_pause(a.pid, me.uid);
-            }
-            engine.remove(&[name]);
+    Ok(me)
+}
+
+fn stop(a: &StopArgs) -> Result<(), String> {
+    let (_, engine) = setup(a.engine)?;
+    let engine = engine.for_cleanup();
+    let me = whose(&a.user)?;
+    let name = name(&a.job, &a.step, a.container_name.as_deref());
+    // a named container stays for the job's later steps; the job's end removes it
+    if a.container_name.is_none() {
+        if let Some(pid) = a.pid.filter(|p| *p > 0) {
+            end_pause(pid, me.uid);
         }
-        // per-run directories whose relay server is gone (root's cannot be removed by the user's server)
-        if let Ok(state) = runtime_dir::user_base() {
-            runtime_dir::sweep(&state);
-        }
-        return Ok(());
+        engine.remove(&[name]);
     }
+    // per-run directories whose relay server is gone (root's cannot be removed by the user's server)
+    if let Ok(state) = runtime_dir::user_base() {
+        runtime_dir::sweep(&state);
+    }
+    Ok(())
+}
+
+fn start(a: &StartArgs) -> Result<(), String> {
+    let (config, engine) = setup(a.engine)?;
+    let name = name(&a.job, &a.step, a.container_name.as_deref());
+    let me = whose(&a.user)?;
     // one start at a time per user on this node (a named container is looked up, then made): another
     // user's starts never wait for this one
     let _lock = image_cache::fetch_lock(me.uid).map_err(|e| e.to_string())?;
     if let Some(n) = &a.container_name {
         if let Some((pid, image)) = running(&engine, &name, me.uid)? {
             let info = image_info(&engine, &image)?.ok_or_else(|| format!("the image of container '{n}' is gone"))?;
-            print!("{}", Started::render(&pid, &info));
+            let pid = pid.parse::<i32>().map_err(|e| format!("container '{n}': {e}"))?;
+            println!("{}", Started::from_image_info(pid, &info)?.to_json());
             return Ok(());
         }
         if a.image.is_empty() {
@@ -442,11 +340,12 @@ fn run(args: &[String]) -> Result<(), String> {
     }
     // the runtime directory (links, relay socket) now belongs to the relay server, which lives as
     // long as the container
-    if let Err(e) = spawn_server(&a, &engine, runtime, listener, &pid, &me) {
+    if let Err(e) = spawn_server(a, &engine, runtime, listener, &pid, &me) {
         engine.remove(&[name]);
         return Err(format!("cannot start the srun/ssh relay of the step: {e}"));
     }
-    print!("{}", Started::render(&pid, &info));
+    let pid = pid.parse::<i32>().map_err(|e| format!("the container's pid '{pid}': {e}"))?;
+    println!("{}", Started::from_image_info(pid, &info)?.to_json());
     Ok(())
 }
 
@@ -509,7 +408,7 @@ fn image_info(engine: &Engine, image: &str) -> Result<Option<String>, String> {
 /// Starts `step-container serve` in the background (its own session, no standard streams), handing it
 /// the runtime directory, its owner lock and the relay's bound socket.
 fn spawn_server(
-    a: &Args,
+    a: &StartArgs,
     engine: &Engine,
     runtime: RuntimeDir,
     listener: std::os::unix::net::UnixListener,
@@ -522,14 +421,21 @@ fn spawn_server(
     let dir = runtime.path.display().to_string();
     let lock = runtime.hand_over().map_err(|e| e.to_string())?;
     let fd = lock.as_raw_fd();
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args(["step-container", "serve", "--engine", engine.kind.command(), "--job", &a.job, "--step", &a.step]);
-    cmd.args(["--image", &a.image, "--workdir", &a.workdir, "--dir", &dir, "--pid", pid]);
     let listen_fd = listener.as_raw_fd();
-    cmd.args(["--lock-fd", &fd.to_string(), "--listen-fd", &listen_fd.to_string()]);
-    for m in &a.mounts {
-        cmd.args(["--mount", m]);
-    }
+    let serve = ServeArgs {
+        job: a.job.clone(),
+        step: a.step.clone(),
+        image: a.image.clone(),
+        workdir: a.workdir.clone(),
+        engine: Some(engine.kind),
+        mounts: a.mounts.clone(),
+        dir,
+        pid: pid.parse().map_err(|e| format!("the container's pid '{pid}': {e}"))?,
+        lock_fd: fd,
+        listen_fd,
+    };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(serve.to_argv());
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     // the relay runs srun for the user: as the user (the helper may be root here, for Docker)
     if nix::unistd::getuid().as_raw() != user.uid {
@@ -561,18 +467,18 @@ fn spawn_server(
 /// `srun` in the container runs the host's srun unchanged (the plugin puts the new step into the
 /// image: the job's `--container-image` reaches it through Slurm's own `SLURM_SPANK__…` variables);
 /// `ssh` runs its remote command through `run_in_docker` with the same image.
-fn serve(a: &Args, config: &Config, engine: &Engine) -> Result<(), String> {
+fn serve(a: &ServeArgs) -> Result<(), String> {
     use mpiexec_docker_core::environment::EnvFilter;
     use mpiexec_docker_core::relay::rewrite::run_in_docker_prefix;
     use mpiexec_docker_core::relay::server::{self, RelayConfig};
     use std::os::fd::FromRawFd;
-    let dir = a.dir.clone().ok_or("--dir is required")?;
+    let (config, engine) = setup(a.engine)?;
     if a.lock_fd < 0 || a.listen_fd < 0 || a.pid <= 0 {
         return Err("--pid, --lock-fd and --listen-fd are required".into());
     }
     // SAFETY: the descriptor was opened for us by `step-container start` and is ours alone.
     let owner = unsafe { std::os::fd::OwnedFd::from_raw_fd(a.lock_fd) };
-    let runtime = RuntimeDir::adopt(dir.into(), owner);
+    let runtime = RuntimeDir::adopt(a.dir.clone().into(), owner);
     let container = ProcessHandle::open(a.pid).ok_or_else(|| format!("the container's process {} is gone", a.pid))?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     // remote programs start elsewhere: a relative image file path must not depend on where
@@ -597,9 +503,9 @@ fn serve(a: &Args, config: &Config, engine: &Engine) -> Result<(), String> {
 
 /// `step-container join`: enters the step container of process `--pid` and execs the task's program
 /// there (the task's argv on Slurm versions with `spank_prepend_task_argv`).
-fn join(a: &Args) -> Result<(), String> {
+fn join(a: &JoinArgs) -> Result<(), String> {
     use std::os::unix::process::CommandExt;
-    let workdir = if a.workdir.is_empty() { "/" } else { a.workdir.as_str() };
+    let workdir = a.workdir.as_deref().filter(|w| !w.is_empty()).unwrap_or("/");
     // the confinement word is checked before anything is joined
     let confinement = match &a.confinement {
         Some(word) => Some(Confinement::from_word(word).map_err(|e| e.to_string())?),

@@ -2,25 +2,25 @@
 //! caller's store (Podman, and Docker when it is there). The SPANK plugin runs it at the end of each
 //! job on every node, as root and as the job's user, so that nothing survives a job whatever killed it.
 
+use clap::Parser;
 use mpiexec_docker_core::engine::Engine;
 use mpiexec_docker_core::launch::LABEL;
 use mpiexec_docker_core::plugstack::EngineKind;
+use mpiexec_docker_core::step_contract::SweepArgs;
 
 pub fn main(args: &[String]) -> i32 {
-    let mut job = None;
-    let mut engines = vec![EngineKind::Podman, EngineKind::Docker];
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--job" => job = it.next().cloned(),
-            "--engine" => match it.next().map(|e| e.parse::<EngineKind>()) {
-                Some(Ok(k)) => engines = vec![k],
-                _ => return usage(),
-            },
-            _ => return usage(),
+    let a = match SweepArgs::try_parse_from(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("mpiexec_docker: error: sweep: {}", e.to_string().lines().next().unwrap_or(""));
+            return usage();
         }
-    }
-    let Some(job) = job.filter(|j| !j.is_empty() && j.chars().all(|c| c.is_ascii_digit())) else { return usage() };
+    };
+    let job = a.job;
+    let engines = match a.engine {
+        Some(k) => vec![k],
+        None => vec![EngineKind::Podman, EngineKind::Docker],
+    };
     let mut failed = false;
     for kind in engines {
         let Ok(engine) = Engine::find(kind).map(Engine::for_cleanup) else { continue };

@@ -46,8 +46,9 @@ fn sweep(spank: &Spank) -> Result<(), String> {
         (Ok(j), Ok(u)) => (j, u),
         _ => return Err("epilog: cannot read the job id or user; no container sweep".into()),
     };
-    let helper =
-        state::plugin_args().map(|a| a.helper).unwrap_or_else(|_| mpiexec_docker_core::plugstack::DEFAULT_HELPER.into());
+    let helper = state::plugin_args()
+        .map(|a| a.helper)
+        .unwrap_or_else(|_| mpiexec_docker_core::plugstack::DEFAULT_HELPER.into());
     if !helper.exists() {
         return Err(format!("epilog: helper {} not found; no container sweep for job {job}", helper.display()));
     }
@@ -65,7 +66,7 @@ fn sweep_as(helper: &std::path::Path, job: u32, uid: u32) {
         return;
     };
     let mut cmd = helper_as(helper, &user, user.gid.as_raw());
-    cmd.args(["sweep", "--job", &job.to_string()]);
+    cmd.args(mpiexec_docker_core::step_contract::SweepArgs { job: job.to_string(), engine: None }.to_argv());
     match output_within(&mut cmd, SWEEP_LIMIT) {
         Ok(out) if out.status.success() => {}
         Ok(out) => log::error!(

@@ -25,7 +25,8 @@ use std::process::Stdio;
 use mpiexec_docker_core::confinement::Confinement;
 use mpiexec_docker_core::container_options::ContainerOptions;
 use mpiexec_docker_core::plugstack::{EngineKind, PluginArgs};
-use mpiexec_docker_core::step_join::{self, Started};
+use mpiexec_docker_core::step_contract::{StartArgs, Started, StopArgs};
+use mpiexec_docker_core::step_join;
 
 use crate::ffi::spank_item;
 use crate::handle::Spank;
@@ -97,36 +98,31 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> Result<StepCont
         true => helper_as_root(&args.helper),
         false => helper_as(&args.helper, &user, gid),
     };
-    cmd.args(["step-container", "start", "--engine", args.engine.command()]);
-    if rootful {
-        cmd.arg("--user").arg(user_ids(&user, gid).to_string());
-        match std::fs::read_to_string("/proc/self/cgroup").ok().as_deref().and_then(step_join::step_cgroup) {
-            Some(cgroup) => cmd.args(["--step-cgroup", &cgroup]),
+    let step_cgroup = match rootful {
+        true => match std::fs::read_to_string("/proc/self/cgroup").ok().as_deref().and_then(step_join::step_cgroup) {
+            Some(cgroup) => Some(cgroup),
             None => return Err("cannot find this step's cgroup (is proctrack/cgroup configured?)".into()),
-        };
-    }
-    cmd.args(["--job", &job.to_string(), "--step", &step.to_string(), "--image", image, "--workdir", &workdir]);
-    if let Some(n) = &opts.name {
-        cmd.args(["--name", n]);
-    }
-    for m in args.mounts.iter().chain(opts.mounts.iter().flatten()) {
-        cmd.args(["--mount", m]);
-    }
-    if let Some(w) = &opts.workdir {
-        cmd.args(["--container-workdir", w]);
-    }
-    if opts.mount_home == Some(true) {
-        cmd.arg("--mount-home").arg(&user.dir);
-    }
-    // the step's GPUs on this node, as Slurm's indexes (none when the step has none)
-    let gpus = ["SLURM_STEP_GPUS", "SLURM_JOB_GPUS"].iter().find_map(|v| spank.getenv(v)).unwrap_or_default();
-    cmd.args(["--gpus", &gpus]);
-    if opts.remap_root == Some(true) {
-        cmd.arg("--remap-root");
-    }
-    if opts.readonly == Some(true) {
-        cmd.arg("--readonly");
-    }
+        },
+        false => None,
+    };
+    let request = StartArgs {
+        job: job.to_string(),
+        step: step.to_string(),
+        image: image.to_string(),
+        workdir: workdir.clone(),
+        engine: Some(args.engine),
+        mounts: args.mounts.iter().chain(opts.mounts.iter().flatten()).cloned().collect(),
+        container_workdir: opts.workdir.clone(),
+        mount_home: (opts.mount_home == Some(true)).then(|| user.dir.display().to_string()),
+        remap_root: opts.remap_root == Some(true),
+        readonly: opts.readonly == Some(true),
+        // the step's GPUs on this node, as Slurm's indexes (none when the step has none)
+        gpus: Some(["SLURM_STEP_GPUS", "SLURM_JOB_GPUS"].iter().find_map(|v| spank.getenv(v)).unwrap_or_default()),
+        container_name: opts.name.clone(),
+        user: rootful.then(|| user_ids(&user, gid)),
+        step_cgroup,
+    };
+    cmd.args(request.to_argv());
     // a long fetch prints progress lines: they go to the user as they come
     if let Some(every) = spank.getenv("MPIEXEC_DOCKER_PROGRESS_INTERVAL") {
         cmd.env("MPIEXEC_DOCKER_PROGRESS_INTERVAL", every);
@@ -137,7 +133,7 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> Result<StepCont
         let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("the helper failed").trim();
         return Err(format!("--container-image={image}: {}", line.trim_start_matches("mpiexec_docker: error: ")));
     }
-    let started = Started::parse(&String::from_utf8_lossy(&out.stdout))?;
+    let started = Started::from_json(&String::from_utf8_lossy(&out.stdout))?;
     let (pid, image_env) = (started.pid, started.env);
     let entrypoint = match opts.entrypoint {
         Some(true) => started.entrypoint,
@@ -194,7 +190,8 @@ pub fn task_init_privileged(_spank: &Spank, _args: &[String]) -> Result<(), Stri
 /// The longest the plugin waits for `step-container start`: the helper's own bounds (its fetch lock,
 /// one fetch, a few quick engine calls) and a margin.
 const START_LIMIT: std::time::Duration = std::time::Duration::from_secs(
-    2 * mpiexec_docker_core::image_cache::FETCH_LIMIT.as_secs() + 10 * mpiexec_docker_core::image_cache::ENGINE_LIMIT.as_secs(),
+    2 * mpiexec_docker_core::image_cache::FETCH_LIMIT.as_secs()
+        + 10 * mpiexec_docker_core::image_cache::ENGINE_LIMIT.as_secs(),
 );
 
 /// The most of the helper's output the plugin keeps (slurmstepd's memory is spared by the OOM killer:
@@ -260,7 +257,8 @@ pub fn task_init(spank: &Spank, _args: &[String]) -> Result<(), String> {
         None => Ok(()),
         Some(Err(e)) => Err(e),
         Some(Ok(c)) => {
-            let confinement = state::with(|s| s.confinement.take()).unwrap_or_else(|| Err("the task's confinement was not read (no task_init_privileged)".into()))?;
+            let confinement = state::with(|s| s.confinement.take())
+                .unwrap_or_else(|| Err("the task's confinement was not read (no task_init_privileged)".into()))?;
             if spank.get_u32(spank_item::S_TASK_GLOBAL_ID) == Ok(0) {
                 log::info!("step {}.{}: tasks confined like their container: {confinement}", c.job, c.step);
             }
@@ -320,11 +318,15 @@ pub fn exit(_spank: &Spank, _args: &[String]) -> Result<(), String> {
         true => helper_as_root(&args.helper),
         false => helper_as(&args.helper, &user, c.gid),
     };
-    cmd.args(["step-container", "stop", "--engine", args.engine.command()]);
-    cmd.args(["--job", &c.job.to_string(), "--step", &c.step.to_string(), "--pid", &c.pid.to_string()]);
-    if let Some(n) = &c.name {
-        cmd.args(["--name", n]);
-    }
+    let request = StopArgs {
+        job: c.job.to_string(),
+        step: c.step.to_string(),
+        engine: Some(args.engine),
+        container_name: c.name.clone(),
+        pid: Some(c.pid),
+        user: c.rootful.then(|| user_ids(&user, c.gid)),
+    };
+    cmd.args(request.to_argv());
     // bounded: the helper's engine calls are, and so is this wait (slurmstepd waits on it)
     let limit = 3 * mpiexec_docker_core::image_cache::ENGINE_LIMIT;
     match mpiexec_docker_core::engine::output_within(&mut cmd, limit) {
