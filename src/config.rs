@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::plugstack::EngineKind;
+use crate::engine::EngineKind;
 
 pub const SYSTEM_CONFIG: &str = "/etc/mpiexec-docker/config.yaml";
 

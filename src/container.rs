@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::plugstack::EngineKind;
+use crate::engine::EngineKind;
 
 /// A bind mount `SRC:DST[:ro|rw]`.
 #[derive(Debug, Clone, PartialEq, Eq)]

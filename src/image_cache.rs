@@ -25,13 +25,12 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
 use crate::config::PullPolicy;
-use crate::engine::{output_within, Engine, EngineError};
+use crate::engine::{Engine, EngineError};
 use crate::image_source::{
     copy_without_names, repository_component, ArchiveInfo, ImageError, ImageFile, ImageSource, CACHE_REPOSITORY,
 };
@@ -244,11 +243,10 @@ pub fn ensure(
             let _lock = runtime_dir::lock(&base, &format!("pull-{}.lock", short_hash(&reference)), FETCH_LIMIT)?;
             let had = engine.image_present(&reference)?;
             with_progress(&format!("pulling {reference}"), || engine.pull_with(&reference, credentials, FETCH_LIMIT))?;
-            quiet(engine, &["tag", &reference, &mine])
-                .map_err(|reason| EngineError::Pull { image: reference.clone(), reason })?;
+            engine.tag(&reference, &mine).map_err(|reason| EngineError::Pull { image: reference.clone(), reason })?;
             if !had {
-                // the name stays the user's alone: `rmi` of a name only untags while another remains
-                let _ = quiet(engine, &["rmi", &reference]);
+                // the name stays the user's alone
+                let _ = engine.untag(&mine, &reference);
             }
             Ok(mine)
         }
@@ -263,16 +261,20 @@ pub fn ensure(
             let path = file.path.display().to_string();
             let bad = |reason: String| CacheError::Load { path: path.clone(), reason };
             let want = info.image_id(file)?;
-            let loaded = with_progress(&format!("loading {path}"), || load(engine, file))?;
-            let id = quiet(engine, &["image", "inspect", "--format", "{{.Id}}", &loaded]).map_err(bad)?;
-            let id = id.trim().trim_start_matches("sha256:").to_string();
+            // fed from the descriptor the user opened, without the archive's names
+            let mut reader = file.file.try_clone().map_err(|e| bad(e.to_string()))?;
+            let loaded = with_progress(&format!("loading {path}"), || {
+                engine.load(FETCH_LIMIT, move |stdin| copy_without_names(&mut reader, stdin))
+            })
+            .map_err(bad)?;
+            let id = engine.image_id(&loaded).map_err(bad)?;
             if !file.unchanged() {
                 return Err(bad("the file changed while it was loaded: try again once it is written".into()));
             }
             if id != want {
                 return Err(bad(format!("the archive says its image is {want:.12} but it holds {id:.12}: refused")));
             }
-            quiet(engine, &["tag", &id, &name]).map_err(bad)?;
+            engine.tag(&id, &name).map_err(bad)?;
             Ok(name)
         }
     }
@@ -290,7 +292,7 @@ fn ensure_pulled(
             Err(EngineError::NotLocal { image: reference.to_string(), engine: engine.name() }.into())
         }
         (PullPolicy::Newer, true) => {
-            let id = |r: &str| quiet(engine, &["image", "inspect", "--format", "{{.Id}}", r]).ok();
+            let id = |r: &str| engine.image_id(r).ok();
             let before = id(reference);
             // a registry that cannot answer leaves us with what we have
             match with_progress(&format!("checking {reference}"), || {
@@ -299,9 +301,9 @@ fn ensure_pulled(
                 Err(e) => eprintln!("mpiexec_docker: warning: using the cached {reference}: {e}"),
                 Ok(()) if id(reference) != before => {
                     // the tag moved: our name follows it, and the old image goes unless in use
-                    let _ = quiet(engine, &["tag", reference, &pulled_name(reference)]);
+                    let _ = engine.tag(reference, &pulled_name(reference));
                     if let Some(old) = before {
-                        let _ = quiet(engine, &["rmi", old.trim()]);
+                        let _ = engine.remove_images(&[old]);
                     }
                 }
                 Ok(()) => {}
@@ -311,7 +313,7 @@ fn ensure_pulled(
         (PullPolicy::Always, _) | (PullPolicy::Missing | PullPolicy::Newer, false) => {
             with_progress(&format!("pulling {reference}"), || engine.pull_with(reference, credentials, FETCH_LIMIT))?;
             // our name for it, so that `images` and `prune` know what we fetched
-            let _ = quiet(engine, &["tag", reference, &pulled_name(reference)]);
+            let _ = engine.tag(reference, &pulled_name(reference));
             Ok(())
         }
         _ => Ok(()),
@@ -399,62 +401,6 @@ fn with_progress<T>(what: &str, f: impl FnOnce() -> T) -> T {
     out
 }
 
-/// `engine load` of an open archive, fed on its standard input without the archive's names (see
-/// [`copy_without_names`]); returns the loaded image's name or id.
-fn load(engine: &Engine, file: &mut ImageFile) -> Result<String, CacheError> {
-    let path = file.path.display().to_string();
-    let bad = |reason: String| CacheError::Load { path: path.clone(), reason };
-    let mut cmd = engine.command();
-    cmd.arg("load").arg("--quiet").stdin(Stdio::piped());
-    let mut reader = file.file.try_clone().map_err(|e| bad(e.to_string()))?;
-    let out = crate::engine::output_within_feeding(&mut cmd, FETCH_LIMIT, move |stdin| {
-        copy_without_names(&mut reader, stdin)
-    })
-    .map_err(|e| bad(e.to_string()))?;
-    let stdout = String::from_utf8_lossy(&out.output.stdout);
-    if let Some(Err(e)) = out.fed {
-        if !out.output.status.success() {
-            return Err(bad(e));
-        }
-    }
-    if !out.output.status.success() {
-        let err = String::from_utf8_lossy(&out.output.stderr);
-        let line = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
-        return Err(bad(shorten(line.trim_start_matches("Error: "))));
-    }
-    loaded_name(&stdout).ok_or_else(|| bad(format!("{} load named no image: {}", engine.name(), stdout.trim())))
-}
-
-/// The first image an engine's `load` output names ("Loaded image: X", "Loaded image(s): X,Y",
-/// "Loaded image ID: sha256:…").
-pub fn loaded_name(output: &str) -> Option<String> {
-    output
-        .lines()
-        .filter(|l| l.starts_with("Loaded image"))
-        .find_map(|l| l.split_once(": ").map(|(_, v)| v.split(',').next().unwrap_or("").trim().to_string()))
-        .filter(|n| !n.is_empty())
-}
-
-fn shorten(s: &str) -> String {
-    const MAX: usize = 300;
-    match s.char_indices().nth(MAX) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_string(),
-    }
-}
-
-/// Runs an engine command, discarding its output; the last error line on failure.
-fn quiet(engine: &Engine, args: &[&str]) -> Result<String, String> {
-    let mut cmd = engine.command();
-    cmd.args(args).stdin(Stdio::null());
-    let out = output_within(&mut cmd, ENGINE_LIMIT).map_err(|e| format!("{} {}: {e}", engine.name(), args[0]))?;
-    if out.status.success() {
-        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-    }
-    let err = String::from_utf8_lossy(&out.stderr);
-    Err(err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().trim_start_matches("Error: ").into())
-}
-
 /// Our name for a registry image we pulled: `CACHE_REPOSITORY/<reference, sanitised>:pulled`.
 pub fn pulled_name(reference: &str) -> String {
     let last = reference.rsplit('/').next().unwrap_or(reference);
@@ -483,29 +429,12 @@ pub struct Cached {
 
 /// What the tool keeps in this store.
 pub fn list(engine: &Engine) -> Result<Vec<Cached>, CacheError> {
-    let out = quiet(
-        engine,
-        &["images", "--filter", &format!("reference={CACHE_REPOSITORY}/*"), "--format", "{{.Repository}}:{{.Tag}}"],
-    )
-    .map_err(|reason| EngineError::Unavailable { engine: engine.name(), reason })?;
-    let names: Vec<String> =
-        out.lines().map(str::trim).filter(|l| l.starts_with(CACHE_REPOSITORY)).map(String::from).collect();
+    let names = engine.images_under(CACHE_REPOSITORY)?;
     if names.is_empty() {
         return Ok(Vec::new());
     }
-    let mut args = vec!["image", "inspect", "--format", "{{.Id}} {{.Size}} {{.Created}}"];
-    args.extend(names.iter().map(String::as_str));
-    let out = quiet(engine, &args).map_err(|reason| EngineError::Unavailable { engine: engine.name(), reason })?;
-    Ok(names
-        .iter()
-        .zip(out.lines())
-        .map(|(name, line)| {
-            let mut w = line.splitn(3, ' ');
-            let id = w.next().unwrap_or("").trim_start_matches("sha256:").chars().take(12).collect();
-            let size = w.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-            Cached { name: name.clone(), id, size, created: w.next().unwrap_or("").to_string() }
-        })
-        .collect())
+    let facts = engine.image_facts(&names)?;
+    Ok(names.into_iter().zip(facts).map(|(name, (id, size, created))| Cached { name, id, size, created }).collect())
 }
 
 /// Removes cached images (and, for registry pulls, the name they were pulled under). Returns what
@@ -517,9 +446,7 @@ pub fn remove(engine: &Engine, items: &[Cached]) -> Vec<(String, String)> {
         if let Some(original) = original_of(engine, c) {
             names.push(original);
         }
-        let mut args = vec!["rmi"];
-        args.extend(names.iter().map(String::as_str));
-        if let Err(why) = quiet(engine, &args) {
+        if let Err(why) = engine.remove_images(&names) {
             kept.push((c.name.clone(), why));
         }
     }
@@ -531,9 +458,7 @@ fn original_of(engine: &Engine, c: &Cached) -> Option<String> {
     if !c.name.ends_with(":pulled") {
         return None;
     }
-    let out =
-        quiet(engine, &["image", "inspect", "--format", "{{range .RepoTags}}{{println .}}{{end}}", &c.name]).ok()?;
-    out.lines().map(str::trim).find(|t| !t.is_empty() && !t.starts_with(CACHE_REPOSITORY)).map(String::from)
+    engine.image_names(&c.name).ok()?.into_iter().find(|t| !t.starts_with(CACHE_REPOSITORY))
 }
 
 /// The store space the cached images take (an image under several of our names counts once).
@@ -579,17 +504,6 @@ mod tests {
     }
 
     use super::*;
-
-    #[test]
-    fn names_of_loaded_images() {
-        assert_eq!(
-            loaded_name("Loaded image: localhost/md-openmpi:latest\n").as_deref(),
-            Some("localhost/md-openmpi:latest")
-        );
-        assert_eq!(loaded_name("Loaded image(s): a:1,b:2\n").as_deref(), Some("a:1"));
-        assert_eq!(loaded_name("Loaded image ID: sha256:abc\n").as_deref(), Some("sha256:abc"));
-        assert_eq!(loaded_name("nothing\n"), None);
-    }
 
     #[test]
     fn names_of_pulled_images() {

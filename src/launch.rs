@@ -14,9 +14,9 @@ use crate::config::Config;
 use crate::container::{ContainerSpec, Mount, MountError, UserMode};
 use crate::devices::{self, DeviceKind, DeviceRoots, GpuAllocation};
 use crate::engine::Engine;
+use crate::engine::EngineKind;
 use crate::environment::EnvFilter;
 use crate::identity::UserIds;
-use crate::plugstack::EngineKind;
 use crate::runtime_dir::RuntimeDir;
 
 /// Where the helper is mounted in the container.

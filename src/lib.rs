@@ -9,7 +9,7 @@
 //! - [`container`]: one container run as data, and the engine command line for it.
 //! - [`container_options`]: the plugin's `--container-*` options (pyxis syntax) and their env defaults.
 //! - [`devices`]: InfiniBand and GPU devices, limited to the job's allocation.
-//! - [`engine`]: finding Podman/Docker, image presence and pulls.
+//! - [`engine`]: every call to Podman or Docker (images, containers, each bounded in time).
 //! - [`environment`]: which host variables go into the container.
 //! - [`identity`]: the job user's ids, and a root helper acting as that user.
 //! - [`image_cache`]: fetching an image once per node, and what the tool keeps (`images`, prune, cap).

@@ -8,37 +8,10 @@
 //! word and what would be accepted, so a typo never silently changes behaviour.
 
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use thiserror::Error;
 
-/// The container engines the project drives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum EngineKind {
-    #[default]
-    Podman,
-    Docker,
-}
-
-impl EngineKind {
-    pub fn command(self) -> &'static str {
-        match self {
-            EngineKind::Podman => "podman",
-            EngineKind::Docker => "docker",
-        }
-    }
-}
-
-impl FromStr for EngineKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "podman" => Ok(EngineKind::Podman),
-            "docker" => Ok(EngineKind::Docker),
-            other => Err(format!("unknown engine '{other}' (use podman or docker)")),
-        }
-    }
-}
+use crate::engine::EngineKind;
 
 /// Default location of the helper binary the plugin runs on the nodes.
 pub const DEFAULT_HELPER: &str = "/usr/local/bin/mpiexec_docker";

@@ -16,8 +16,8 @@
 use clap::{Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
+use crate::engine::EngineKind;
 use crate::identity::UserIds;
-use crate::plugstack::EngineKind;
 
 /// `mpiexec_docker step-container ACTION …`
 #[derive(Parser, Debug, Clone, PartialEq, Eq)]

@@ -1,16 +1,14 @@
 //! The host side: read the configuration, find the engine, make sure the image is there, build the
 //! container from the request, run it with signals forwarded, and leave nothing behind.
 
-use std::process::Stdio;
-
 use clap::Parser;
 use mpiexec_docker_core::config::{Config, PullPolicy};
 use mpiexec_docker_core::container::run_args;
 use mpiexec_docker_core::engine::Engine;
+use mpiexec_docker_core::engine::EngineKind;
 use mpiexec_docker_core::environment::EnvFilter;
 use mpiexec_docker_core::image_cache;
 use mpiexec_docker_core::launch::{self, in_container_command, Request};
-use mpiexec_docker_core::plugstack::EngineKind;
 use mpiexec_docker_core::process::spawn_forwarding;
 use mpiexec_docker_core::relay::rewrite::run_in_docker_prefix;
 use mpiexec_docker_core::relay::server::{self, RelayConfig};
@@ -134,8 +132,7 @@ pub fn main(mode: Mode, argv: &[String]) -> i32 {
         Err(e) => return fail(EXIT_ENGINE, e),
     }
 
-    let mut cmd = engine.command();
-    cmd.args(&args).stdin(Stdio::inherit());
+    let mut cmd = engine.run_foreground(&args);
     log::debug!("{cmd:?}");
     let cleanup: Option<Box<dyn FnOnce() + Send>> = spec.name.clone().map(|name| {
         let engine = engine.clone();

@@ -3,8 +3,8 @@
 
 use mpiexec_docker_core::config::Config;
 use mpiexec_docker_core::engine::Engine;
+use mpiexec_docker_core::engine::EngineKind;
 use mpiexec_docker_core::image_cache;
-use mpiexec_docker_core::plugstack::EngineKind;
 
 pub fn main(args: &[String]) -> i32 {
     let mut prune = false;

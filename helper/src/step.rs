@@ -16,11 +16,11 @@ use clap::Parser;
 use mpiexec_docker_core::config::Config;
 use mpiexec_docker_core::confinement::Confinement;
 use mpiexec_docker_core::container::run_args;
-use mpiexec_docker_core::engine::{output_within, Engine};
+use mpiexec_docker_core::engine::Engine;
+use mpiexec_docker_core::engine::EngineKind;
 use mpiexec_docker_core::identity::UserIds;
 use mpiexec_docker_core::image_cache;
 use mpiexec_docker_core::launch::{self, in_container_command, Request};
-use mpiexec_docker_core::plugstack::EngineKind;
 use mpiexec_docker_core::process::ProcessHandle;
 use mpiexec_docker_core::runtime_dir::{self, RuntimeDir};
 use mpiexec_docker_core::step_contract::{
@@ -60,15 +60,8 @@ pub fn main(args: &[String]) -> i32 {
     }
 }
 
-/// The longest one engine call may take here.
-const ENGINE_LIMIT: Duration = Duration::from_secs(120);
-
-fn engine_output(engine: &Engine, args: &[String]) -> Result<std::process::Output, String> {
-    let mut cmd = engine.command();
-    cmd.args(args).stdin(Stdio::null());
-    output_within(&mut cmd, ENGINE_LIMIT)
-        .map_err(|e| format!("{} {}: {e}", engine.name(), args.first().map(String::as_str).unwrap_or("")))
-}
+/// The longest the placeholder may take to start.
+const ENGINE_LIMIT: Duration = mpiexec_docker_core::engine::QUICK_LIMIT;
 
 /// The caller's config and engine (`engine`, else the config's).
 fn setup(engine: Option<EngineKind>) -> Result<(Config, Engine), String> {
@@ -114,8 +107,7 @@ fn start(a: &StartArgs) -> Result<(), String> {
     let _lock = image_cache::fetch_lock(me.uid).map_err(|e| e.to_string())?;
     if let Some(n) = &a.container_name {
         if let Some((pid, image)) = running(&engine, &name, me.uid)? {
-            let info = image_info(&engine, &image)?.ok_or_else(|| format!("the image of container '{n}' is gone"))?;
-            let pid = pid.parse::<i32>().map_err(|e| format!("container '{n}': {e}"))?;
+            let info = engine.image_config(&image)?.ok_or_else(|| format!("the image of container '{n}' is gone"))?;
             println!("{}", Started::from_image_info(pid, &info)?.to_json());
             return Ok(());
         }
@@ -157,7 +149,7 @@ fn start(a: &StartArgs) -> Result<(), String> {
     }
     // the image's entrypoint and environment (for the tasks, which inherit the job's environment, not
     // the image's)
-    let info = image_info(&engine, &local)?.ok_or_else(|| format!("image '{}' is missing after its fetch", a.image))?;
+    let info = engine.image_config(&local)?.ok_or_else(|| format!("image '{}' is missing after its fetch", a.image))?;
     // the per-run directory is root's when root acts for the user: nothing in it is theirs to swap,
     // but the relay's directory, where the socket is bound with their rights
     let relay_owner = (nix::unistd::geteuid().is_root() && !me.is_root()).then_some((me.uid, me.gid));
@@ -272,41 +264,19 @@ fn start(a: &StartArgs) -> Result<(), String> {
             spec.mount(dir, dir, false);
         }
     }
-    let mut out = engine_output(&engine, &run_args(engine.kind, &spec))?;
-    if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("already in use") {
-        // a leftover of an earlier attempt with the same name: remove it and start again
-        engine.remove(std::slice::from_ref(&name));
-        out = engine_output(&engine, &run_args(engine.kind, &spec))?;
-    }
+    let ran = engine.run_detached(&run_args(engine.kind, &spec), &name);
     // the container has its own copies of its mounts now
     drop(staging);
-    if !out.status.success() {
-        let text = String::from_utf8_lossy(&out.stderr);
-        return Err(format!(
-            "cannot start the container for image '{}': {}",
-            a.image,
-            // Docker's client ends with a "See/Run 'docker run --help'" line: the reason is above it
-            text.lines()
-                .rev()
-                .map(str::trim)
-                .find(|l| !l.is_empty() && !l.starts_with("Run '") && !l.starts_with("See '"))
-                .unwrap_or("")
-                .trim_start_matches("Error: ")
-        ));
-    }
+    ran.map_err(|why| format!("cannot start the container for image '{}': {why}", a.image))?;
     // Podman writes its pid file as the caller; Docker writes none, and with Docker this directory is
-    // the user's while the helper is root: then the pid comes from the engine alone
+    // root's while the container is the user's: then the pid comes from the engine alone
     let written = match engine.kind {
         EngineKind::Podman => std::fs::read_to_string(&pidfile).ok().map(|p| p.trim().to_string()),
         EngineKind::Docker => None,
     };
     let pid = match written.filter(|p| !p.is_empty()) {
         Some(pid) => pid,
-        None => {
-            let out =
-                engine_output(&engine, &["inspect".into(), "--format".into(), "{{.State.Pid}}".into(), name.clone()])?;
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
-        }
+        None => engine.container_pid(&name)?,
     };
     if pid.is_empty() || pid == "0" {
         engine.remove(&[name]);
@@ -361,47 +331,18 @@ fn end_pause(pid: i32, uid: u32) {
     }
 }
 
-/// The process id and image of a running container called `name`, if there is one.
-fn running(engine: &Engine, name: &str, uid: u32) -> Result<Option<(String, String)>, String> {
-    let format = match engine.kind {
-        EngineKind::Podman => {
-            "{{.State.Running}} {{.State.Pid}} {{.ImageName}} {{index .Config.Labels \"mpiexec-docker.uid\"}}"
-        }
-        EngineKind::Docker => {
-            "{{.State.Running}} {{.State.Pid}} {{.Config.Image}} {{index .Config.Labels \"mpiexec-docker.uid\"}}"
-        }
-    };
-    let out = engine_output(engine, &["inspect".into(), "--format".into(), format.into(), name.into()])?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut w = text.split_whitespace();
-    match (out.status.success(), w.next(), w.next(), w.next(), w.next()) {
+/// The process id and image of a running container called `name`, if there is one of the user's.
+fn running(engine: &Engine, name: &str, uid: u32) -> Result<Option<(i32, String)>, String> {
+    match engine.container_state(name)? {
+        None => Ok(None),
         // a shared store (Docker) holds other users' containers too: only the user's own is theirs
-        (true, _, _, _, owner) if owner != Some(uid.to_string().as_str()) => {
-            Err(format!("container '{name}' belongs to another user"))
-        }
-        (true, Some("true"), Some(pid), Some(image), _) if pid != "0" => Ok(Some((pid.into(), image.into()))),
-        (true, ..) => {
+        Some(c) if c.owner != Some(uid) => Err(format!("container '{name}' belongs to another user")),
+        Some(c) if c.running => Ok(Some((c.pid, c.image))),
+        Some(_) => {
             // there but stopped: of no use to a step
             engine.remove(&[name.to_string()]);
             Ok(None)
         }
-        _ => Ok(None),
-    }
-}
-
-/// The image's entrypoint (JSON) and environment (see [`Started`]); `None` when the image is not in
-/// the local store.
-fn image_info(engine: &Engine, image: &str) -> Result<Option<String>, String> {
-    let format = "{{json .Config.Entrypoint}}\n{{range .Config.Env}}{{println .}}{{end}}";
-    let out =
-        engine_output(engine, &["image".into(), "inspect".into(), "--format".into(), format.into(), image.into()])?;
-    if out.status.success() {
-        return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
-    }
-    // not there, or the engine itself failing: ask the way that tells them apart
-    match engine.image_present(image).map_err(|e| e.to_string())? {
-        false => Ok(None),
-        true => Err(format!("cannot read image '{image}': {}", String::from_utf8_lossy(&out.stderr).trim())),
     }
 }
 

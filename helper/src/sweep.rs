@@ -4,8 +4,8 @@
 
 use clap::Parser;
 use mpiexec_docker_core::engine::Engine;
+use mpiexec_docker_core::engine::EngineKind;
 use mpiexec_docker_core::launch::LABEL;
-use mpiexec_docker_core::plugstack::EngineKind;
 use mpiexec_docker_core::step_contract::SweepArgs;
 
 pub fn main(args: &[String]) -> i32 {

@@ -24,7 +24,8 @@ use std::process::Stdio;
 
 use mpiexec_docker_core::confinement::Confinement;
 use mpiexec_docker_core::container_options::ContainerOptions;
-use mpiexec_docker_core::plugstack::{EngineKind, PluginArgs};
+use mpiexec_docker_core::engine::EngineKind;
+use mpiexec_docker_core::plugstack::PluginArgs;
 use mpiexec_docker_core::step_contract::{StartArgs, Started, StopArgs};
 use mpiexec_docker_core::step_join;
 
@@ -129,8 +130,8 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> Result<StepCont
     }
     let out = output_forwarding_progress(cmd).map_err(|e| format!("cannot run {}: {e}", args.helper.display()))?;
     if !out.status.success() {
-        let text = String::from_utf8_lossy(&out.stderr);
-        let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("the helper failed").trim();
+        let line = mpiexec_docker_core::engine::last_line(&String::from_utf8_lossy(&out.stderr));
+        let line = if line.is_empty() { "the helper failed".to_string() } else { line };
         return Err(format!("--container-image={image}: {}", line.trim_start_matches("mpiexec_docker: error: ")));
     }
     let started = Started::from_json(&String::from_utf8_lossy(&out.stdout))?;

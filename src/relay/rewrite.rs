@@ -17,7 +17,7 @@ use thiserror::Error;
 /// (run_in_docker is its link beside it).
 pub fn run_in_docker_prefix(
     helper: &Path,
-    engine: crate::plugstack::EngineKind,
+    engine: crate::engine::EngineKind,
     env: &[String],
     mounts: &[String],
     image: &str,
