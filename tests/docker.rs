@@ -434,12 +434,23 @@ fn registry_images_are_each_users_own_pull() {
 fn the_relay_server_root_starts_for_a_user_inherits_nothing() {
     let _g = docker();
     // while a Docker step runs, its relay server (started by root's helper, running as the user) holds
-    // its standard streams, its lock and its socket only, with umask 022 and / as its directory
+    // its standard streams (/dev/null), its run directory's lock, its socket and the container's
+    // pidfd only, with umask 022 and / as its directory
     let script = "srun -n1 --container-image=localhost/md-openmpi sleep 5 & sleep 3; \
                   for p in $(pgrep -u mpitest -f 'step-container serve'); do \
-                    echo fds=$(ls /proc/$p/fd | wc -l) $(grep Umask /proc/$p/status) cwd=$(readlink /proc/$p/cwd); done; wait";
+                    echo $(grep Umask /proc/$p/status) cwd=$(readlink /proc/$p/cwd); \
+                    for f in /proc/$p/fd/*; do echo fd $(readlink $f); done; done; wait";
     let run = sbatch(As::User, "-N1 -n1 -w node3", script);
-    let lines: Vec<String> = run.lines().into_iter().filter(|l| l.starts_with("fds=")).collect();
-    assert_eq!(lines, ["fds=5 Umask: 0022 cwd=/"], "{run}");
+    let lines = run.lines();
+    assert_eq!(lines.iter().filter(|l| l.starts_with("Umask")).collect::<Vec<_>>(), ["Umask: 0022 cwd=/"], "{run}");
+    let fds: Vec<&String> = lines.iter().filter(|l| l.starts_with("fd ")).collect();
+    assert_eq!(fds.iter().filter(|l| l.as_str() == "fd /dev/null").count(), 3, "{run}");
+    let expected = |l: &str| {
+        l == "fd /dev/null"
+            || (l.starts_with("fd /run/mpiexec-docker/0/run-") && l.ends_with("/owner.lock"))
+            || l.starts_with("fd socket:")
+            || l == "fd anon_inode:[pidfd]"
+    };
+    assert!(fds.iter().all(|l| expected(l)) && fds.len() == 6, "only what it was given: {run}");
     assert_clean_within(30);
 }
