@@ -223,6 +223,15 @@ fn bad_companion_options_are_rejected_at_submit_time() {
             assert!(!run.ok() && run.stderr.contains(says), "{tool} {opt}: {run}");
         }
     }
+    // the same for a bad default from the environment: refused by srun/sbatch itself, not on a node
+    for (tool, tail) in [("srun -n1", "true"), ("sbatch -o /dev/null", "--wrap true")] {
+        let run = sh(
+            As::User,
+            &format!("MPIEXEC_DOCKER_CONTAINER_REMAP_ROOT=maybe {tool} --container-image={OPENMPI} {tail}"),
+        );
+        assert!(!run.ok() && run.stderr.contains("MPIEXEC_DOCKER_CONTAINER_REMAP_ROOT"), "{tool}: {run}");
+        assert!(!run.stderr.contains("slurmstepd"), "no node was used: {run}");
+    }
     assert_no_node_drained();
 }
 
