@@ -178,6 +178,8 @@ fn memo_sha256(file: &mut ImageFile, memo: Option<&Path>) -> Result<String, Cach
             && text.len() == 64
             && text.chars().all(|c| c.is_ascii_hexdigit())
         {
+            // used: kept by the sweep for another 30 days
+            let _ = f.set_modified(std::time::SystemTime::now());
             return Ok(text);
         }
     }

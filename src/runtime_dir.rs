@@ -309,13 +309,29 @@ pub fn remove_run_dir(path: &Path) -> bool {
 }
 
 /// Removes the per-run directories in `base` that no live process owns (a helper or relay server
-/// killed by SIGKILL cannot remove its own); returns how many.
+/// killed by SIGKILL cannot remove its own); returns how many. Also goes: copies of registry logins
+/// older than any pull may last (a helper killed mid-pull), and remembered file hashes not used for
+/// 30 days.
 pub fn sweep(base: &Path) -> usize {
     let me = nix::unistd::geteuid().as_raw();
     let Ok(entries) = std::fs::read_dir(base) else { return 0 };
     let mut removed = 0;
+    let age = |m: &std::fs::Metadata| m.modified().ok().and_then(|t| t.elapsed().ok()).unwrap_or_default();
     for entry in entries.flatten() {
-        if !entry.file_name().to_string_lossy().starts_with(RUN_PREFIX) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.uid() != me {
+            continue;
+        }
+        if name.starts_with("docker-config-") && meta.is_dir() && age(&meta) > Duration::from_secs(2 * 3600) {
+            let _ = std::fs::remove_dir_all(entry.path());
+            continue;
+        }
+        if name.starts_with("sha256-") && meta.is_file() && age(&meta) > Duration::from_secs(30 * 24 * 3600) {
+            let _ = std::fs::remove_file(entry.path());
+            continue;
+        }
+        if !name.starts_with(RUN_PREFIX) {
             continue;
         }
         let owned = entry.metadata().map(|m| m.uid() == me && m.is_dir()).unwrap_or(false);
