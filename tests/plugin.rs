@@ -528,9 +528,8 @@ fn names_squatted_by_another_user_stall_nobody() {
         "mkdir -p -m 777 /tmp/mpiexec-docker-1500 2>/dev/null; mkfifo /tmp/mpiexec-docker-1500.lock 2>/dev/null; true";
     sh(As::User2, squat);
     let run = sh(As::User, &format!("timeout 120 srun -N3 -n3 --container-image={OPENMPI} id -u"));
-    // the standalone helper, told to use the second user's directory as its runtime directory, passes it by
-    let helper =
-        sh(As::User, &format!("XDG_RUNTIME_DIR=/tmp/mpiexec-docker-1500 timeout 120 mpiexec_docker {OPENMPI} id -u"));
+    // the standalone helper on the login node, where the same names are squatted
+    let helper = sh(As::User, &format!("timeout 120 mpiexec_docker {OPENMPI} id -u"));
     let unsquat = "rm -rf /tmp/mpiexec-docker-1500 /tmp/mpiexec-docker-1500.lock";
     sh(As::User2, unsquat);
     for node in NODES {
