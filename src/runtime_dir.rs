@@ -4,9 +4,9 @@
 //! - A process running as a user (rootless Podman, the standalone helper) keeps its state in the first
 //!   private directory of theirs it finds: `$XDG_RUNTIME_DIR/mpiexec-docker`, then
 //!   `/run/mpiexec-docker/UID` (made by root: the SPANK plugin makes it for each job's user), then
-//!   `$TMPDIR/mpiexec-docker-UID` (default `/tmp`). Each must be a real directory (no symlink), owned
-//!   by the user and closed to everyone else (`0700`); one that someone else made first is refused
-//!   with one line naming it and the way out.
+//!   `$TMPDIR/mpiexec-docker-UID` (default `/tmp`), and when someone else made that name first,
+//!   `$HOME/.cache/mpiexec-docker/HOST`. Each must be a real directory (no symlink), owned by the user
+//!   and closed to everyone else (`0700`).
 //! - Root (the helper acting for users with Docker, whose daemon is root's) keeps its state in
 //!   `/run/mpiexec-docker/0`, which only root can write: whatever root reads there, or hands to
 //!   Docker's daemon by path, no user can have put there or swap.
@@ -110,7 +110,23 @@ pub fn user_base() -> Result<PathBuf, RuntimeError> {
         return Ok(made_by_root);
     }
     let tmp = std::env::var_os("TMPDIR").map(PathBuf::from).filter(|p| p.is_absolute()).unwrap_or("/tmp".into());
-    private_dir(&tmp.join(format!("mpiexec-docker-{uid}")), 0o700, uid)
+    match private_dir(&tmp.join(format!("mpiexec-docker-{uid}")), 0o700, uid) {
+        Ok(dir) => Ok(dir),
+        // someone else made that name first: the user's own home, which no one else can write
+        // (per host: a home directory is shared by the nodes)
+        Err(squatted @ RuntimeError::NotPrivate { .. }) => home_base(uid).ok_or(squatted),
+        Err(e) => Err(e),
+    }
+}
+
+/// `$HOME/.cache/mpiexec-docker/HOST`, private, when it can be made.
+fn home_base(uid: u32) -> Option<PathBuf> {
+    let home = std::env::var_os("HOME").map(PathBuf::from).filter(|p| p.is_absolute())?;
+    let host = nix::unistd::gethostname().ok()?.to_string_lossy().into_owned();
+    let dir = home.join(".cache/mpiexec-docker").join(host);
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).ok()?;
+    check_private(&dir, uid).ok()?;
+    Some(dir)
 }
 
 /// An exclusive `flock` on a file of a state directory, held until dropped.
