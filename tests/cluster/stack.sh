@@ -77,17 +77,23 @@ host_cgroup_mounts() {
         done
 }
 
+# The checkout the stack runs from: its path and the directory's identity (device:inode).
+stack_top_id() {
+    echo "$MDT_TOP $(stat -c %d:%i "$MDT_TOP")"
+}
+
 # The stack's init: moves itself into the stack's cgroup, makes its namespaces, mounts the root file
 # system's pieces, makes it its root and stays there as catatonit (which reaps orphans, as init does
 # on a node).
 stack_start() {
     if stack_pid >/dev/null; then
-        # the stack sees one checkout of the project (bind-mounted at start): another one restarts it
-        [[ $(cat "$STACK_DIR/top" 2>/dev/null) == "$MDT_TOP" ]] && return 0
+        # the stack sees one checkout of the project (bind-mounted at start): another one restarts it,
+        # and so does a new checkout at the same path (the old directory is what the stack still sees)
+        [[ $(cat "$STACK_DIR/top" 2>/dev/null) == "$(stack_top_id)" ]] && return 0
         log "the $MDT_STACK stack runs from $(cat "$STACK_DIR/top" 2>/dev/null): restarting it for $MDT_TOP"
         stack_stop
     fi
-    echo "$MDT_TOP" > "$STACK_DIR/top"
+    stack_top_id > "$STACK_DIR/top"
     log "starting the $MDT_STACK stack (its own mount, pid, network, uts and cgroup namespaces)"
     local cg=mdt-$MDT_STACK mounts
     mounts=$(host_cgroup_mounts)
@@ -175,7 +181,7 @@ EOF
 # mounts and network namespaces go with the last of them. Then its cgroups are removed, deepest first.
 stack_stop() {
     local pid; pid=$(stack_pid) || { rm -f "$STACK_PIDFILE"; return 0; }
-    local top; top=$(cat "$STACK_DIR/top" 2>/dev/null || echo "$MDT_TOP")
+    local top; top=$(cut -d' ' -f1 "$STACK_DIR/top" 2>/dev/null || echo "$MDT_TOP")
     timeout 300 nsenter -t "$pid" "${STACK_NS[@]}" -- \
         env MDT_INSIDE=1 MDT_STACK="$MDT_STACK" bash "$top/tests/cluster/down.sh" || true
     kill -KILL "$pid"
