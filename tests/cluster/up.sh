@@ -389,7 +389,7 @@ ConstrainCores=no
 ConstrainDevices=yes
 ConstrainRAMSpace=yes
 EOF
-    # (Slurm reads this file at every launch: a change needs no restart. tests/docker.rs switches the
+    # (Slurm reads this file at every launch: a change needs no restart. tests/e2e/docker.rs switches the
     # engine to docker while it runs; every other test binary switches it back.)
     cat > /etc/slurm/plugstack.conf <<EOF
 # written by mpiexec-docker's tests/cluster/up.sh

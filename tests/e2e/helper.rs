@@ -87,7 +87,8 @@ fn current_directory_is_host_and_files_belong_to_the_user() {
 fn compile_in_host_directory_then_run() {
     let _g = serial();
     let dir = workdir(As::User, "compile");
-    std::fs::copy(format!("{}/examples/hello/hello.c", env!("CARGO_MANIFEST_DIR")), format!("{dir}/hello.c")).unwrap();
+    std::fs::copy(format!("{}/../examples/hello/hello.c", env!("CARGO_MANIFEST_DIR")), format!("{dir}/hello.c"))
+        .unwrap();
     sh_in(As::User, &dir, &format!("run_in_docker {MPICH} -- mpicc -o hello hello.c")).success();
     let run = sh_in(As::User, &dir, &format!("mpiexec_docker {MPICH} -np 2 ./hello")).success();
     assert_eq!(hello_lines(&run).len(), 2, "{run}");

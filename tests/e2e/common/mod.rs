@@ -75,7 +75,7 @@ impl std::fmt::Display for Run {
     }
 }
 
-/// The plugin's engine for this test binary: tests/docker.rs sets `docker` (see [`use_docker`]),
+/// The plugin's engine for this test binary: tests/e2e/docker.rs sets `docker` (see [`use_docker`]),
 /// every other binary the default, Podman. Slurm reads plugstack.conf at every launch, and test
 /// binaries run one after another.
 static DOCKER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
