@@ -81,8 +81,35 @@ pub fn in_container_command(mode: &str, args: &[String]) -> Vec<String> {
     c
 }
 
-/// Builds the container for `req`.
+/// Builds the container for `req` (the helper's own runs: the current directory at [`HOST_DIR`]).
 pub fn container_spec(
+    engine: &Engine,
+    config: &Config,
+    req: &Request,
+    helper: &Path,
+    runtime: &RuntimeDir,
+    host_env: &[(String, String)],
+) -> Result<ContainerSpec, LaunchError> {
+    let mut spec = base_spec(engine, config, req, helper, runtime, host_env)?;
+    spec.interactive = req.interactive;
+    spec.mounts.insert(0, Mount { src: req.host_dir.clone(), dst: HOST_DIR.into(), readonly: false });
+    spec.workdir = Some(HOST_DIR.into());
+    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    spec.name = Some(format!("mpiexec-docker-{host}-{}-{}", std::process::id(), unique_suffix()));
+    for (var, label) in [("SLURM_JOB_ID", "job"), ("SLURM_STEP_ID", "step")] {
+        if let Some((_, v)) = host_env.iter().find(|(k, _)| k == var) {
+            spec.labels.push((format!("{LABEL}.{label}"), v.clone()));
+        }
+    }
+    Ok(spec)
+}
+
+/// What every container of ours has, whatever runs it (the helper's own runs, a step's container):
+/// the helper as entry point with its links and relay directory, the user's ids and no way to more,
+/// the caller's limits, the mounts asked for (`req.mounts`, after the config's), the environment
+/// passed in, the devices of the allocation, and our labels. `req.host_dir`, `req.interactive` and
+/// the name are the caller's to apply.
+pub fn base_spec(
     engine: &Engine,
     config: &Config,
     req: &Request,
@@ -93,7 +120,6 @@ pub fn container_spec(
     check_image_name(&req.image)?;
     let mut spec = ContainerSpec::new(req.image.clone(), req.command.clone());
     spec.entrypoint = Some(IN_HELPER.into());
-    spec.interactive = req.interactive;
 
     let uid = req.user.uid;
     spec.user = match engine.kind {
@@ -126,8 +152,6 @@ pub fn container_spec(
         }
     }
 
-    spec.mount(&req.host_dir, HOST_DIR, false);
-    spec.workdir = Some(HOST_DIR.into());
     spec.mount(helper, IN_HELPER, true);
     spec.mount(runtime.bin(), IN_BIN, true);
     spec.mount(runtime.relay(), crate::relay::IN_RELAY_DIR, false);
@@ -168,15 +192,8 @@ pub fn container_spec(
         .map(|d| d.path)
         .collect();
 
-    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
-    spec.name = Some(format!("mpiexec-docker-{host}-{}-{}", std::process::id(), unique_suffix()));
     spec.labels.push((LABEL.into(), "1".into()));
     spec.labels.push((format!("{LABEL}.uid"), uid.to_string()));
-    for (var, label) in [("SLURM_JOB_ID", "job"), ("SLURM_STEP_ID", "step")] {
-        if let Some((_, v)) = host_env.iter().find(|(k, _)| k == var) {
-            spec.labels.push((format!("{LABEL}.{label}"), v.clone()));
-        }
-    }
     Ok(spec)
 }
 

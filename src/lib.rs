@@ -22,6 +22,7 @@
 //! - [`process`]: supervising a child with signal forwarding and shell-style exit codes.
 //! - [`relay`]: the in-container srun/ssh relay to the host (protocol, rewrite, server, client).
 //! - [`runtime_dir`]: node-local state (locks, per-run directories) no other user can squat or swap.
+//! - [`step_container`]: a step's container on a node: start, stop, its relay, joining it.
 //! - [`step_contract`]: the plugin↔helper interface, typed once (arguments and the start answer).
 //! - [`step_join`]: how a task of a `--container-image` step enters its step's container.
 //! - [`slurm_version`]: Slurm version numbers and the major.minor compatibility rule.
@@ -45,5 +46,6 @@ pub mod process;
 pub mod relay;
 pub mod runtime_dir;
 pub mod slurm_version;
+pub mod step_container;
 pub mod step_contract;
 pub mod step_join;

@@ -1,0 +1,475 @@
+//! A step's container: the one container per node and step that the tasks of a `--container-image`
+//! step join (see [`crate::step_join`]), made and removed for the SPANK plugin by the helper's
+//! `step-container` actions ([`crate::step_contract`] holds their arguments):
+//!
+//! - [`start`]: the image fetched (once per node and user), the placeholder container started (the
+//!   helper pausing, with the host's network, IPC and PID namespaces, the job's working directory
+//!   mounted at the same path), its relay server left beside it; answers [`Started`].
+//! - [`stop`]: the container removed when the step ends (a named one is kept for the job).
+//! - [`serve`]: the relay of a step container, until its process is gone.
+//! - [`join`]: what each task runs first on Slurm 23.11+: enter the container, exec the program.
+//!
+//! With Docker the helper runs as root for the job's user: what the user names is opened with their
+//! rights first (see [`crate::image_cache`], [`crate::mount_source`], [`crate::runtime_dir`]).
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::confinement::Confinement;
+use crate::container::run_args;
+use crate::engine::{Engine, EngineKind};
+use crate::identity::UserIds;
+use crate::image_cache;
+use crate::launch::{self, in_container_command, Request};
+use crate::process::ProcessHandle;
+use crate::runtime_dir::{self, RuntimeDir};
+use crate::step_contract::{JoinArgs, ServeArgs, StartArgs, Started, StopArgs};
+
+/// The container's name: one per job, step and node; a named one (`--container-name`) per job, name
+/// and node.
+fn name(job: &str, step: &str, named: Option<&str>) -> String {
+    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    match named {
+        Some(n) => format!("mpiexec-docker-{job}-{n}-{host}"),
+        None => format!("mpiexec-docker-{job}.{step}-{host}"),
+    }
+}
+
+/// The longest the placeholder may take to start.
+const ENGINE_LIMIT: Duration = crate::engine::QUICK_LIMIT;
+
+/// The caller's config and engine (`engine`, else the config's).
+fn setup(engine: Option<EngineKind>) -> Result<(Config, Engine), String> {
+    let config = Config::load().map_err(|e| e.to_string())?;
+    let engine = Engine::find(engine.unwrap_or(config.engine)).map_err(|e| e.to_string())?;
+    Ok((config, engine))
+}
+
+/// Whose container: the caller's own, or (root only) the job user's named by `--user`.
+fn whose(user: &Option<UserIds>) -> Result<UserIds, String> {
+    let me = user.clone().unwrap_or_else(UserIds::of_caller);
+    if me.uid != nix::unistd::getuid().as_raw() && !nix::unistd::geteuid().is_root() {
+        return Err("--user: only root may start a container for another user".into());
+    }
+    Ok(me)
+}
+
+/// `step-container stop`.
+pub fn stop(a: &StopArgs) -> Result<(), String> {
+    let (_, engine) = setup(a.engine)?;
+    let engine = engine.for_cleanup();
+    let me = whose(&a.user)?;
+    let name = name(&a.job, &a.step, a.container_name.as_deref());
+    // a named container stays for the job's later steps; the job's end removes it
+    if a.container_name.is_none() {
+        if let Some(pid) = a.pid.filter(|p| *p > 0) {
+            end_pause(pid, me.uid);
+        }
+        engine.remove(&[name]);
+    }
+    // per-run directories whose relay server is gone (root's cannot be removed by the user's server)
+    if let Ok(state) = runtime_dir::user_base() {
+        runtime_dir::sweep(&state);
+    }
+    Ok(())
+}
+
+/// `step-container start`: `helper` is this program (mounted into the container, and the relay server).
+pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, String> {
+    let (config, engine) = setup(a.engine)?;
+    let name = name(&a.job, &a.step, a.container_name.as_deref());
+    let me = whose(&a.user)?;
+    // one start at a time per user on this node (a named container is looked up, then made): another
+    // user's starts never wait for this one
+    let _lock = image_cache::fetch_lock(me.uid).map_err(|e| e.to_string())?;
+    if let Some(n) = &a.container_name {
+        if let Some((pid, image)) = running(&engine, &name, me.uid)? {
+            let info = engine.image_config(&image)?.ok_or_else(|| format!("the image of container '{n}' is gone"))?;
+            return Started::from_image_info(pid, &info);
+        }
+        if a.image.is_empty() {
+            return Err(format!("no container named '{n}' in this job on this node: give --container-image too"));
+        }
+    }
+    // what the user names is opened and read with the user's rights (an image file, the directories
+    // mounted, their registry logins); root then uses only what was opened there
+    let base = std::path::Path::new(&a.workdir);
+    // a store shared by users (Docker's, driven by root for them): the user's own names only
+    let scope = (engine.kind == EngineKind::Docker && !me.is_root()).then_some(me.uid);
+    let home = nix::unistd::User::from_uid(me.uid.into()).ok().flatten().map(|u| u.dir);
+    let acting = me.act_as().map_err(|e| e.to_string())?;
+    let named = image_cache::name_image(&a.image, base).map_err(|e| e.to_string())?;
+    for dir in std::iter::once(&a.workdir).chain(&a.mount_home) {
+        crate::container::Mount::parse_existing(dir).map_err(|e| e.to_string())?;
+    }
+    let logins = match (scope, &home) {
+        (Some(_), Some(home)) => image_cache::Credentials::read(home),
+        _ => None,
+    };
+    drop(acting);
+    let state = runtime_dir::user_base().map_err(|e| e.to_string())?;
+    let mut image = image_cache::resolve(named, scope, Some(&state)).map_err(|e| e.to_string())?;
+    let credentials = match logins {
+        Some(c) => Some(image_cache::Credentials::write(&state, &c).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let local = image_cache::ensure(&engine, &mut image, config.pull, credentials.as_ref().map(|c| c.dir()))
+        .map_err(|e| e.to_string())?;
+    drop(credentials);
+    if let Some(max) = config.cache_max_size {
+        if let Ok(_store) = image_cache::store_lock() {
+            for gone in image_cache::enforce_cap(&engine, max, &local).unwrap_or_default() {
+                log::info!("cache over {max} bytes: removed {gone}");
+            }
+        }
+    }
+    // the image's entrypoint and environment (for the tasks, which inherit the job's environment, not
+    // the image's)
+    let info = engine.image_config(&local)?.ok_or_else(|| format!("image '{}' is missing after its fetch", a.image))?;
+    // the per-run directory is root's when root acts for the user: nothing in it is theirs to swap,
+    // but the relay's directory, where the socket is bound with their rights
+    let relay_owner = (nix::unistd::geteuid().is_root() && !me.is_root()).then_some((me.uid, me.gid));
+    let runtime = RuntimeDir::create(&state, relay_owner).map_err(|e| e.to_string())?;
+    // root acting for a user with a root daemon: each source the user names is opened with their
+    // rights now, and the engine gets a mount point of root's bound to what was opened (see
+    // `mount_source`): nothing the user changes afterwards reaches the daemon
+    let for_user = relay_owner.is_some();
+    let home = a.mount_home.clone().filter(|h| h != &a.workdir && std::path::Path::new(h).is_dir());
+    let (mut workdir_src, mut home_src, mut mounts) = (a.workdir.clone(), home.clone(), a.mounts.clone());
+    let mut staging = None;
+    if for_user {
+        use crate::container::Mount;
+        use crate::mount_source::{open_as_user, Staging};
+        let text = |e: &dyn std::fmt::Display| e.to_string();
+        let acting = me.act_as().map_err(|e| text(&e))?;
+        let workdir_fd = open_as_user(std::path::Path::new(&a.workdir)).map_err(|e| text(&e))?;
+        let home_fd = match &home {
+            Some(h) => Some(open_as_user(std::path::Path::new(h)).map_err(|e| text(&e))?),
+            None => None,
+        };
+        let mut mount_fds = Vec::new();
+        for m in &a.mounts {
+            let parsed = Mount::parse_existing(m).map_err(|e| text(&e))?;
+            let fd = open_as_user(&parsed.src).map_err(|e| text(&e))?;
+            mount_fds.push((parsed, fd));
+        }
+        drop(acting);
+        let mut st = Staging::new(runtime.path.join(runtime_dir::STAGING)).map_err(|e| text(&e))?;
+        let path = |p: std::path::PathBuf| p.display().to_string();
+        workdir_src = path(st.stage(&workdir_fd, a.workdir.as_ref()).map_err(|e| text(&e))?);
+        if let (Some(fd), Some(h)) = (&home_fd, &home) {
+            home_src = Some(path(st.stage(fd, h.as_ref()).map_err(|e| text(&e))?));
+        }
+        mounts = Vec::new();
+        for (m, fd) in &mount_fds {
+            let point = st.stage(fd, &m.src).map_err(|e| text(&e))?;
+            mounts.push(format!("{}:{}{}", point.display(), m.dst.display(), if m.readonly { ":ro" } else { "" }));
+        }
+        staging = Some(st);
+    }
+    // the relay's socket exists before the container does: no task can start before it is there (made
+    // by root in root's directory and given to the user, or made by the user in theirs)
+    let socket = runtime.relay().join(crate::relay::SOCKET_NAME);
+    let bind = |p: &std::path::Path| {
+        crate::relay::server::bind(p).map_err(|e| format!("cannot make the srun/ssh relay's socket: {e}"))
+    };
+    let (listener, acting) = match relay_owner {
+        Some((uid, gid)) => {
+            let listener = bind(&socket)?;
+            runtime_dir::give_socket(&socket, uid, gid).map_err(|e| e.to_string())?;
+            // the staged sources are root's: the spec is built with root's ids
+            (listener, None)
+        }
+        None => {
+            let acting = me.act_as().map_err(|e| e.to_string())?;
+            (bind(&socket)?, Some(acting))
+        }
+    };
+    let request = Request {
+        image: local.clone(),
+        command: in_container_command("pause", &[]),
+        host_dir: workdir_src.clone().into(),
+        env: Vec::new(),
+        mounts,
+        interactive: false,
+        user: me.clone(),
+        // root's helper is not in the step's cgroups: the step's own device rules limit what it passes
+        devices_list: a
+            .step_cgroup
+            .as_ref()
+            .map(|cg| {
+                std::path::Path::new("/sys/fs/cgroup/devices").join(cg.trim_start_matches('/')).join("devices.list")
+            })
+            .filter(|p| p.is_file()),
+    };
+    let mut host_env: Vec<(String, String)> = std::env::vars().collect();
+    if let Some(gpus) = &a.gpus {
+        host_env.retain(|(k, _)| k != "SLURM_STEP_GPUS");
+        host_env.push(("SLURM_STEP_GPUS".into(), gpus.clone()));
+    }
+    let pidfile = runtime.path.join("container.pid");
+    let step = StepSpec {
+        name: &name,
+        sources: Sources { workdir: &workdir_src, home: home_src.as_deref().zip(home.as_deref()) },
+        pidfile: (engine.kind == EngineKind::Podman).then(|| pidfile.clone()),
+    };
+    let spec = step_spec(&engine, &config, a, &request, helper, &runtime, &host_env, &step)?;
+    drop(acting);
+    let ran = engine.run_detached(&run_args(engine.kind, &spec), &name);
+    // the container has its own copies of its mounts now
+    drop(staging);
+    ran.map_err(|why| format!("cannot start the container for image '{}': {why}", a.image))?;
+    // Podman writes its pid file as the caller; Docker writes none, and with Docker this directory is
+    // root's while the container is the user's: then the pid comes from the engine alone
+    let written = match engine.kind {
+        EngineKind::Podman => std::fs::read_to_string(&pidfile).ok().map(|p| p.trim().to_string()),
+        EngineKind::Docker => None,
+    };
+    let pid = match written.filter(|p| !p.is_empty()) {
+        Some(pid) => pid,
+        None => engine.container_pid(&name)?,
+    };
+    if pid.is_empty() || pid == "0" {
+        engine.remove(&[name]);
+        return Err(format!("the container for image '{}' did not stay up", a.image));
+    }
+    // the tasks may join only once the container's process is our placeholder
+    if let Err(e) = pid
+        .parse::<i32>()
+        .map_err(|e| e.to_string())
+        .and_then(|p| crate::step_join::wait_for_pause(p, ENGINE_LIMIT).map_err(|e| e.to_string()))
+    {
+        engine.remove(&[name]);
+        return Err(format!("the container for image '{}' did not start its process: {e}", a.image));
+    }
+    // a daemon's container is not our child: its process joins the step's cgroup, so that Slurm's
+    // limits, accounting and signals (scancel, time limit) reach it as they reach the tasks
+    if let Some(cgroup) = &a.step_cgroup {
+        // only our placeholder, running as the job's user, is ever moved
+        let moved = pid.parse::<i32>().map_err(|e| e.to_string()).and_then(|p| {
+            crate::step_join::check_pause(p, me.uid).map_err(|e| e.to_string())?;
+            match crate::step_join::move_into_cgroup(p, std::path::Path::new("/sys/fs/cgroup"), cgroup) {
+                Ok(0) => Err(format!("the step's cgroup {cgroup} is in no cgroup hierarchy here")),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+        if let Err(e) = moved {
+            engine.remove(&[name]);
+            return Err(e);
+        }
+    }
+    // the runtime directory (links, relay socket) now belongs to the relay server, which lives as
+    // long as the container
+    if let Err(e) = spawn_server(a, helper, &engine, runtime, listener, &pid, &me) {
+        engine.remove(&[name]);
+        return Err(format!("cannot start the srun/ssh relay of the step: {e}"));
+    }
+    let pid = pid.parse::<i32>().map_err(|e| format!("the container's pid '{pid}': {e}"))?;
+    Started::from_image_info(pid, &info)
+}
+
+/// Where a step container's user-named sources are bound from (root's staging mount points with
+/// Docker, the paths themselves otherwise).
+struct Sources<'a> {
+    workdir: &'a str,
+    /// (source, path in the container) of the user's home, with `--container-mount-home`.
+    home: Option<(&'a str, &'a str)>,
+}
+
+/// What makes a container a step's: its name, where its sources come from, its pid file.
+struct StepSpec<'a> {
+    name: &'a str,
+    sources: Sources<'a>,
+    /// Podman writes the container's pid here: one engine call less than asking afterwards.
+    pidfile: Option<std::path::PathBuf>,
+}
+
+/// The step container's spec: what every container of ours has ([`launch::base_spec`]), detached and
+/// kept (the step's end removes it), named and labelled for its job and step, with the job's working
+/// directory at its own path (and the home directory if asked), the node's `/tmp` and Slurm spool
+/// (PMIx server files) for direct MPI launch, and the companion options.
+#[allow(clippy::too_many_arguments)]
+fn step_spec(
+    engine: &Engine,
+    config: &Config,
+    a: &StartArgs,
+    request: &Request,
+    helper: &Path,
+    runtime: &RuntimeDir,
+    host_env: &[(String, String)],
+    step: &StepSpec,
+) -> Result<crate::container::ContainerSpec, String> {
+    let mut spec = launch::base_spec(engine, config, request, helper, runtime, host_env).map_err(|e| e.to_string())?;
+    spec.name = Some(step.name.to_string());
+    spec.labels.push((format!("{}.job", launch::LABEL), a.job.clone()));
+    spec.labels.push((format!("{}.step", launch::LABEL), a.step.clone()));
+    spec.remove = false;
+    spec.detach = true;
+    spec.interactive = false;
+    spec.pidfile = step.pidfile.clone();
+    spec.mount(step.sources.workdir, &a.workdir, false);
+    if let Some((src, home)) = step.sources.home {
+        spec.mount(src, home, false);
+    }
+    spec.workdir = Some(a.container_workdir.clone().unwrap_or_else(|| a.workdir.clone()).into());
+    spec.read_only = a.readonly;
+    if a.remap_root && engine.kind == EngineKind::Podman {
+        // root inside; with rootless Podman that root is the caller on the host, no more. (With
+        // Docker the container stays the user's: each task maps itself to root in a user namespace
+        // of its own, see the plugin.)
+        spec.user = crate::container::UserMode::Default;
+    }
+    for dir in ["/tmp", "/var/spool/slurmd", "/var/spool/slurm"] {
+        if Path::new(dir).is_dir() && dir != a.workdir {
+            spec.mount(dir, dir, false);
+        }
+    }
+    Ok(spec)
+}
+
+/// Ends the container's main process (our pause of user `uid`, checked by its owner and command line)
+/// and waits briefly for it: removing a container that has already stopped is quicker than having the
+/// engine stop it.
+fn end_pause(pid: i32, uid: u32) {
+    let Some(process) = ProcessHandle::open(pid) else { return };
+    // checked through the pidfd's process: the pid cannot have been reused since it was opened
+    if crate::step_join::check_pause(pid, uid).is_ok() && process.alive() {
+        process.kill(nix::sys::signal::Signal::SIGKILL);
+        process.wait(Some(Duration::from_secs(1)));
+    }
+}
+
+/// The process id and image of a running container called `name`, if there is one of the user's.
+fn running(engine: &Engine, name: &str, uid: u32) -> Result<Option<(i32, String)>, String> {
+    match engine.container_state(name)? {
+        None => Ok(None),
+        // a shared store (Docker) holds other users' containers too: only the user's own is theirs
+        Some(c) if c.owner != Some(uid) => Err(format!("container '{name}' belongs to another user")),
+        Some(c) if c.running => Ok(Some((c.pid, c.image))),
+        Some(_) => {
+            // there but stopped: of no use to a step
+            engine.remove(&[name.to_string()]);
+            Ok(None)
+        }
+    }
+}
+
+/// Starts `step-container serve` in the background (its own session, no standard streams), handing it
+/// the runtime directory, its owner lock and the relay's bound socket.
+fn spawn_server(
+    a: &StartArgs,
+    helper: &Path,
+    engine: &Engine,
+    runtime: RuntimeDir,
+    listener: std::os::unix::net::UnixListener,
+    pid: &str,
+    user: &UserIds,
+) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let exe = helper.to_path_buf();
+    let dir = runtime.path.display().to_string();
+    let lock = runtime.hand_over().map_err(|e| e.to_string())?;
+    let fd = lock.as_raw_fd();
+    let listen_fd = listener.as_raw_fd();
+    let serve = ServeArgs {
+        job: a.job.clone(),
+        step: a.step.clone(),
+        image: a.image.clone(),
+        workdir: a.workdir.clone(),
+        engine: Some(engine.kind),
+        mounts: a.mounts.clone(),
+        dir,
+        pid: pid.parse().map_err(|e| format!("the container's pid '{pid}': {e}"))?,
+        lock_fd: fd,
+        listen_fd,
+    };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(serve.to_argv());
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    // the relay runs srun for the user: as the user (the helper may be root here, for Docker)
+    if nix::unistd::getuid().as_raw() != user.uid {
+        user.become_in_child(&mut cmd);
+        if let Ok(Some(pw)) = nix::unistd::User::from_uid(user.uid.into()) {
+            cmd.env("HOME", &pw.dir).env("USER", &pw.name).env("LOGNAME", &pw.name);
+        }
+    }
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            // a long-lived process: it keeps only what it is given
+            crate::process::no_inherited_fds();
+            for inherited in [fd, listen_fd] {
+                if libc::fcntl(inherited, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|e| e.to_string())?;
+    drop(listener);
+    Ok(())
+}
+
+/// `step-container serve`: the relay of a step container, until the container's process is gone.
+/// `srun` in the container runs the host's srun unchanged (the plugin puts the new step into the
+/// image: the job's `--container-image` reaches it through Slurm's own `SLURM_SPANK__…` variables);
+/// `ssh` runs its remote command through `run_in_docker` with the same image.
+pub fn serve(a: &ServeArgs, helper: &Path) -> Result<(), String> {
+    use crate::environment::EnvFilter;
+    use crate::relay::rewrite::run_in_docker_prefix;
+    use crate::relay::server::{self, RelayConfig};
+    use std::os::fd::FromRawFd;
+    let (config, engine) = setup(a.engine)?;
+    if a.lock_fd < 0 || a.listen_fd < 0 || a.pid <= 0 {
+        return Err("--pid, --lock-fd and --listen-fd are required".into());
+    }
+    // SAFETY: the descriptor was opened for us by `step-container start` and is ours alone.
+    let owner = unsafe { std::os::fd::OwnedFd::from_raw_fd(a.lock_fd) };
+    let runtime = RuntimeDir::adopt(a.dir.clone().into(), owner);
+    let container = ProcessHandle::open(a.pid).ok_or_else(|| format!("the container's process {} is gone", a.pid))?;
+    let exe = helper.to_path_buf();
+    // remote programs start elsewhere: a relative image file path must not depend on where
+    let image = crate::image_source::with_absolute_path(&a.image, std::path::Path::new(&a.workdir));
+    let wrap = run_in_docker_prefix(&exe, engine.kind, &[], &a.mounts, &image);
+    let relay = RelayConfig {
+        allowed: config.relay_commands.clone(),
+        wrap,
+        wrap_srun: false,
+        host_dir: a.workdir.clone().into(),
+        same_paths: true,
+        host_path: std::env::var_os("PATH").unwrap_or_default(),
+        env_filter: EnvFilter::new(config.env.clone()),
+    };
+    // SAFETY: the bound socket was opened for us by `step-container start` and is ours alone.
+    let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(a.listen_fd) };
+    server::serve_on(listener, relay).map_err(|e| e.to_string())?;
+    container.wait(None);
+    drop(runtime);
+    Ok(())
+}
+
+/// `step-container join`: enters the step container of process `--pid` and execs the task's program
+/// there (the task's argv on Slurm versions with `spank_prepend_task_argv`).
+pub fn join(a: &JoinArgs) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let workdir = a.workdir.as_deref().filter(|w| !w.is_empty()).unwrap_or("/");
+    // the confinement word is checked before anything is joined
+    let confinement = match &a.confinement {
+        Some(word) => Some(Confinement::from_word(word).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    crate::step_join::enter(a.pid, std::path::Path::new(workdir)).map_err(|e| e.to_string())?;
+    if let Some(c) = confinement {
+        c.apply().map_err(|e| e.to_string())?;
+    }
+    let err = std::process::Command::new(&a.command[0]).args(&a.command[1..]).exec();
+    // as a shell would: 127 for a program that is not there, 126 for one that cannot run
+    eprintln!("mpiexec_docker: error: cannot run {} in the container: {err}", a.command[0]);
+    std::process::exit(if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 });
+}
