@@ -34,7 +34,7 @@ step_packages() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# The fixes ../shared/notes/ENVIRONMENT.md measured for Podman 4.3 / crun 1.8 on this machine kind.
+# What this machine kind lacks for Podman 4.3 / crun 1.8 to run (each fix says why).
 step_host_fixes() {
     if [[ -d /sys/fs/cgroup/memory ]] && ! mountpoint -q /sys/fs/cgroup/hugetlb; then
         # crun refuses cgroup v1 "hybrid" while hugetlb sits only on the v2 hierarchy
@@ -459,7 +459,7 @@ step_daemons() {
     return 0
 }
 
-# One dockerd per node and one for the login node (../shared/notes/ENVIRONMENT.md): a container is made
+# One dockerd per node and one for the login node: a container is made
 # in its daemon's namespaces, so each node's daemon runs in that node's namespaces with a store of its
 # own. Every namespace finds its own daemon at Docker's default socket: /run/docker.sock links into
 # /run/mdt-node, which each node's mount namespace has to itself. The socket is root's alone (no user
