@@ -27,6 +27,48 @@ use crate::process::ProcessHandle;
 use crate::runtime_dir::{self, RuntimeDir};
 use crate::step_contract::{JoinArgs, ServeArgs, StartArgs, Started, StopArgs};
 
+/// Why a step container could not be started, stopped, served or joined: the error of the part that
+/// failed, or a sentence of ours.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    #[error(transparent)]
+    Image(#[from] crate::image_cache::CacheError),
+    #[error(transparent)]
+    State(#[from] crate::runtime_dir::RuntimeError),
+    #[error(transparent)]
+    MountSource(#[from] crate::mount_source::MountSourceError),
+    #[error(transparent)]
+    Mount(#[from] crate::container::MountError),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    #[error(transparent)]
+    Launch(#[from] crate::launch::LaunchError),
+    #[error(transparent)]
+    Join(#[from] crate::step_join::JoinError),
+    #[error(transparent)]
+    Confinement(#[from] crate::confinement::ConfinementError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Step(String),
+}
+
+impl From<String> for StepError {
+    fn from(s: String) -> Self {
+        StepError::Step(s)
+    }
+}
+
+impl From<&str> for StepError {
+    fn from(s: &str) -> Self {
+        StepError::Step(s.to_string())
+    }
+}
+
 /// The container's name: one per job, step and node; a named one (`--container-name`) per job, name
 /// and node.
 fn name(job: &str, step: &str, named: Option<&str>) -> String {
@@ -41,14 +83,14 @@ fn name(job: &str, step: &str, named: Option<&str>) -> String {
 const ENGINE_LIMIT: Duration = crate::engine::QUICK_LIMIT;
 
 /// The caller's config and engine (`engine`, else the config's).
-fn setup(engine: Option<EngineKind>) -> Result<(Config, Engine), String> {
-    let config = Config::load().map_err(|e| e.to_string())?;
-    let engine = Engine::find(engine.unwrap_or(config.engine)).map_err(|e| e.to_string())?;
+fn setup(engine: Option<EngineKind>) -> Result<(Config, Engine), StepError> {
+    let config = Config::load()?;
+    let engine = Engine::find(engine.unwrap_or(config.engine))?;
     Ok((config, engine))
 }
 
 /// Whose container: the caller's own, or (root only) the job user's named by `--user`.
-fn whose(user: &Option<UserIds>) -> Result<UserIds, String> {
+fn whose(user: &Option<UserIds>) -> Result<UserIds, StepError> {
     let me = user.clone().unwrap_or_else(UserIds::of_caller);
     if me.uid != nix::unistd::getuid().as_raw() && !nix::unistd::geteuid().is_root() {
         return Err("--user: only root may start a container for another user".into());
@@ -57,7 +99,7 @@ fn whose(user: &Option<UserIds>) -> Result<UserIds, String> {
 }
 
 /// `step-container stop`.
-pub fn stop(a: &StopArgs) -> Result<(), String> {
+pub fn stop(a: &StopArgs) -> Result<(), StepError> {
     let (_, engine) = setup(a.engine)?;
     let engine = engine.for_cleanup();
     let me = whose(&a.user)?;
@@ -77,20 +119,22 @@ pub fn stop(a: &StopArgs) -> Result<(), String> {
 }
 
 /// `step-container start`: `helper` is this program (mounted into the container, and the relay server).
-pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, String> {
+pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
     let (config, engine) = setup(a.engine)?;
     let name = name(&a.job, &a.step, a.container_name.as_deref());
     let me = whose(&a.user)?;
     // one start at a time per user on this node (a named container is looked up, then made): another
     // user's starts never wait for this one
-    let _lock = image_cache::fetch_lock(me.uid).map_err(|e| e.to_string())?;
+    let _lock = image_cache::fetch_lock(me.uid)?;
     if let Some(n) = &a.container_name {
         if let Some((pid, image)) = running(&engine, &name, me.uid)? {
             let info = engine.image_config(&image)?.ok_or_else(|| format!("the image of container '{n}' is gone"))?;
-            return Started::from_image_info(pid, &info);
+            return Ok(Started::from_image_info(pid, &info)?);
         }
         if a.image.is_empty() {
-            return Err(format!("no container named '{n}' in this job on this node: give --container-image too"));
+            return Err(StepError::Step(format!(
+                "no container named '{n}' in this job on this node: give --container-image too"
+            )));
         }
     }
     // what the user names is opened and read with the user's rights (an image file, the directories
@@ -99,24 +143,23 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, String> {
     // a store shared by users (Docker's, driven by root for them): the user's own names only
     let scope = (engine.kind == EngineKind::Docker && !me.is_root()).then_some(me.uid);
     let home = nix::unistd::User::from_uid(me.uid.into()).ok().flatten().map(|u| u.dir);
-    let acting = me.act_as().map_err(|e| e.to_string())?;
-    let named = image_cache::name_image(&a.image, base).map_err(|e| e.to_string())?;
+    let acting = me.act_as()?;
+    let named = image_cache::name_image(&a.image, base)?;
     for dir in std::iter::once(&a.workdir).chain(&a.mount_home) {
-        crate::container::Mount::parse_existing(dir).map_err(|e| e.to_string())?;
+        crate::container::Mount::parse_existing(dir)?;
     }
     let logins = match (scope, &home) {
         (Some(_), Some(home)) => image_cache::Credentials::read(home),
         _ => None,
     };
     drop(acting);
-    let state = runtime_dir::user_base().map_err(|e| e.to_string())?;
-    let mut image = image_cache::resolve(named, scope, Some(&state)).map_err(|e| e.to_string())?;
+    let state = runtime_dir::user_base()?;
+    let mut image = image_cache::resolve(named, scope, Some(&state))?;
     let credentials = match logins {
-        Some(c) => Some(image_cache::Credentials::write(&state, &c).map_err(|e| e.to_string())?),
+        Some(c) => Some(image_cache::Credentials::write(&state, &c)?),
         None => None,
     };
-    let local = image_cache::ensure(&engine, &mut image, config.pull, credentials.as_ref().map(|c| c.dir()))
-        .map_err(|e| e.to_string())?;
+    let local = image_cache::ensure(&engine, &mut image, config.pull, credentials.as_ref().map(|c| c.dir()))?;
     drop(credentials);
     if let Some(max) = config.cache_max_size {
         if let Ok(_store) = image_cache::store_lock() {
@@ -131,7 +174,7 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, String> {
     // the per-run directory is root's when root acts for the user: nothing in it is theirs to swap,
     // but the relay's directory, where the socket is bound with their rights
     let relay_owner = (nix::unistd::geteuid().is_root() && !me.is_root()).then_some((me.uid, me.gid));
-    let runtime = RuntimeDir::create(&state, relay_owner).map_err(|e| e.to_string())?;
+    let runtime = RuntimeDir::create(&state, relay_owner)?;
     // root acting for a user with a root daemon: each source the user names is opened with their
     // rights now, and the engine gets a mount point of root's bound to what was opened (see
     // `mount_source`): nothing the user changes afterwards reaches the daemon
@@ -142,29 +185,28 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, String> {
     if for_user {
         use crate::container::Mount;
         use crate::mount_source::{open_as_user, Staging};
-        let text = |e: &dyn std::fmt::Display| e.to_string();
-        let acting = me.act_as().map_err(|e| text(&e))?;
-        let workdir_fd = open_as_user(std::path::Path::new(&a.workdir)).map_err(|e| text(&e))?;
+        let acting = me.act_as()?;
+        let workdir_fd = open_as_user(std::path::Path::new(&a.workdir))?;
         let home_fd = match &home {
-            Some(h) => Some(open_as_user(std::path::Path::new(h)).map_err(|e| text(&e))?),
+            Some(h) => Some(open_as_user(std::path::Path::new(h))?),
             None => None,
         };
         let mut mount_fds = Vec::new();
         for m in &a.mounts {
-            let parsed = Mount::parse_existing(m).map_err(|e| text(&e))?;
-            let fd = open_as_user(&parsed.src).map_err(|e| text(&e))?;
+            let parsed = Mount::parse_existing(m)?;
+            let fd = open_as_user(&parsed.src)?;
             mount_fds.push((parsed, fd));
         }
         drop(acting);
-        let mut st = Staging::new(runtime.path.join(runtime_dir::STAGING)).map_err(|e| text(&e))?;
+        let mut st = Staging::new(runtime.path.join(runtime_dir::STAGING))?;
         let path = |p: std::path::PathBuf| p.display().to_string();
-        workdir_src = path(st.stage(&workdir_fd, a.workdir.as_ref()).map_err(|e| text(&e))?);
+        workdir_src = path(st.stage(&workdir_fd, a.workdir.as_ref())?);
         if let (Some(fd), Some(h)) = (&home_fd, &home) {
-            home_src = Some(path(st.stage(fd, h.as_ref()).map_err(|e| text(&e))?));
+            home_src = Some(path(st.stage(fd, h.as_ref())?));
         }
         mounts = Vec::new();
         for (m, fd) in &mount_fds {
-            let point = st.stage(fd, &m.src).map_err(|e| text(&e))?;
+            let point = st.stage(fd, &m.src)?;
             mounts.push(format!("{}:{}{}", point.display(), m.dst.display(), if m.readonly { ":ro" } else { "" }));
         }
         staging = Some(st);
@@ -178,12 +220,12 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, String> {
     let (listener, acting) = match relay_owner {
         Some((uid, gid)) => {
             let listener = bind(&socket)?;
-            runtime_dir::give_socket(&socket, uid, gid).map_err(|e| e.to_string())?;
+            runtime_dir::give_socket(&socket, uid, gid)?;
             // the staged sources are root's: the spec is built with root's ids
             (listener, None)
         }
         None => {
-            let acting = me.act_as().map_err(|e| e.to_string())?;
+            let acting = me.act_as()?;
             (bind(&socket)?, Some(acting))
         }
     };
@@ -231,29 +273,26 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, String> {
         Some(pid) => pid,
         None => engine.container_pid(&name)?,
     };
-    if pid.is_empty() || pid == "0" {
-        engine.remove(&[name]);
-        return Err(format!("the container for image '{}' did not stay up", a.image));
-    }
+    let pid = match pid.parse::<i32>() {
+        Ok(p) if p > 0 => p,
+        _ => {
+            engine.remove(&[name]);
+            return Err(format!("the container for image '{}' did not stay up", a.image).into());
+        }
+    };
     // the tasks may join only once the container's process is our placeholder
-    if let Err(e) = pid
-        .parse::<i32>()
-        .map_err(|e| e.to_string())
-        .and_then(|p| crate::step_join::wait_for_pause(p, ENGINE_LIMIT).map_err(|e| e.to_string()))
-    {
+    if let Err(e) = crate::step_join::wait_for_pause(pid, ENGINE_LIMIT) {
         engine.remove(&[name]);
-        return Err(format!("the container for image '{}' did not start its process: {e}", a.image));
+        return Err(format!("the container for image '{}' did not start its process: {e}", a.image).into());
     }
     // a daemon's container is not our child: its process joins the step's cgroup, so that Slurm's
     // limits, accounting and signals (scancel, time limit) reach it as they reach the tasks
     if let Some(cgroup) = &a.step_cgroup {
         // only our placeholder, running as the job's user, is ever moved
-        let moved = pid.parse::<i32>().map_err(|e| e.to_string()).and_then(|p| {
-            crate::step_join::check_pause(p, me.uid).map_err(|e| e.to_string())?;
-            match crate::step_join::move_into_cgroup(p, std::path::Path::new("/sys/fs/cgroup"), cgroup) {
-                Ok(0) => Err(format!("the step's cgroup {cgroup} is in no cgroup hierarchy here")),
-                Ok(_) => Ok(()),
-                Err(e) => Err(e.to_string()),
+        let moved = crate::step_join::check_pause(pid, me.uid).map_err(StepError::from).and_then(|()| {
+            match crate::step_join::move_into_cgroup(pid, Path::new("/sys/fs/cgroup"), cgroup)? {
+                0 => Err(format!("the step's cgroup {cgroup} is in no cgroup hierarchy here").into()),
+                _ => Ok(()),
             }
         });
         if let Err(e) = moved {
@@ -263,12 +302,11 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, String> {
     }
     // the runtime directory (links, relay socket) now belongs to the relay server, which lives as
     // long as the container
-    if let Err(e) = spawn_server(a, helper, &engine, runtime, listener, &pid, &me) {
+    if let Err(e) = spawn_server(a, helper, &engine, runtime, listener, pid, &me) {
         engine.remove(&[name]);
-        return Err(format!("cannot start the srun/ssh relay of the step: {e}"));
+        return Err(StepError::Step(format!("cannot start the srun/ssh relay of the step: {e}")));
     }
-    let pid = pid.parse::<i32>().map_err(|e| format!("the container's pid '{pid}': {e}"))?;
-    Started::from_image_info(pid, &info)
+    Ok(Started::from_image_info(pid, &info)?)
 }
 
 /// Where a step container's user-named sources are bound from (root's staging mount points with
@@ -301,8 +339,8 @@ fn step_spec(
     runtime: &RuntimeDir,
     host_env: &[(String, String)],
     step: &StepSpec,
-) -> Result<crate::container::ContainerSpec, String> {
-    let mut spec = launch::base_spec(engine, config, request, helper, runtime, host_env).map_err(|e| e.to_string())?;
+) -> Result<crate::container::ContainerSpec, StepError> {
+    let mut spec = launch::base_spec(engine, config, request, helper, runtime, host_env)?;
     spec.name = Some(step.name.to_string());
     spec.labels.push((format!("{}.job", launch::LABEL), a.job.clone()));
     spec.labels.push((format!("{}.step", launch::LABEL), a.step.clone()));
@@ -343,11 +381,11 @@ fn end_pause(pid: i32, uid: u32) {
 }
 
 /// The process id and image of a running container called `name`, if there is one of the user's.
-fn running(engine: &Engine, name: &str, uid: u32) -> Result<Option<(i32, String)>, String> {
+fn running(engine: &Engine, name: &str, uid: u32) -> Result<Option<(i32, String)>, StepError> {
     match engine.container_state(name)? {
         None => Ok(None),
         // a shared store (Docker) holds other users' containers too: only the user's own is theirs
-        Some(c) if c.owner != Some(uid) => Err(format!("container '{name}' belongs to another user")),
+        Some(c) if c.owner != Some(uid) => Err(format!("container '{name}' belongs to another user").into()),
         Some(c) if c.running => Ok(Some((c.pid, c.image))),
         Some(_) => {
             // there but stopped: of no use to a step
@@ -365,14 +403,14 @@ fn spawn_server(
     engine: &Engine,
     runtime: RuntimeDir,
     listener: std::os::unix::net::UnixListener,
-    pid: &str,
+    pid: i32,
     user: &UserIds,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let exe = helper.to_path_buf();
     let dir = runtime.path.display().to_string();
-    let lock = runtime.hand_over().map_err(|e| e.to_string())?;
+    let lock = runtime.hand_over()?;
     let fd = lock.as_raw_fd();
     let listen_fd = listener.as_raw_fd();
     let serve = ServeArgs {
@@ -383,7 +421,7 @@ fn spawn_server(
         engine: Some(engine.kind),
         mounts: a.mounts.clone(),
         dir,
-        pid: pid.parse().map_err(|e| format!("the container's pid '{pid}': {e}"))?,
+        pid,
         lock_fd: fd,
         listen_fd,
     };
@@ -411,7 +449,7 @@ fn spawn_server(
             Ok(())
         });
     }
-    cmd.spawn().map_err(|e| e.to_string())?;
+    cmd.spawn()?;
     drop(listener);
     Ok(())
 }
@@ -420,7 +458,7 @@ fn spawn_server(
 /// `srun` in the container runs the host's srun unchanged (the plugin puts the new step into the
 /// image: the job's `--container-image` reaches it through Slurm's own `SLURM_SPANK__…` variables);
 /// `ssh` runs its remote command through `run_in_docker` with the same image.
-pub fn serve(a: &ServeArgs, helper: &Path) -> Result<(), String> {
+pub fn serve(a: &ServeArgs, helper: &Path) -> Result<(), StepError> {
     use crate::environment::EnvFilter;
     use crate::relay::rewrite::run_in_docker_prefix;
     use crate::relay::server::{self, RelayConfig};
@@ -448,7 +486,7 @@ pub fn serve(a: &ServeArgs, helper: &Path) -> Result<(), String> {
     };
     // SAFETY: the bound socket was opened for us by `step-container start` and is ours alone.
     let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(a.listen_fd) };
-    server::serve_on(listener, relay).map_err(|e| e.to_string())?;
+    server::serve_on(listener, relay)?;
     container.wait(None);
     drop(runtime);
     Ok(())
@@ -456,17 +494,17 @@ pub fn serve(a: &ServeArgs, helper: &Path) -> Result<(), String> {
 
 /// `step-container join`: enters the step container of process `--pid` and execs the task's program
 /// there (the task's argv on Slurm versions with `spank_prepend_task_argv`).
-pub fn join(a: &JoinArgs) -> Result<(), String> {
+pub fn join(a: &JoinArgs) -> Result<(), StepError> {
     use std::os::unix::process::CommandExt;
     let workdir = a.workdir.as_deref().filter(|w| !w.is_empty()).unwrap_or("/");
     // the confinement word is checked before anything is joined
     let confinement = match &a.confinement {
-        Some(word) => Some(Confinement::from_word(word).map_err(|e| e.to_string())?),
+        Some(word) => Some(Confinement::from_word(word)?),
         None => None,
     };
-    crate::step_join::enter(a.pid, std::path::Path::new(workdir)).map_err(|e| e.to_string())?;
+    crate::step_join::enter(a.pid, std::path::Path::new(workdir))?;
     if let Some(c) = confinement {
-        c.apply().map_err(|e| e.to_string())?;
+        c.apply()?;
     }
     let err = std::process::Command::new(&a.command[0]).args(&a.command[1..]).exec();
     // as a shell would: 127 for a program that is not there, 126 for one that cannot run
