@@ -30,6 +30,15 @@ pub enum ConfinementError {
 /// `ptrace` request that copies a tracee's seccomp filter (Linux 4.4; not in every libc binding).
 const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
 
+/// `prctl(PR_SET_NO_NEW_PRIVS)`: no exec from here on gains privilege (setuid, file capabilities).
+pub fn no_new_privileges() -> std::io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// What the engine gave the container's process.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Confinement {
@@ -89,8 +98,7 @@ impl Confinement {
     pub fn apply(&self) -> Result<(), ConfinementError> {
         self.drop_bounding()?;
         if self.no_new_privs {
-            crate::step_join::no_new_privileges()
-                .map_err(|e| ConfinementError::Apply { what: "no_new_privs", source: std::io::Error::other(e) })?;
+            no_new_privileges().map_err(|source| ConfinementError::Apply { what: "no_new_privs", source })?;
         }
         for program in &self.filters {
             let prog =

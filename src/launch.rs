@@ -19,20 +19,7 @@ use crate::environment::EnvFilter;
 use crate::identity::UserIds;
 use crate::runtime_dir::RuntimeDir;
 
-/// Where the helper is mounted in the container.
-pub const IN_HELPER: &str = "/.mpiexec-docker/mpiexec_docker";
-/// Where the directory of links to the helper is mounted in the container.
-pub const IN_BIN: &str = "/.mpiexec-docker/bin";
-/// Where the current directory is mounted in the container.
-pub const HOST_DIR: &str = "/host";
-/// The names the helper answers to inside a container.
-pub const LINK_NAMES: &[&str] = &["mpiexec", "mpirun", "srun", "ssh", "rsh", "run_in_docker"];
-
-/// Set inside our containers: the image, and a marker for the in-container side.
-pub const ENV_IMAGE: &str = "MPIEXEC_DOCKER_IMAGE";
-pub const ENV_IN_CONTAINER: &str = "MPIEXEC_DOCKER_IN_CONTAINER";
-/// The container label every container of ours carries, and the ones naming its owner and job.
-pub const LABEL: &str = "mpiexec-docker";
+pub use crate::layout::{ENV_IMAGE, ENV_IN_CONTAINER, HOST_DIR, IN_BIN, IN_HELPER, LABEL, LINK_NAMES};
 
 #[derive(Debug, Error)]
 pub enum LaunchError {
@@ -154,7 +141,7 @@ pub fn base_spec(
 
     spec.mount(helper, IN_HELPER, true);
     spec.mount(runtime.bin(), IN_BIN, true);
-    spec.mount(runtime.relay(), crate::relay::IN_RELAY_DIR, false);
+    spec.mount(runtime.relay(), crate::layout::IN_RELAY_DIR, false);
     for m in config.mounts.iter().chain(&req.mounts) {
         spec.mounts.push(Mount::parse_existing(m)?);
     }

@@ -15,6 +15,7 @@
 //! - [`image_cache`]: fetching an image once per node, and what the tool keeps (`images`, prune, cap).
 //! - [`image_source`]: registry references and image files, and the cache key of a file.
 //! - [`in_container`]: the helper's in-container side (the mpiexec selector, exec).
+//! - [`layout`]: where the helper, its links, /host and the relay socket are inside our containers.
 //! - [`launch`]: the host side: a user request to a container spec.
 //! - [`mount_source`]: mount sources a root daemon gets for a user, bound from what the user opened.
 //! - [`mpi`]: MPI flavour detection and what each flavour needs.
@@ -39,6 +40,7 @@ pub mod image_cache;
 pub mod image_source;
 pub mod in_container;
 pub mod launch;
+pub mod layout;
 pub mod mount_source;
 pub mod mpi;
 pub mod plugstack;

@@ -174,7 +174,7 @@ pub fn lock(base: &Path, name: &str, limit: Duration) -> Result<Lock, RuntimeErr
 }
 
 /// A private per-run directory on the host holding the links mounted at
-/// [`crate::launch::IN_BIN`] and the relay's directory. Removed when dropped.
+/// [`crate::layout::IN_BIN`] and the relay's directory. Removed when dropped.
 ///
 /// Its owner holds an exclusive `flock` on [`OWNER_LOCK`] inside it for as long as the directory is in
 /// use; the lock passes to a child that inherits the descriptor (the step container's relay server).
@@ -250,8 +250,8 @@ impl RuntimeDir {
         }
         let bin = path.join("bin");
         std::fs::DirBuilder::new().mode(0o755).create(&bin).map_err(io(&path))?;
-        for name in crate::launch::LINK_NAMES {
-            symlink(crate::launch::IN_HELPER, bin.join(name)).map_err(io(&path))?;
+        for name in crate::layout::LINK_NAMES {
+            symlink(crate::layout::IN_HELPER, bin.join(name)).map_err(io(&path))?;
         }
         // root's for a user's container: root binds the socket there and gives the user the socket
         // alone (see `give_socket`)
@@ -375,8 +375,8 @@ mod tests {
         let dir = RuntimeDir::create(&base, None).unwrap();
         let path = dir.path.clone();
         assert!(path.file_name().unwrap().to_string_lossy().starts_with(RUN_PREFIX));
-        for name in crate::launch::LINK_NAMES {
-            assert_eq!(std::fs::read_link(dir.bin().join(name)).unwrap(), PathBuf::from(crate::launch::IN_HELPER));
+        for name in crate::layout::LINK_NAMES {
+            assert_eq!(std::fs::read_link(dir.bin().join(name)).unwrap(), PathBuf::from(crate::layout::IN_HELPER));
         }
         assert!(runtime_dir_in_use(&path));
         assert_eq!(sweep(&base), 0, "a directory in use stays");

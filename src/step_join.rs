@@ -43,7 +43,7 @@ pub fn enter_privileged(pid: i32) -> Result<(), JoinError> {
     if !is_pause(&cmdline) || own_user != their_user {
         return Err(JoinError::NotOurs { pid });
     }
-    no_new_privileges()?;
+    crate::confinement::no_new_privileges().map_err(|source| JoinError::Sys { what: "set no_new_privs", source })?;
     setns(&mnt_ns, CloneFlags::CLONE_NEWNS).map_err(|source| JoinError::Setns { ns: "mount", source })
 }
 
@@ -81,15 +81,6 @@ pub fn wait_for_pause(pid: i32, limit: std::time::Duration) -> Result<(), JoinEr
 /// Whether a `/proc/PID/cmdline` is our step container's placeholder (`… in-container pause`).
 pub fn is_pause(cmdline: &[u8]) -> bool {
     cmdline.windows(b"in-container\0pause".len()).any(|w| w == b"in-container\0pause")
-}
-
-/// `prctl(PR_SET_NO_NEW_PRIVS)`: no exec from here on gains privilege (setuid, file capabilities).
-pub fn no_new_privileges() -> Result<(), JoinError> {
-    // SAFETY: prctl with integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(JoinError::Sys { what: "set no_new_privs", source: std::io::Error::last_os_error() });
-    }
-    Ok(())
 }
 
 /// `--container-remap-root` where the container has no user namespace of its own (Docker): the task

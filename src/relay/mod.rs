@@ -13,6 +13,4 @@ pub mod protocol;
 pub mod rewrite;
 pub mod server;
 
-/// Where the relay directory is mounted in the container; the socket is [`SOCKET_NAME`] in it.
-pub const IN_RELAY_DIR: &str = "/.mpiexec-docker/relay";
-pub const SOCKET_NAME: &str = "relay.sock";
+pub use crate::layout::{IN_RELAY_DIR, SOCKET_NAME};

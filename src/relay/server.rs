@@ -21,7 +21,7 @@ use super::protocol::{recv_message, recv_request, send_message, Message, Request
 use super::rewrite::{relayable, rewrite_srun, rewrite_ssh};
 use crate::engine::which;
 use crate::environment::EnvFilter;
-use crate::launch::{ENV_IMAGE, ENV_IN_CONTAINER, HOST_DIR};
+use crate::layout::{ENV_IMAGE, ENV_IN_CONTAINER, HOST_DIR};
 use crate::process::exit_code;
 
 /// What the server needs to run relayed commands.
