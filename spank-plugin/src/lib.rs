@@ -8,13 +8,13 @@
 //!
 //! Beside them: [`options`] (the options and their callback), [`state`] (what is kept between
 //! callbacks), `run_as` (the helper as the job's user or as root), [`handle`] and [`ffi`] (Slurm's
-//! API), [`slurm_log`]. Every callback runs under [`guard`], so no Rust panic ever unwinds into Slurm
+//! API), [`slurm_log`]. Every callback runs under [`guard::guard`], so no Rust panic ever unwinds into Slurm
 //! (it would abort slurmstepd).
 
 use std::ffi::{c_char, c_int};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 pub mod ffi;
+pub mod guard;
 pub mod handle;
 pub mod options;
 mod run_as;
@@ -24,6 +24,7 @@ pub mod state;
 pub mod stepd;
 pub mod submit;
 
+use guard::guard;
 use handle::Spank;
 
 /// `plugin_name`, `plugin_type` and `plugin_version` are what Slurm's loader requires. The name also
@@ -55,31 +56,6 @@ const fn parse_u32(s: &str) -> u32 {
         i += 1;
     }
     n
-}
-
-/// Runs one callback body: errors are logged through Slurm and become -1; a panic is caught, logged
-/// and becomes -1 too.
-pub fn guard<F>(what: &str, body: F) -> c_int
-where
-    F: FnOnce() -> Result<(), String>,
-{
-    slurm_log::install();
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(())) => 0,
-        Ok(Err(msg)) => {
-            log::error!("{msg}");
-            -1
-        }
-        Err(panic) => {
-            let what_panicked = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            log::error!("internal error in {what}: {what_panicked}");
-            -1
-        }
-    }
 }
 
 /// The SPANK callbacks the plugin implements, in the order Slurm makes them.

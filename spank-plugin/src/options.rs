@@ -34,7 +34,7 @@ pub fn register_all(spank: &Spank) -> Result<(), crate::handle::SpankError> {
 }
 
 extern "C" fn option_cb(val: c_int, optarg: *const c_char, _remote: c_int) -> c_int {
-    crate::guard("option", || {
+    crate::guard::guard("option", || {
         let value = if optarg.is_null() {
             String::new()
         } else {
