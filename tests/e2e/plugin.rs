@@ -320,7 +320,7 @@ fn tasks_enter_the_container_the_way_the_running_slurm_allows() {
     // the helper's `join` (what newer Slurm runs first in each task), tried by hand on a step container
     let script = format!(
         "set -e; cd {SHARED}; P=$(mpiexec_docker step-container start --job 990001 --step 7 --image {OPENMPI} \
-         --workdir {SHARED} | head -1); \
+         --workdir {SHARED} | python3 -c 'import json, sys; print(json.load(sys.stdin)[\"pid\"])'); \
          ps -u 1500 -o args= | grep '^[^ ]*mpiexec_docker step-container serve .*--job 990001 ' | grep -o -- '--dir [^ ]*'; \
          J=\"mpiexec_docker step-container join --pid $P --workdir {SHARED} --\"; \
          $J sh -c 'pwd; test -e /usr/sbin/slurmd || echo image-fs; test -S /.mpiexec-docker/relay/relay.sock && echo relay'; \
@@ -529,7 +529,7 @@ fn names_squatted_by_another_user_stall_nobody() {
     sh(As::User2, squat);
     let run = sh(As::User, &format!("timeout 120 srun -N3 -n3 --container-image={OPENMPI} id -u"));
     // the standalone helper on the login node, where the same names are squatted
-    let helper = sh(As::User, &format!("timeout 120 mpiexec_docker {OPENMPI} id -u"));
+    let helper = sh(As::User, &format!("timeout 120 run_in_docker {OPENMPI} id -u"));
     let unsquat = "rm -rf /tmp/mpiexec-docker-1500 /tmp/mpiexec-docker-1500.lock";
     sh(As::User2, unsquat);
     for node in NODES {
