@@ -10,13 +10,13 @@ use crate::slurm_log;
 /// and becomes -1 too.
 pub fn guard<F>(what: &str, body: F) -> c_int
 where
-    F: FnOnce() -> Result<(), String>,
+    F: FnOnce() -> anyhow::Result<()>,
 {
     slurm_log::install();
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(())) => 0,
         Ok(Err(msg)) => {
-            log::error!("{msg}");
+            log::error!("{msg:#}");
             -1
         }
         Err(panic) => {

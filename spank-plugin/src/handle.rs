@@ -48,6 +48,8 @@ impl std::fmt::Display for SpankError {
     }
 }
 
+impl std::error::Error for SpankError {}
+
 fn check(rc: i64) -> Result<(), SpankError> {
     if rc == 0 {
         Ok(())

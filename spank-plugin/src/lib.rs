@@ -81,7 +81,7 @@ pub enum Callback {
 /// | task_init | | `stepd::task_init` | |
 /// | exit | | `stepd::exit` | |
 /// | job_epilog | | | `slurmd::job_epilog` |
-pub fn dispatch(callback: Callback, spank: &Spank, args: &[String]) -> Result<(), String> {
+pub fn dispatch(callback: Callback, spank: &Spank, args: &[String]) -> anyhow::Result<()> {
     use handle::Context::*;
     use Callback::*;
     let ctx = handle::context();

@@ -41,10 +41,11 @@ extern "C" fn option_cb(val: c_int, optarg: *const c_char, _remote: c_int) -> c_
             // SAFETY: Slurm passes a NUL-terminated argument string valid for this call.
             unsafe { CStr::from_ptr(optarg) }.to_string_lossy().into_owned()
         };
-        let def = DEFS.get(val as usize).ok_or_else(|| format!("unknown option number {val}"))?;
+        let def = DEFS.get(val as usize).ok_or_else(|| anyhow::anyhow!("unknown option number {val}"))?;
         if def.name == "container-entrypoint" && crate::handle::prepend_fn().is_none() {
-            return Err(ENTRYPOINT_NEEDS.into());
+            anyhow::bail!(ENTRYPOINT_NEEDS);
         }
-        crate::state::with(|s| s.options.apply(def.name, &value)).map_err(|e| e.to_string())
+        crate::state::with(|s| s.options.apply(def.name, &value))?;
+        Ok(())
     })
 }

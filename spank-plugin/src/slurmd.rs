@@ -21,7 +21,7 @@ const SWEEP_LIMIT: Duration = Duration::from_secs(60);
 
 /// `slurm_spank_init` in a job script: only the plugstack.conf arguments (no options here). A bad
 /// argument is logged, never returned: that would fail the job script and drain the node.
-pub fn init(_spank: &Spank, args: &[String]) -> Result<(), String> {
+pub fn init(_spank: &Spank, args: &[String]) -> anyhow::Result<()> {
     let parsed = PluginArgs::parse(args).map_err(|e| e.to_string());
     if let Err(msg) = &parsed {
         log::error!("{msg}");
@@ -31,26 +31,26 @@ pub fn init(_spank: &Spank, args: &[String]) -> Result<(), String> {
 }
 
 /// `slurm_spank_job_epilog`: never reports failure to Slurm.
-pub fn job_epilog(spank: &Spank, args: &[String]) -> Result<(), String> {
+pub fn job_epilog(spank: &Spank, args: &[String]) -> anyhow::Result<()> {
     if state::with(|s| s.args.is_none()) {
         let _ = init(spank, args);
     }
     if let Err(e) = sweep(spank) {
-        log::error!("{e}");
+        log::error!("{e:#}");
     }
     Ok(())
 }
 
-fn sweep(spank: &Spank) -> Result<(), String> {
+fn sweep(spank: &Spank) -> anyhow::Result<()> {
     let (job, uid) = match (spank.get_u32(crate::ffi::spank_item::S_JOB_ID), spank.uid()) {
         (Ok(j), Ok(u)) => (j, u),
-        _ => return Err("epilog: cannot read the job id or user; no container sweep".into()),
+        _ => anyhow::bail!("epilog: cannot read the job id or user; no container sweep"),
     };
     let helper = state::plugin_args()
         .map(|a| a.helper)
         .unwrap_or_else(|_| mpiexec_docker_core::plugstack::DEFAULT_HELPER.into());
     if !helper.exists() {
-        return Err(format!("epilog: helper {} not found; no container sweep for job {job}", helper.display()));
+        anyhow::bail!("epilog: helper {} not found; no container sweep for job {job}", helper.display());
     }
     sweep_as(&helper, job, 0);
     if uid != 0 {

@@ -22,6 +22,8 @@
 use std::path::Path;
 use std::process::Stdio;
 
+use anyhow::Context;
+
 use mpiexec_docker_core::confinement::Confinement;
 use mpiexec_docker_core::container_options::ContainerOptions;
 use mpiexec_docker_core::engine::EngineKind;
@@ -38,8 +40,8 @@ use crate::state::{self, plugin_args, StepContainer};
 /// Slurm's step id of the extern step (no tasks to wrap).
 const EXTERN_STEP: u32 = 0xfffffffc;
 
-pub fn init(spank: &Spank, args: &[String]) -> Result<(), String> {
-    crate::options::register_all(spank).map_err(|e| format!("cannot register options: {e}"))?;
+pub fn init(spank: &Spank, args: &[String]) -> anyhow::Result<()> {
+    crate::options::register_all(spank).context("cannot register options")?;
     let parsed = PluginArgs::parse(args).map_err(|e| e.to_string());
     if let Err(msg) = &parsed {
         log::error!("{msg}");
@@ -57,13 +59,13 @@ pub fn init(spank: &Spank, args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-pub fn user_init(spank: &Spank, _args: &[String]) -> Result<(), String> {
+pub fn user_init(spank: &Spank, _args: &[String]) -> anyhow::Result<()> {
     // options not given on the command line take their defaults from the job's environment
     let given = state::with(|s| s.options.clone());
     let result = match given.with_env_defaults(|k| spank.getenv(k)) {
         Ok(opts) => match (opts.image.clone(), &opts.name) {
             (None, None) => return Ok(()),
-            (image, _) => start(spank, &image.unwrap_or_default(), &opts),
+            (image, _) => start(spank, &image.unwrap_or_default(), &opts).map_err(|e| format!("{e:#}")),
         },
         Err(e) => Err(e.to_string()),
     };
@@ -72,27 +74,29 @@ pub fn user_init(spank: &Spank, _args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> Result<StepContainer, String> {
-    let args = plugin_args()?;
-    let job = spank.get_u32(spank_item::S_JOB_ID).map_err(|e| format!("cannot read the job id: {e}"))?;
-    let step = spank.get_u32(spank_item::S_JOB_STEPID).map_err(|e| format!("cannot read the step id: {e}"))?;
+fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> anyhow::Result<StepContainer> {
+    let args = plugin_args().map_err(anyhow::Error::msg)?;
+    let job = spank.get_u32(spank_item::S_JOB_ID).context("cannot read the job id")?;
+    let step = spank.get_u32(spank_item::S_JOB_STEPID).context("cannot read the step id")?;
     if step == EXTERN_STEP {
-        return Err("the extern step has no tasks".into());
+        anyhow::bail!("the extern step has no tasks");
     }
-    let uid = spank.uid().map_err(|e| e.to_string())?;
-    let gid = spank.gid().map_err(|e| e.to_string())?;
-    let user =
-        nix::unistd::User::from_uid(uid.into()).ok().flatten().ok_or(format!("no passwd entry for uid {uid}"))?;
+    let uid = spank.uid()?;
+    let gid = spank.gid()?;
+    let user = nix::unistd::User::from_uid(uid.into())
+        .ok()
+        .flatten()
+        .ok_or_else(|| anyhow::anyhow!("no passwd entry for uid {uid}"))?;
     let workdir = spank.getenv("PWD").filter(|d| d.starts_with('/')).unwrap_or_else(|| user.dir.display().to_string());
     // Docker's daemon is root's: the helper starts the container as root, for the user
     let rootful = args.engine == EngineKind::Docker;
     // every refusal before anything is started
     if opts.entrypoint == Some(true) {
         if rootful {
-            return Err("--container-entrypoint is not available with Docker here; drop the option".into());
+            anyhow::bail!("--container-entrypoint is not available with Docker here; drop the option");
         }
         if crate::handle::prepend_fn().is_none() {
-            return Err(ENTRYPOINT_NEEDS.into());
+            anyhow::bail!(ENTRYPOINT_NEEDS);
         }
     }
     let mut cmd = match rootful {
@@ -102,7 +106,7 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> Result<StepCont
     let step_cgroup = match rootful {
         true => match std::fs::read_to_string("/proc/self/cgroup").ok().as_deref().and_then(step_join::step_cgroup) {
             Some(cgroup) => Some(cgroup),
-            None => return Err("cannot find this step's cgroup (is proctrack/cgroup configured?)".into()),
+            None => anyhow::bail!("cannot find this step's cgroup (is proctrack/cgroup configured?)"),
         },
         false => None,
     };
@@ -128,13 +132,13 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> Result<StepCont
     if let Some(every) = spank.getenv("MPIEXEC_DOCKER_PROGRESS_INTERVAL") {
         cmd.env("MPIEXEC_DOCKER_PROGRESS_INTERVAL", every);
     }
-    let out = output_forwarding_progress(cmd).map_err(|e| format!("cannot run {}: {e}", args.helper.display()))?;
+    let out = output_forwarding_progress(cmd).with_context(|| format!("cannot run {}", args.helper.display()))?;
     if !out.status.success() {
         let line = mpiexec_docker_core::engine::last_line(&String::from_utf8_lossy(&out.stderr));
         let line = if line.is_empty() { "the helper failed".to_string() } else { line };
-        return Err(format!("--container-image={image}: {}", line.trim_start_matches("mpiexec_docker: error: ")));
+        anyhow::bail!("--container-image={image}: {}", line.trim_start_matches("mpiexec_docker: error: "));
     }
-    let started = Started::from_json(&String::from_utf8_lossy(&out.stdout))?;
+    let started = Started::from_json(&String::from_utf8_lossy(&out.stdout)).map_err(anyhow::Error::msg)?;
     let (pid, image_env) = (started.pid, started.env);
     let entrypoint = match opts.entrypoint {
         Some(true) => started.entrypoint,
@@ -170,7 +174,7 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> Result<StepCont
 /// In each task, as root before Slurm drops to the user: the container's confinement is read (root
 /// may copy a process's seccomp filter), and a container made by a root daemon is joined here (see
 /// [`step_join::enter_privileged`]) with the container's bounding set.
-pub fn task_init_privileged(_spank: &Spank, _args: &[String]) -> Result<(), String> {
+pub fn task_init_privileged(_spank: &Spank, _args: &[String]) -> anyhow::Result<()> {
     let step = state::with(|s| s.step.clone());
     let Some(Ok(c)) = step else { return Ok(()) };
     // what is kept here is reported by task_init, which fails only the job
@@ -178,10 +182,10 @@ pub fn task_init_privileged(_spank: &Spank, _args: &[String]) -> Result<(), Stri
         .map_err(|e| e.to_string())
         .and_then(|()| Confinement::of_process(c.pid).map_err(|e| e.to_string()));
     if c.rootful {
-        step_join::enter_privileged(c.pid).map_err(|e| e.to_string())?;
+        step_join::enter_privileged(c.pid)?;
         // root can drop from the bounding set; the user in task_init cannot
         if let Ok(conf) = &confinement {
-            conf.drop_bounding().map_err(|e| e.to_string())?;
+            conf.drop_bounding()?;
         }
     }
     state::with(|s| s.confinement = Some(confinement));
@@ -252,39 +256,44 @@ fn output_forwarding_progress(mut cmd: std::process::Command) -> std::io::Result
     Ok(std::process::Output { status, stdout: reader.join().unwrap_or_default(), stderr })
 }
 
-pub fn task_init(spank: &Spank, _args: &[String]) -> Result<(), String> {
+pub fn task_init(spank: &Spank, _args: &[String]) -> anyhow::Result<()> {
     let step = state::with(|s| s.step.clone());
     match step {
         None => Ok(()),
-        Some(Err(e)) => Err(e),
+        Some(Err(e)) => Err(anyhow::Error::msg(e)),
         Some(Ok(c)) => {
             let confinement = state::with(|s| s.confinement.take())
-                .unwrap_or_else(|| Err("the task's confinement was not read (no task_init_privileged)".into()))?;
+                .unwrap_or_else(|| Err("the task's confinement was not read (no task_init_privileged)".into()))
+                .map_err(anyhow::Error::msg)?;
             if spank.get_u32(spank_item::S_TASK_GLOBAL_ID) == Ok(0) {
                 log::info!("step {}.{}: tasks confined like their container: {confinement}", c.job, c.step);
             }
             for (k, v) in task_env(&c, spank.getenv("PATH")) {
-                spank.setenv(&k, &v).map_err(|e| format!("cannot set {k} for the task: {e}"))?;
+                spank.setenv(&k, &v).with_context(|| format!("cannot set {k} for the task"))?;
             }
             if c.rootful {
                 // joined in task_init_privileged: the working directory, and root inside if asked
                 std::env::set_current_dir(&c.workdir)
-                    .map_err(|e| format!("working directory {} is not in the container: {e}", c.workdir))?;
+                    .with_context(|| format!("working directory {} is not in the container", c.workdir))?;
                 if c.remap_root {
-                    step_join::map_to_root(c.uid, c.gid).map_err(|e| e.to_string())?;
+                    step_join::map_to_root(c.uid, c.gid)?;
                 }
-                return confinement.apply().map_err(|e| e.to_string());
+                return Ok(confinement.apply()?);
             }
             // Slurm 23.11+: the helper joins the container, takes on its confinement and execs the
             // task's program; before that, the task does both here, just before Slurm execs it
-            let mut prepend =
-                step_join::prepend_argv(&plugin_args()?.helper, c.pid, Path::new(&c.workdir), &confinement);
+            let mut prepend = step_join::prepend_argv(
+                &plugin_args().map_err(anyhow::Error::msg)?.helper,
+                c.pid,
+                Path::new(&c.workdir),
+                &confinement,
+            );
             prepend.extend(c.entrypoint.iter().cloned());
             match spank.prepend_task_argv(&prepend) {
-                Some(result) => result.map_err(|e| format!("cannot prepend the container's entry to the task: {e}")),
+                Some(result) => result.context("cannot prepend the container's entry to the task"),
                 None => {
-                    step_join::enter(c.pid, Path::new(&c.workdir)).map_err(|e| e.to_string())?;
-                    confinement.apply().map_err(|e| e.to_string())
+                    step_join::enter(c.pid, Path::new(&c.workdir))?;
+                    Ok(confinement.apply()?)
                 }
             }
         }
@@ -310,7 +319,7 @@ fn task_env(c: &StepContainer, job_path: Option<String>) -> Vec<(String, String)
 }
 
 /// Removes the step's container (as its user: rootless stores are per user).
-pub fn exit(_spank: &Spank, _args: &[String]) -> Result<(), String> {
+pub fn exit(_spank: &Spank, _args: &[String]) -> anyhow::Result<()> {
     let step = state::with(|s| s.step.take());
     let Some(Ok(c)) = step else { return Ok(()) };
     let args = plugin_args().unwrap_or_default();

@@ -2,23 +2,25 @@
 //! here, before any node is used. A bad plugstack.conf argument, option value or
 //! `MPIEXEC_DOCKER_CONTAINER_*` default stops the command with one line naming it.
 
+use anyhow::Context;
 use mpiexec_docker_core::plugstack::PluginArgs;
 
 use crate::handle::Spank;
 use crate::state;
 
 /// `slurm_spank_init`: registers the options and reads the plugstack.conf arguments.
-pub fn init(spank: &Spank, args: &[String]) -> Result<(), String> {
-    crate::options::register_all(spank).map_err(|e| format!("cannot register options: {e}"))?;
+pub fn init(spank: &Spank, args: &[String]) -> anyhow::Result<()> {
+    crate::options::register_all(spank).context("cannot register options")?;
     let parsed = PluginArgs::parse(args).map_err(|e| e.to_string());
     state::with(|s| s.args = Some(parsed.clone()));
-    parsed.map(|_| ())
+    parsed.map(|_| ()).map_err(anyhow::Error::msg)
 }
 
 /// `slurm_spank_init_post_opt`: the options are all known; the defaults the environment gives the
 /// ones not given (`MPIEXEC_DOCKER_CONTAINER_*`) are checked here too, so that a bad one stops the
 /// command instead of the job on its nodes.
-pub fn init_post_opt(_spank: &Spank, _args: &[String]) -> Result<(), String> {
+pub fn init_post_opt(_spank: &Spank, _args: &[String]) -> anyhow::Result<()> {
     let given = state::with(|s| s.options.clone());
-    given.with_env_defaults(|k| std::env::var(k).ok()).map(|_| ()).map_err(|e| e.to_string())
+    given.with_env_defaults(|k| std::env::var(k).ok())?;
+    Ok(())
 }
