@@ -23,17 +23,17 @@ pub fn main(args: &[String]) -> i32 {
     match run(prune, engine) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("mpiexec_docker: error: {e}");
+            eprintln!("mpiexec_docker: error: {e:#}");
             1
         }
     }
 }
 
-fn run(prune: bool, kind: Option<EngineKind>) -> Result<(), String> {
-    let config = Config::load().map_err(|e| e.to_string())?;
-    let engine = Engine::find(kind.unwrap_or(config.engine)).map_err(|e| e.to_string())?;
-    let _lock = image_cache::store_lock().map_err(|e| e.to_string())?;
-    let items = image_cache::list(&engine).map_err(|e| e.to_string())?;
+fn run(prune: bool, kind: Option<EngineKind>) -> anyhow::Result<()> {
+    let config = Config::load()?;
+    let engine = Engine::find(kind.unwrap_or(config.engine))?;
+    let _lock = image_cache::store_lock()?;
+    let items = image_cache::list(&engine)?;
     if !prune {
         println!("{:<64} {:<12} {:>10}", "IMAGE", "ID", "SIZE");
         for c in &items {
@@ -52,7 +52,7 @@ fn run(prune: bool, kind: Option<EngineKind>) -> Result<(), String> {
     if kept.is_empty() {
         Ok(())
     } else {
-        Err(format!("{} image(s) could not be removed (in use?)", kept.len()))
+        anyhow::bail!("{} image(s) could not be removed (in use?)", kept.len())
     }
 }
 
