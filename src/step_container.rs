@@ -125,11 +125,13 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
     let me = whose(&a.user)?;
     // one start at a time per user on this node (a named container is looked up, then made): another
     // user's starts never wait for this one
+    let mut clock = Phases::start();
     let _lock = image_cache::fetch_lock(me.uid)?;
+    clock.done("lock");
     if let Some(n) = &a.container_name {
         if let Some((pid, image)) = running(&engine, &name, me.uid)? {
             let info = engine.image_config(&image)?.ok_or_else(|| format!("the image of container '{n}' is gone"))?;
-            return Ok(Started::from_image_info(pid, &info)?);
+            return Ok(Started { phases: clock.phases, ..Started::from_image_info(pid, &info)? });
         }
         if a.image.is_empty() {
             return Err(StepError::Step(format!(
@@ -160,6 +162,7 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
         None => None,
     };
     let local = image_cache::ensure(&engine, &mut image, config.pull, credentials.as_ref().map(|c| c.dir()))?;
+    clock.done("fetch");
     drop(credentials);
     if let Some(max) = config.cache_max_size {
         if let Ok(_store) = image_cache::store_lock() {
@@ -302,11 +305,31 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
     }
     // the runtime directory (links, relay socket) now belongs to the relay server, which lives as
     // long as the container
+    clock.done("start");
     if let Err(e) = spawn_server(a, helper, &engine, runtime, listener, pid, &me) {
         engine.remove(&[name]);
         return Err(StepError::Step(format!("cannot start the srun/ssh relay of the step: {e}")));
     }
-    Ok(Started::from_image_info(pid, &info)?)
+    clock.done("relay");
+    Ok(Started { phases: clock.phases, ..Started::from_image_info(pid, &info)? })
+}
+
+/// The time each phase of a start took.
+struct Phases {
+    last: std::time::Instant,
+    phases: Vec<(String, f64)>,
+}
+
+impl Phases {
+    fn start() -> Phases {
+        Phases { last: std::time::Instant::now(), phases: Vec::new() }
+    }
+
+    fn done(&mut self, phase: &str) {
+        let now = std::time::Instant::now();
+        self.phases.push((phase.to_string(), (now - self.last).as_secs_f64()));
+        self.last = now;
+    }
 }
 
 /// Where a step container's user-named sources are bound from (root's staging mount points with

@@ -257,11 +257,15 @@ impl SweepArgs {
 
 /// What `step-container start` prints for the plugin (JSON): the container's process id, the image's
 /// entrypoint and its environment (for the tasks, which inherit the job's environment, not the image's).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Started {
     pub pid: i32,
     pub entrypoint: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// How long each phase of the start took on this node, in seconds, in order (`lock`: waiting for
+    /// the user's earlier starts, `fetch`: the image, `start`: the container, `relay`: its server).
+    #[serde(default)]
+    pub phases: Vec<(String, f64)>,
 }
 
 impl Started {
@@ -275,7 +279,7 @@ impl Started {
                 .map_err(|e| format!("the engine gave a bad entrypoint '{json}': {e}"))?,
         };
         let env = lines.filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Ok(Started { pid, entrypoint, env })
+        Ok(Started { pid, entrypoint, env, phases: Vec::new() })
     }
 
     pub fn to_json(&self) -> String {

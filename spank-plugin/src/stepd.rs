@@ -152,6 +152,9 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> anyhow::Result<
         None => "in task_init (this Slurm has no spank_prepend_task_argv)",
     };
     log::info!("step {job}.{step}: tasks run in container of {image} (pid {pid}); they enter it {how}");
+    // at Slurm's verbose level (`srun -v` shows it): where a step's start time went on this node
+    let phases: Vec<String> = started.phases.iter().map(|(p, s)| format!("{p} {s:.3} s")).collect();
+    log::info!("step {job}.{step}: container start on this node: {}", phases.join(", "));
     let (name, image) = (opts.name.clone(), image.to_string());
     let remap_root = rootful && opts.remap_root == Some(true);
     Ok(StepContainer {

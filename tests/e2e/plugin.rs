@@ -316,6 +316,12 @@ fn tasks_enter_the_container_the_way_the_running_slurm_allows() {
         .unwrap_or_else(|| panic!("no line for step {job}.0 in node2's log"));
     let want = if prepend { "through spank_prepend_task_argv" } else { "in task_init" };
     assert!(line.contains(want), "{line}");
+    // and where its start time went, phase by phase, at Slurm's verbose level
+    let phases = format!("step {job}.0: container start on this node: lock ");
+    let line = log.lines().into_iter().find(|l| l.contains(&phases)).unwrap_or_else(|| panic!("no {phases:?}"));
+    for phase in ["fetch ", "start ", "relay "] {
+        assert!(line.contains(phase), "{line}");
+    }
 
     // the helper's `join` (what newer Slurm runs first in each task), tried by hand on a step container
     let script = format!(
