@@ -272,130 +272,70 @@ pub fn repository_component(text: &str) -> String {
 }
 
 /// One member of a tar file as an engine's loader reads it: the PAX (`x`) or GNU long-name (`L`)
-/// headers before it applied (Go's archive/tar, which Docker and Podman use, honours both).
+/// headers before it applied (the `tar` crate reads them as Go's archive/tar, which Docker and Podman
+/// use, does).
 #[derive(Debug)]
 struct Member {
-    /// Where its first header (an extended one, if any) starts.
+    /// Where its first header (an extended one, if any) starts: where the one before it ended.
     start: u64,
     /// Where its own header starts.
     header_at: u64,
+    /// Where its data starts.
+    data_at: u64,
     size: u64,
     name: String,
-    /// Whether extended headers came before it.
+    /// Whether extended headers changed its name or size.
     extended: bool,
     /// Where the next member starts.
     end: u64,
 }
 
-/// Walks the members of a tar file (headers only: data is skipped), calling `visit` for each.
-fn walk<R: Read + Seek>(r: &mut R, mut visit: impl FnMut(&Member, &mut R) -> Result<(), String>) -> Result<(), String> {
+/// The members of a tar file, read from their headers (data is skipped, not read). Errors on a file
+/// that is not a tar, is cut short or is corrupt.
+fn members<R: Read + Seek>(r: &mut R) -> Result<Vec<Member>, String> {
     let total = r.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
     r.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
-    let mut pos = 0u64;
-    let mut header = [0u8; 512];
-    let mut seen_any = false;
-    let (mut start, mut long_name, mut long_size): (Option<u64>, Option<String>, Option<u64>) = (None, None, None);
-    loop {
-        if pos + 512 > total {
-            return Err(if seen_any {
+    if total < 512 {
+        return Err("not a tar archive".into());
+    }
+    let mut found: Vec<Member> = Vec::new();
+    let mut archive = tar::Archive::new(r);
+    let entries = archive.entries_with_seek().map_err(|e| e.to_string())?;
+    for entry in entries {
+        let bad = |e: std::io::Error| match found.is_empty() {
+            true => "not a tar archive".to_string(),
+            false if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 "the file is cut short (truncated archive)".into()
-            } else {
-                "not a tar archive".into()
-            });
-        }
-        r.seek(SeekFrom::Start(pos)).map_err(|e| e.to_string())?;
-        r.read_exact(&mut header).map_err(|e| e.to_string())?;
-        if header.iter().all(|&b| b == 0) {
-            return if seen_any { Ok(()) } else { Err("not a tar archive".into()) };
-        }
-        if &header[257..262] != b"ustar" && !checksum_ok(&header) {
-            return Err(if seen_any { "the archive is corrupt".into() } else { "not a tar archive".into() });
-        }
-        seen_any = true;
-        let field = |a: usize, b: usize| {
-            let raw = &header[a..b];
-            let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
-            String::from_utf8_lossy(&raw[..end]).into_owned()
-        };
-        let size = if header[124] & 0x80 != 0 {
-            // GNU base-256
-            header[125..136].iter().fold(0u64, |acc, &b| acc.saturating_mul(256).saturating_add(b as u64))
-        } else {
-            u64::from_str_radix(field(124, 136).trim(), 8).map_err(|_| "the archive is corrupt".to_string())?
-        };
-        let kind = header[156];
-        let data = pos + 512;
-        let next = data.checked_add(size.div_ceil(512) * 512).ok_or("the archive is corrupt")?;
-        if next > total {
-            return Err("the file is cut short (truncated archive)".into());
-        }
-        start.get_or_insert(pos);
-        match kind {
-            b'x' | b'L' | b'g' | b'K' => {
-                if size > 1 << 20 {
-                    return Err("the archive is corrupt (an extended header over 1 MiB)".into());
-                }
-                let mut body = vec![0u8; size as usize];
-                r.read_exact(&mut body).map_err(|e| e.to_string())?;
-                match kind {
-                    b'L' => long_name = Some(String::from_utf8_lossy(&body).trim_end_matches('\0').to_string()),
-                    b'x' | b'g' => {
-                        for (k, v) in pax_records(&body) {
-                            if kind == b'g' && (k == "path" || k == "size") {
-                                return Err("the archive sets names or sizes globally (PAX): refused".into());
-                            }
-                            match k.as_str() {
-                                "path" => long_name = Some(v),
-                                "size" => long_size = Some(v.parse().map_err(|_| "the archive is corrupt")?),
-                                _ => {}
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-                pos = next;
-                continue;
             }
-            _ => {}
-        }
-        let extended = start != Some(pos);
-        let mut name = long_name.take().unwrap_or_else(|| {
-            let prefix = field(345, 500);
-            let name = field(0, 100);
-            if &header[257..262] == b"ustar" && !prefix.is_empty() {
-                format!("{prefix}/{name}")
-            } else {
-                name
-            }
-        });
-        name = name.trim_start_matches("./").to_string();
-        let size = long_size.take().unwrap_or(size);
-        let end = data.checked_add(size.div_ceil(512) * 512).ok_or("the archive is corrupt")?;
+            false => "the archive is corrupt".to_string(),
+        };
+        let entry = entry.map_err(bad)?;
+        let header_at = entry.raw_header_position();
+        let data_at = entry.raw_file_position();
+        let size = entry.size();
+        let end = data_at.checked_add(size.div_ceil(512) * 512).ok_or("the archive is corrupt")?;
         if end > total {
             return Err("the file is cut short (truncated archive)".into());
         }
-        let member = Member { start: start.take().unwrap_or(pos), header_at: pos, size, name, extended, end };
-        visit(&member, r)?;
-        pos = end;
+        let name = String::from_utf8_lossy(&entry.path_bytes()).trim_start_matches("./").to_string();
+        let own = String::from_utf8_lossy(&entry.header().path_bytes()).trim_start_matches("./").to_string();
+        let extended = name != own || entry.header().entry_size().ok() != Some(size);
+        let start = found.last().map_or(0, |m| m.end);
+        found.push(Member { start, header_at, data_at, size, name, extended, end });
     }
-}
-
-/// The `key=value` records of a PAX extended header (`"<len> key=value\n"` each).
-fn pax_records(body: &[u8]) -> Vec<(String, String)> {
-    let text = String::from_utf8_lossy(body);
-    text.lines()
-        .filter_map(|l| l.split_once(' ').and_then(|(_, kv)| kv.split_once('=')))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    if found.is_empty() {
+        return Err("not a tar archive".into());
+    }
+    Ok(found)
 }
 
 /// The contents of the named members of a tar file (layers are skipped, not read). Errors on a file
 /// that is not a tar or ends early, and on an index file given twice or through extended headers.
 fn tar_entries<R: Read + Seek>(r: &mut R, names: &[&str]) -> Result<Vec<(String, String)>, String> {
     let mut found: Vec<(String, String)> = Vec::new();
-    walk(r, |m, r| {
+    for m in members(r)? {
         if !names.contains(&m.name.as_str()) {
-            return Ok(());
+            continue;
         }
         if found.iter().any(|(n, _)| *n == m.name) {
             // which of the two an engine's load would apply is the engine's choice: neither is trusted
@@ -407,12 +347,11 @@ fn tar_entries<R: Read + Seek>(r: &mut R, names: &[&str]) -> Result<Vec<(String,
         if m.size > 16 << 20 {
             return Err(format!("{} is over 16 MiB", m.name));
         }
-        r.seek(SeekFrom::Start(m.header_at + 512)).map_err(|e| e.to_string())?;
+        r.seek(SeekFrom::Start(m.data_at)).map_err(|e| e.to_string())?;
         let mut buf = vec![0u8; m.size as usize];
         r.read_exact(&mut buf).map_err(|e| e.to_string())?;
-        found.push((m.name.clone(), String::from_utf8_lossy(&buf).into_owned()));
-        Ok(())
-    })?;
+        found.push((m.name, String::from_utf8_lossy(&buf).into_owned()));
+    }
     Ok(found)
 }
 
@@ -420,11 +359,8 @@ fn tar_entries<R: Read + Seek>(r: &mut R, names: &[&str]) -> Result<Vec<(String,
 /// `manifest.json` (`RepoTags`) and `index.json` (annotations) are dropped and `repositories` is left
 /// out, so that a load never changes what any name means in the store; every other byte is as read.
 pub fn copy_without_names<R: Read + Seek, W: std::io::Write>(r: &mut R, out: &mut W) -> Result<(), String> {
-    let mut members = Vec::new();
-    walk(r, |m, _| {
-        members.push((m.start, m.header_at, m.size, m.name.clone(), m.end));
-        Ok(())
-    })?;
+    let members: Vec<(u64, u64, u64, String, u64)> =
+        members(r)?.into_iter().map(|m| (m.start, m.header_at, m.size, m.name, m.end)).collect();
     let copy = |r: &mut R, out: &mut W, from: u64, to: u64| -> Result<(), String> {
         r.seek(SeekFrom::Start(from)).map_err(|e| e.to_string())?;
         let n = std::io::copy(&mut r.by_ref().take(to - from), out).map_err(|e| e.to_string())?;
@@ -471,15 +407,6 @@ pub fn copy_without_names<R: Read + Seek, W: std::io::Write>(r: &mut R, out: &mu
     out.write_all(&[0u8; 1024]).map_err(|e| e.to_string())
 }
 
-fn checksum_ok(h: &[u8; 512]) -> bool {
-    let stored = String::from_utf8_lossy(&h[148..156]);
-    let Ok(stored) = u32::from_str_radix(stored.trim_matches(|c: char| c == '\0' || c == ' '), 8) else {
-        return false;
-    };
-    let sum: u32 = h.iter().enumerate().map(|(i, &b)| if (148..156).contains(&i) { 32 } else { b as u32 }).sum();
-    sum == stored
-}
-
 fn hex_digest(s: &str) -> Option<String> {
     let hex = s.trim_start_matches("sha256:");
     let hex = hex.trim_end_matches(".json");
@@ -489,8 +416,8 @@ fn hex_digest(s: &str) -> Option<String> {
 
 /// docker-archive `manifest.json`: `[{"Config": "<hex>.json" | "blobs/sha256/<hex>", "RepoTags": […]}]`.
 fn docker_config_digest(manifest: &str) -> Result<(String, Vec<String>), String> {
-    let v: serde_yaml::Value = serde_yaml::from_str(manifest).map_err(|e| format!("bad manifest.json: {e}"))?;
-    match v.as_sequence().map(Vec::len) {
+    let v: serde_json::Value = serde_json::from_str(manifest).map_err(|e| format!("bad manifest.json: {e}"))?;
+    match v.as_array().map(Vec::len) {
         Some(1) => {}
         Some(0) | None => return Err("manifest.json names no image".into()),
         // a load applies every entry's names: one image per file, whose names we know
@@ -502,16 +429,16 @@ fn docker_config_digest(manifest: &str) -> Result<(String, Vec<String>), String>
     Ok((digest, strings(first.get("RepoTags"))))
 }
 
-fn strings(v: Option<&serde_yaml::Value>) -> Vec<String> {
-    v.and_then(|t| t.as_sequence())
+fn strings(v: Option<&serde_json::Value>) -> Vec<String> {
+    v.and_then(|t| t.as_array())
         .map(|s| s.iter().filter_map(|x| x.as_str().map(String::from)).collect())
         .unwrap_or_default()
 }
 
 /// oci-archive `index.json`: `{"manifests": [{"digest": "sha256:<hex>", "annotations": {…}}]}`.
 fn oci_manifest_digest(index: &str) -> Result<(String, Vec<String>), String> {
-    let v: serde_yaml::Value = serde_yaml::from_str(index).map_err(|e| format!("bad index.json: {e}"))?;
-    match v.get("manifests").and_then(|m| m.as_sequence()).map(Vec::len) {
+    let v: serde_json::Value = serde_json::from_str(index).map_err(|e| format!("bad index.json: {e}"))?;
+    match v.get("manifests").and_then(|m| m.as_array()).map(Vec::len) {
         Some(1) => {}
         Some(0) | None => return Err("index.json names no image".into()),
         Some(n) => return Err(format!("index.json names {n} images: one image per file")),
