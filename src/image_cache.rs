@@ -126,6 +126,18 @@ pub struct Resolved {
     file: Option<(ImageFile, ArchiveInfo)>,
 }
 
+impl Resolved {
+    /// The names that, when in the store, are this image without any fetch (in the order [`ensure`]
+    /// looks): a file's cache name; a registry reference, or in a shared store the user's own name
+    /// for it first.
+    pub fn cached_names(&self) -> Vec<String> {
+        match (&self.file, self.scope) {
+            (None, Some(uid)) => vec![user_pulled_name(uid, &self.local), self.local.clone()],
+            _ => vec![self.local.clone()],
+        }
+    }
+}
+
 /// Resolves a named image. A file's index is read and its bytes hashed (from the descriptor opened
 /// by [`name_image`]); `memo`, a directory of whoever runs this, keeps the hashes of unchanged files.
 /// `scope`: the user, when the store is shared by users (see the module docs).

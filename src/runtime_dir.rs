@@ -16,7 +16,7 @@
 
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -156,20 +156,27 @@ pub fn lock(base: &Path, name: &str, limit: Duration) -> Result<Lock, RuntimeErr
             why: "not a file of this user".into(),
         });
     }
-    let start = Instant::now();
-    loop {
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(Lock { _file: file });
-        }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(io(&path)(err));
-        }
-        if start.elapsed() >= limit {
-            return Err(RuntimeError::LockTimeout { path, waited: limit });
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(Lock { _file: file });
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+        return Err(io(&path)(err));
+    }
+    // held: wait for it on a thread (woken the moment it is free), at most `limit`; a waiter that
+    // gives up leaves that thread blocked on a descriptor of its own, which goes with this process
+    let waiter = file.try_clone().map_err(io(&path))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: flock on the cloned descriptor this thread owns.
+        let rc = unsafe { libc::flock(waiter.as_raw_fd(), libc::LOCK_EX) };
+        let _ = tx.send((rc, std::io::Error::last_os_error()));
+    });
+    match rx.recv_timeout(limit) {
+        Ok((0, _)) => Ok(Lock { _file: file }),
+        Ok((_, e)) => Err(io(&path)(e)),
+        Err(_) => Err(RuntimeError::LockTimeout { path, waited: limit }),
     }
 }
 

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, PullPolicy};
 use crate::confinement::Confinement;
 use crate::container::run_args;
 use crate::engine::{Engine, EngineKind};
@@ -161,19 +161,38 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
         Some(c) => Some(image_cache::Credentials::write(&state, &c)?),
         None => None,
     };
-    let local = image_cache::ensure(&engine, &mut image, config.pull, credentials.as_ref().map(|c| c.dir()))?;
-    clock.done("fetch");
-    drop(credentials);
-    if let Some(max) = config.cache_max_size {
-        if let Ok(_store) = image_cache::store_lock() {
-            for gone in image_cache::enforce_cap(&engine, max, &local).unwrap_or_default() {
-                log::info!("cache over {max} bytes: removed {gone}");
+    // the common case first: the image is here and may be used as it is (one engine call, which also
+    // gives its entrypoint and environment)
+    let mut cached = None;
+    if matches!(config.pull, PullPolicy::Missing | PullPolicy::Never) {
+        for name in image.cached_names() {
+            if let Some(info) = engine.image_config(&name)? {
+                cached = Some((name, info));
+                break;
             }
         }
     }
-    // the image's entrypoint and environment (for the tasks, which inherit the job's environment, not
-    // the image's)
-    let info = engine.image_config(&local)?.ok_or_else(|| format!("image '{}' is missing after its fetch", a.image))?;
+    let (local, info) = match cached {
+        Some(found) => found,
+        None => {
+            let local = image_cache::ensure(&engine, &mut image, config.pull, credentials.as_ref().map(|c| c.dir()))?;
+            if let Some(max) = config.cache_max_size {
+                if let Ok(_store) = image_cache::store_lock() {
+                    for gone in image_cache::enforce_cap(&engine, max, &local).unwrap_or_default() {
+                        log::info!("cache over {max} bytes: removed {gone}");
+                    }
+                }
+            }
+            // the image's entrypoint and environment (for the tasks, which inherit the job's
+            // environment, not the image's)
+            let info = engine
+                .image_config(&local)?
+                .ok_or_else(|| format!("image '{}' is missing after its fetch", a.image))?;
+            (local, info)
+        }
+    };
+    clock.done("fetch");
+    drop(credentials);
     // the per-run directory is root's when root acts for the user: nothing in it is theirs to swap,
     // but the relay's directory, where the socket is bound with their rights
     let relay_owner = (nix::unistd::geteuid().is_root() && !me.is_root()).then_some((me.uid, me.gid));

@@ -424,7 +424,7 @@ step_daemons() {
         for u in "$MDT_USER" "$MDT_USER2"; do
             install -d -o "$u" -g "$u" "$dir/local/containers/$u"
         done
-        mkdir -p /run/containers /run/libpod /run/user /run/mdt-node /var/lib/docker "$dir/docker"
+        mkdir -p /run/containers /run/libpod /run/user /run/mdt-node /run/mpiexec-docker /var/lib/docker "$dir/docker"
         log "starting slurmd $node"
         nsenter --net="/run/netns/$node" unshare -m -u --propagation private sh -ec "
             hostname $node
@@ -434,6 +434,7 @@ step_daemons() {
             mount -t tmpfs -o mode=0700 tmpfs /run/libpod
             mount -t tmpfs -o mode=0755 tmpfs /run/user
             mount -t tmpfs -o mode=0755 tmpfs /run/mdt-node
+            mount -t tmpfs -o mode=0755 tmpfs /run/mpiexec-docker
             mount --bind $dir/docker /var/lib/docker
             mount --bind $dir/containers /var/lib/containers
             mount --bind $dir/local /var/local

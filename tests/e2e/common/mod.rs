@@ -262,7 +262,7 @@ pub fn leftovers() -> Vec<String> {
             node,
             As::Root,
             "ls -d /run/mpiexec-docker/*/run-*/ /run/user/*/mpiexec-docker/run-*/ /tmp/mpiexec-docker-*/run-*/ \
-             2>/dev/null; grep -o ' /run/mpiexec-docker[^ ]*' /proc/self/mountinfo; true",
+             2>/dev/null; grep -o ' /run/mpiexec-docker/[^ ]*/mnt/[^ ]*' /proc/self/mountinfo; true",
         );
         found.extend(dirs.lines().into_iter().filter(|l| !l.is_empty()).map(|l| format!("{node}: run directory {l}")));
     }
