@@ -448,7 +448,7 @@ mod tests {
     fn a_lock_is_exclusive_and_waits_no_longer_than_asked() {
         let base = scratch("lock");
         let held = lock(&base, "x.lock", Duration::from_secs(1)).unwrap();
-        let t0 = Instant::now();
+        let t0 = std::time::Instant::now();
         // flock is per open file description: a second open in the same process conflicts too
         let err = lock(&base, "x.lock", Duration::from_millis(200)).unwrap_err();
         assert!(matches!(err, RuntimeError::LockTimeout { .. }), "{err}");
