@@ -25,6 +25,10 @@ pub enum ImageError {
     BadName(String),
     #[error("image file {path}: {reason}")]
     BadFile { path: String, reason: String },
+    #[error(
+        "image '{image}' is not a valid image reference ({reason}); write [REGISTRY/]NAME[:TAG|@DIGEST] in lower case"
+    )]
+    BadReference { image: String, reason: String },
 }
 
 /// The two kinds of image archive.
@@ -88,6 +92,11 @@ impl ImageSource {
         };
         if reference.is_empty() || reference.contains("://") {
             return Err(ImageError::BadName(text.into()));
+        }
+        // the registry reference grammar (docker/distribution's, as oci-spec implements it): what an
+        // engine would refuse later is refused here, with the reason
+        if let Err(e) = reference.parse::<oci_spec::distribution::Reference>() {
+            return Err(ImageError::BadReference { image: text.into(), reason: e.to_string() });
         }
         Ok(ImageSource::Registry(reference))
     }
@@ -479,10 +488,16 @@ mod tests {
             ImageSource::parse("docker://nvcr.io#nvidia/pytorch:24.01").unwrap(),
             reg("nvcr.io/nvidia/pytorch:24.01")
         );
-        assert_eq!(ImageSource::parse("img@sha256:abcd").unwrap(), reg("img@sha256:abcd"));
+        let digest = format!("img@sha256:{}", "ab".repeat(32));
+        assert_eq!(ImageSource::parse(&digest).unwrap(), reg(&digest));
         assert_eq!(ImageSource::parse("alice@nvcr.io#nvidia/cuda:12").unwrap(), reg("nvcr.io/nvidia/cuda:12"));
         for bad in ["", "--privileged", "img --privileged", "#name", "reg#", "alice@#x", "http://x/y"] {
             assert!(ImageSource::parse(bad).is_err(), "{bad:?}");
+        }
+        // what no registry or engine would take, with the reason
+        for bad in ["Ubuntu:22.04", "img@sha256:abcd", "a/b:tag:more", "reg:5000/x:"] {
+            let err = ImageSource::parse(bad).unwrap_err().to_string();
+            assert!(err.contains("not a valid image reference"), "{bad:?}: {err}");
         }
     }
 

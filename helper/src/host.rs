@@ -106,7 +106,7 @@ pub fn main(mode: Mode, argv: &[String]) -> i32 {
     };
     let host_env: Vec<(String, String)> = std::env::vars().collect();
     if let Err(e) = start_relay(&runtime, &cli, kind, &config, &request) {
-        return fail(EXIT_ENGINE, e);
+        return fail(EXIT_ENGINE, format!("{e:#}"));
     }
     let spec = match launch::container_spec(&engine, &config, &request, &helper, &runtime, &host_env) {
         Ok(s) => s,
@@ -160,8 +160,9 @@ fn start_relay(
     kind: EngineKind,
     config: &Config,
     req: &Request,
-) -> Result<(), String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the helper binary itself: {e}"))?;
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let exe = std::env::current_exe().context("cannot find the helper binary itself")?;
     let image = mpiexec_docker_core::image_source::with_absolute_path(&cli.image, &req.host_dir);
     let wrap = run_in_docker_prefix(&exe, kind, &cli.env, &cli.mounts, &image);
     let relay = RelayConfig {
@@ -173,8 +174,7 @@ fn start_relay(
         host_path: std::env::var_os("PATH").unwrap_or_default(),
         env_filter: EnvFilter::new(config.env.clone()),
     };
-    server::start(&runtime.relay().join(SOCKET_NAME), relay)
-        .map_err(|e| format!("cannot start the srun/ssh relay: {e}"))
+    server::start(&runtime.relay().join(SOCKET_NAME), relay).context("cannot start the srun/ssh relay")
 }
 
 fn remove_container(engine: &Engine, name: &str) {

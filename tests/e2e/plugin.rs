@@ -106,6 +106,10 @@ fn bad_images_fail_the_step_clearly_and_drain_nothing() {
     // rejected at submit time, before any node is used
     let run = sh(As::User, "srun --container-image='img --privileged' -n1 true");
     assert!(!run.ok() && run.stderr.contains("not a valid image name"), "{run}");
+    // a name no registry would take (upper case): the reference grammar refuses it there and then
+    let run = sh(As::User, "srun --container-image=Ubuntu:22.04 -n1 true");
+    assert!(!run.ok() && run.stderr.contains("not a valid image reference"), "{run}");
+    assert!(!run.stderr.contains("slurmstepd"), "no node was used: {run}");
     // an image no node can get fails on the node, once per task, naming the image
     let run = sh(As::User, "srun --container-image=localhost/no-such-image -N2 -n2 true");
     assert_eq!(run.code, Some(1), "{run}");
