@@ -1,11 +1,9 @@
-//! One container run, described as data ([`ContainerSpec`]) and turned into the engine's command line
-//! ([`run_args`]). Pure: nothing here starts anything, so every rule is unit-tested.
+//! One container run, described as data ([`ContainerSpec`]); the engine's command line for it is
+//! [`crate::engine::run_args`]. Pure: nothing here starts anything, so every rule is unit-tested.
 
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
-
-use crate::engine::EngineKind;
 
 /// A bind mount `SRC:DST[:ro|rw]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,31 +65,6 @@ impl Mount {
             return Err(MountError::Unreadable { spec: spec.into(), src: m.src.display().to_string() });
         }
         Ok(m)
-    }
-
-    /// Docker's `--mount type=bind,…`: fields with a comma or a quote are quoted (its CSV syntax).
-    fn mount_arg(&self) -> String {
-        let field = |k: &str, v: &Path| {
-            let f = format!("{k}={}", v.display());
-            if f.contains([',', '"']) {
-                format!("\"{}\"", f.replace('"', "\"\""))
-            } else {
-                f
-            }
-        };
-        let mut s = format!("type=bind,{},{}", field("source", &self.src), field("target", &self.dst));
-        if self.readonly {
-            s.push_str(",readonly");
-        }
-        s
-    }
-
-    fn volume_arg(&self) -> String {
-        let mut s = format!("{}:{}", self.src.display(), self.dst.display());
-        if self.readonly {
-            s.push_str(":ro");
-        }
-        s
     }
 }
 
@@ -179,100 +152,6 @@ impl ContainerSpec {
     }
 }
 
-/// The engine command line (without the engine binary itself) for `spec`.
-pub fn run_args(engine: EngineKind, spec: &ContainerSpec) -> Vec<String> {
-    let mut a: Vec<String> = vec!["run".into()];
-    let mut push = |k: &str, v: String| {
-        a.push(k.into());
-        a.push(v);
-    };
-    if let Some(name) = &spec.name {
-        push("--name", name.clone());
-    }
-    for (k, v) in &spec.labels {
-        push("--label", format!("{k}={v}"));
-    }
-    if spec.host_namespaces {
-        push("--network", "host".into());
-        push("--ipc", "host".into());
-        push("--pid", "host".into());
-    }
-    match &spec.user {
-        UserMode::Default => {}
-        UserMode::KeepId => push("--userns", "keep-id".into()),
-        UserMode::Ids { uid, gid, groups } => {
-            push("--user", format!("{uid}:{gid}"));
-            for g in groups {
-                push("--group-add", g.to_string());
-            }
-        }
-    }
-    if spec.no_new_privileges {
-        push("--security-opt", "no-new-privileges".into());
-    }
-    if spec.drop_capabilities {
-        push("--cap-drop", "ALL".into());
-    }
-    if let Some(parent) = &spec.cgroup_parent {
-        push("--cgroup-parent", parent.clone());
-    }
-    for (k, v) in &spec.ulimits {
-        // an empty value is a keyword of its own (Podman's `--ulimit host`)
-        push("--ulimit", if v.is_empty() { k.clone() } else { format!("{k}={v}") });
-    }
-    for m in &spec.mounts {
-        match engine {
-            // Docker's daemon creates a missing `--volume` source, as root: `--mount` never does
-            EngineKind::Docker => push("--mount", m.mount_arg()),
-            EngineKind::Podman => push("--volume", m.volume_arg()),
-        }
-    }
-    for d in &spec.devices {
-        push("--device", d.display().to_string());
-    }
-    for name in &spec.env_names {
-        push("--env", name.clone());
-    }
-    for (k, v) in &spec.env_set {
-        push("--env", format!("{k}={v}"));
-    }
-    if let Some(w) = &spec.workdir {
-        push("--workdir", w.display().to_string());
-    }
-    if let Some(e) = &spec.entrypoint {
-        push("--entrypoint", e.clone());
-    }
-    if spec.preserve_fds > 0 && engine == EngineKind::Podman {
-        push("--preserve-fds", spec.preserve_fds.to_string());
-    }
-    // an image's HEALTHCHECK would have the engine run processes in the container from outside the
-    // job (the daemon's or a timer's), beyond Slurm's cgroup, accounting and cleanup
-    a.push("--no-healthcheck".into());
-    if spec.remove {
-        a.push("--rm".into());
-    }
-    if spec.detach {
-        a.push("--detach".into());
-    }
-    if spec.read_only {
-        a.push("--read-only".into());
-    }
-    if let (Some(p), EngineKind::Podman) = (&spec.pidfile, engine) {
-        a.push("--pidfile".into());
-        a.push(p.display().to_string());
-    }
-    if spec.interactive {
-        a.push("--interactive".into());
-    }
-    if spec.tty {
-        a.push("--tty".into());
-    }
-    // no engine option can follow: the image and the command are positional from here on
-    a.push(spec.image.clone());
-    a.extend(spec.command.iter().cloned());
-    a
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,48 +167,5 @@ mod tests {
         assert!(matches!(Mount::parse("/a:/b:rw:x"), Err(MountError::Syntax(_))));
         assert!(matches!(Mount::parse("/a:/b:exec"), Err(MountError::Flag { .. })));
         assert!(matches!(Mount::parse_existing("/nonexistent-mdt:/x"), Err(MountError::Missing { .. })));
-    }
-
-    #[test]
-    fn podman_command_line() {
-        let mut spec = ContainerSpec::new("localhost/md-openmpi", vec!["mpiexec".into(), "-n".into(), "2".into()]);
-        spec.name = Some("md-1".into());
-        spec.labels.push(("mpiexec-docker".into(), "1".into()));
-        spec.user = UserMode::KeepId;
-        spec.mount("/home/u/run", "/host", false);
-        spec.workdir = Some("/host".into());
-        spec.env_names.push("SLURM_JOB_ID".into());
-        spec.env_set.push(("MPIEXEC_DOCKER_IMAGE".into(), "localhost/md-openmpi".into()));
-        spec.devices.push("/dev/infiniband/uverbs0".into());
-        spec.ulimits.push(("memlock".into(), "-1:-1".into()));
-        spec.interactive = true;
-        let a = run_args(EngineKind::Podman, &spec).join(" ");
-        assert_eq!(
-            a,
-            "run --name md-1 --label mpiexec-docker=1 --network host --ipc host --pid host --userns keep-id \
-             --ulimit memlock=-1:-1 --volume /home/u/run:/host --device /dev/infiniband/uverbs0 \
-             --env SLURM_JOB_ID --env MPIEXEC_DOCKER_IMAGE=localhost/md-openmpi --workdir /host --no-healthcheck --rm \
-             --interactive localhost/md-openmpi mpiexec -n 2"
-        );
-    }
-
-    #[test]
-    fn docker_user_ids_and_no_preserve_fds() {
-        let mut spec = ContainerSpec::new("img", vec!["true".into()]);
-        spec.user = UserMode::Ids { uid: 1500, gid: 1500, groups: vec![27] };
-        spec.preserve_fds = 1;
-        spec.host_namespaces = false;
-        let a = run_args(EngineKind::Docker, &spec).join(" ");
-        assert_eq!(a, "run --user 1500:1500 --group-add 27 --no-healthcheck --rm img true");
-        spec.no_new_privileges = true;
-        spec.drop_capabilities = true;
-        spec.cgroup_parent = Some("/slurm_node1/uid_1500/job_7/step_0".into());
-        let a = run_args(EngineKind::Docker, &spec).join(" ");
-        assert_eq!(
-            a,
-            "run --user 1500:1500 --group-add 27 --security-opt no-new-privileges --cap-drop ALL \
-             --cgroup-parent /slurm_node1/uid_1500/job_7/step_0 --no-healthcheck --rm img true"
-        );
-        assert!(run_args(EngineKind::Podman, &spec).join(" ").contains("--preserve-fds 1"));
     }
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::config::{Config, PullPolicy};
 use crate::confinement::Confinement;
-use crate::container::run_args;
+use crate::engine::run_args;
 use crate::engine::{Engine, EngineKind};
 use crate::identity::UserIds;
 use crate::image_cache;

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use mpiexec_docker_core::config::{Config, PullPolicy};
-use mpiexec_docker_core::container::run_args;
+use mpiexec_docker_core::engine::run_args;
 use mpiexec_docker_core::engine::Engine;
 use mpiexec_docker_core::engine::EngineKind;
 use mpiexec_docker_core::environment::EnvFilter;

@@ -40,7 +40,7 @@ impl Engine {
         Ok(String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect())
     }
 
-    /// The command line of a foreground `run` (see [`crate::container::run_args`]), for the caller to
+    /// The command line of a foreground `run` (see [`super::run_args`]), for the caller to
     /// supervise (signals forwarded, its exit status the job's).
     pub fn run_foreground(&self, args: &[String]) -> std::process::Command {
         let mut cmd = self.command();
@@ -48,7 +48,7 @@ impl Engine {
         cmd
     }
 
-    /// `run` with these arguments (see [`crate::container::run_args`]), bounded by [`QUICK_LIMIT`]
+    /// `run` with these arguments (see [`super::run_args`]), bounded by [`QUICK_LIMIT`]
     /// (a detached run returns once the container started). A container of the same name left by an
     /// earlier attempt is removed and the run tried again. Errors: the engine's reason, one line.
     pub fn run_detached(&self, args: &[String], name: &str) -> Result<(), String> {

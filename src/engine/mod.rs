@@ -4,7 +4,7 @@
 //!
 //! - this file: finding the engine, whether it runs rootless, the command line of a call, errors;
 //! - [`images`]: the store's images (present? pull, load, tag, inspect, list, remove);
-//! - [`containers`]: containers (run, inspect, list, remove);
+//! - [`containers`]: containers (run, inspect, list, remove), `run`'s command line ([`run_args`]);
 //! - `run`: every call bounded in time ([`output_within`]).
 
 use std::ffi::OsStr;
@@ -13,9 +13,12 @@ use std::process::Command;
 
 use thiserror::Error;
 
+mod command_line;
 pub mod containers;
 pub mod images;
 mod run;
+
+pub use command_line::run_args;
 
 pub use run::{output_within, output_within_feeding, Fed, QUICK_LIMIT};
 
