@@ -304,5 +304,8 @@ pub fn job_containers_on_every_node(job: &str) -> bool {
 
 pub fn assert_no_node_drained() {
     let run = sh(As::Root, "sinfo -h -N -o '%N %t'").success();
-    assert!(run.lines().iter().all(|l| !l.contains("drain") && !l.contains("down")), "no node may be drained: {run}");
+    // sinfo's short states: drain/drng (draining), down, fail/failg; anything else (idle, mix, alloc,
+    // comp, plnd, with or without a mark) is a node in service
+    let bad = |l: &str| ["drain", "drng", "down", "fail"].iter().any(|b| l.contains(b));
+    assert!(run.lines().iter().all(|l| !bad(l)), "no node may be drained: {run}");
 }
