@@ -197,11 +197,7 @@ mod tests {
     }
 
     fn write(name: &str, text: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("mdt-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
+        crate::test_scratch::file(name, text.as_bytes())
     }
 
     #[test]

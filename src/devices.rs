@@ -261,10 +261,7 @@ mod tests {
     }
 
     fn tempdir(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("mdt-devices-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
+        crate::test_scratch::subdir(tag)
     }
 
     /// A fake /dev with real character device nodes (needs root, as the tests run) or, failing

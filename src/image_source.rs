@@ -469,7 +469,7 @@ mod tests {
 
     #[test]
     fn a_fifo_is_refused_at_once() {
-        let path = std::env::temp_dir().join(format!("mdt-fifo-{}.tar", std::process::id()));
+        let path = crate::test_scratch::dir().join("fifo.tar");
         nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let err = super::ArchiveInfo::read(&path, None).unwrap_err().to_string();
         std::fs::remove_file(&path).unwrap();
@@ -549,11 +549,7 @@ mod tests {
     }
 
     fn write(name: &str, bytes: &[u8]) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("md-image-source-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join(name);
-        std::fs::write(&p, bytes).unwrap();
-        p
+        crate::test_scratch::file(name, bytes)
     }
 
     const CONFIG: &str = "8f2c3e4d5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d";

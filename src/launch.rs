@@ -29,8 +29,6 @@ pub enum LaunchError {
     BadEnv(String),
     #[error(transparent)]
     Mount(#[from] MountError),
-    #[error("cannot prepare {path}: {source}")]
-    RuntimeDir { path: PathBuf, source: std::io::Error },
 }
 
 /// Rejects image names that would be read as engine options or split into several words.

@@ -51,3 +51,5 @@ pub mod slurm_version;
 pub mod step_container;
 pub mod step_contract;
 pub mod step_join;
+#[cfg(test)]
+mod test_scratch;

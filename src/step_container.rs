@@ -157,10 +157,6 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
     drop(acting);
     let state = runtime_dir::user_base()?;
     let mut image = image_cache::resolve(named, scope, Some(&state))?;
-    let credentials = match logins {
-        Some(c) => Some(image_cache::Credentials::write(&state, &c)?),
-        None => None,
-    };
     // the common case first: the image is here and may be used as it is (one engine call, which also
     // gives its entrypoint and environment)
     let mut cached = None;
@@ -175,7 +171,13 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
     let (local, info) = match cached {
         Some(found) => found,
         None => {
+            // the user's registry logins are written for the engine only when it fetches
+            let credentials = match logins {
+                Some(c) => Some(image_cache::Credentials::write(&state, &c)?),
+                None => None,
+            };
             let local = image_cache::ensure(&engine, &mut image, config.pull, credentials.as_ref().map(|c| c.dir()))?;
+            drop(credentials);
             if let Some(max) = config.cache_max_size {
                 if let Ok(_store) = image_cache::store_lock() {
                     for gone in image_cache::enforce_cap(&engine, max, &local).unwrap_or_default() {
@@ -192,7 +194,6 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
         }
     };
     clock.done("fetch");
-    drop(credentials);
     // the per-run directory is root's when root acts for the user: nothing in it is theirs to swap,
     // but the relay's directory, where the socket is bound with their rights
     let relay_owner = (nix::unistd::geteuid().is_root() && !me.is_root()).then_some((me.uid, me.gid));

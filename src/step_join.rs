@@ -212,7 +212,7 @@ mod tests {
     #[test]
     fn moving_into_a_v2_cgroup_writes_the_unified_hierarchy() {
         // on a v2 node /sys/fs/cgroup is the one hierarchy itself
-        let root = std::env::temp_dir().join(format!("mdt-cgroup2-{}", std::process::id()));
+        let root = crate::test_scratch::subdir("cgroup2");
         let step = root.join("system.slice/slurmstepd.scope/job_9/step_1/slurm");
         std::fs::create_dir_all(&step).unwrap();
         std::fs::write(step.join("cgroup.procs"), "").unwrap();
@@ -223,7 +223,7 @@ mod tests {
 
     #[test]
     fn moving_into_a_cgroup_writes_every_hierarchy_that_has_it() {
-        let root = std::env::temp_dir().join(format!("mdt-cgroup-{}", std::process::id()));
+        let root = crate::test_scratch::subdir("cgroup");
         for h in ["memory", "freezer"] {
             std::fs::create_dir_all(root.join(h).join("slurm/job_1/step_0")).unwrap();
             std::fs::write(root.join(h).join("slurm/job_1/step_0/cgroup.procs"), "").unwrap();
