@@ -9,6 +9,9 @@
 //! env: [MY_APP_*, DATA_DIR] # more host variables to pass in (a trailing * is a prefix)
 //! mounts: ["/scratch:/scratch", "/apps:/apps:ro"]   # SRC:DST[:ro|rw], added to every container
 //! devices: { gpus: true, infiniband: true }         # pass GPUs / InfiniBand devices when present
+//! # GPUs (and NICs) through the node's CDI specs when there are: auto | off; where the specs are
+//! # (the site's file only: a user's file may not name them)
+//! devices: { cdi: auto, cdi_dirs: [/etc/cdi, /var/run/cdi] }
 //! relay_commands: [srun, ssh, rsh]                  # what the in-container relay may run on the host
 //! cache_max_size: 50G       # images the tool fetched, per node and user: oldest removed beyond this
 //! ```
@@ -35,13 +38,33 @@ pub enum PullPolicy {
     Never,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceSettings {
     #[serde(default = "yes")]
     pub gpus: bool,
     #[serde(default = "yes")]
     pub infiniband: bool,
+    /// Whether devices the node's CDI specs describe are passed as CDI devices.
+    #[serde(default)]
+    pub cdi: CdiMode,
+    /// Where the CDI specs are (the site's setting).
+    #[serde(default = "cdi_dirs")]
+    pub cdi_dirs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CdiMode {
+    /// CDI devices when the node has specs for the step's devices.
+    #[default]
+    Auto,
+    /// Device nodes only.
+    Off,
+}
+
+fn cdi_dirs() -> Vec<PathBuf> {
+    crate::cdi::DEFAULT_DIRS.iter().map(PathBuf::from).collect()
 }
 
 fn yes() -> bool {
@@ -50,7 +73,7 @@ fn yes() -> bool {
 
 impl Default for DeviceSettings {
     fn default() -> Self {
-        DeviceSettings { gpus: true, infiniband: true }
+        DeviceSettings { gpus: true, infiniband: true, cdi: CdiMode::Auto, cdi_dirs: cdi_dirs() }
     }
 }
 
@@ -123,12 +146,12 @@ impl Config {
         Self::load_from(&paths)
     }
 
-    /// Reads `paths` in order; a path that does not exist is skipped.
+    /// Reads `paths` in order, the site's file first; a path that does not exist is skipped.
     pub fn load_from(paths: &[PathBuf]) -> Result<Config, ConfigError> {
         let mut config = Config::default();
-        for path in paths {
+        for (i, path) in paths.iter().enumerate() {
             match std::fs::read_to_string(path) {
-                Ok(text) => config.apply(path, &text)?,
+                Ok(text) => config.apply(path, &text, i == 0)?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => return Err(ConfigError::Unreadable { path: path.clone(), source }),
             }
@@ -136,7 +159,7 @@ impl Config {
         Ok(config)
     }
 
-    fn apply(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
+    fn apply(&mut self, path: &Path, text: &str, site: bool) -> Result<(), ConfigError> {
         if text.trim().is_empty() {
             return Ok(());
         }
@@ -153,7 +176,23 @@ impl Config {
         }
         self.env.extend(file.env);
         self.mounts.extend(file.mounts);
-        if let Some(d) = file.devices {
+        if let Some(mut d) = file.devices {
+            // which specs root applies for a user is the site's choice alone
+            if !site {
+                if text_names_key(text, "cdi_dirs") {
+                    return Err(ConfigError::Invalid {
+                        path: path.to_path_buf(),
+                        message: format!("devices.cdi_dirs is the site's setting ({SYSTEM_CONFIG}), not a user's"),
+                    });
+                }
+                d.cdi_dirs = std::mem::take(&mut self.devices.cdi_dirs);
+            }
+            if let Some(dir) = d.cdi_dirs.iter().find(|d| !d.is_absolute()) {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    message: format!("devices.cdi_dirs: '{}' is not an absolute path", dir.display()),
+                });
+            }
             self.devices = d;
         }
         if let Some(r) = file.relay_commands {
@@ -167,6 +206,18 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Whether a YAML text sets `key` anywhere (a user's file is small; a key is refused wherever it is).
+fn text_names_key(text: &str, key: &str) -> bool {
+    fn walk(v: &serde_yaml::Value, key: &str) -> bool {
+        match v {
+            serde_yaml::Value::Mapping(m) => m.iter().any(|(k, v)| k.as_str() == Some(key) || walk(v, key)),
+            serde_yaml::Value::Sequence(s) => s.iter().any(|v| walk(v, key)),
+            _ => false,
+        }
+    }
+    serde_yaml::from_str::<serde_yaml::Value>(text).is_ok_and(|v| walk(&v, key))
 }
 
 /// "20G", "500M", "1.5T", "1024" (bytes) → bytes; powers of 1024.
@@ -215,7 +266,30 @@ mod tests {
         assert_eq!(c.pull, PullPolicy::Never);
         assert_eq!(c.env, ["SITE_*", "MINE"]);
         assert_eq!(c.mounts, ["/apps:/apps:ro"]);
-        assert_eq!(c.devices, DeviceSettings { gpus: false, infiniband: true });
+        assert_eq!(c.devices, DeviceSettings { gpus: false, ..DeviceSettings::default() });
+    }
+
+    #[test]
+    fn only_the_site_names_cdi_directories() {
+        let sys = write(
+            "sys-cdi.yaml",
+            "devices: {cdi_dirs: [/site/cdi]}
+",
+        );
+        let user = write(
+            "user-cdi.yaml",
+            "devices: {cdi: off}
+",
+        );
+        let c = Config::load_from(&[sys.clone(), user]).unwrap();
+        assert_eq!((c.devices.cdi, &c.devices.cdi_dirs[..]), (CdiMode::Off, &[PathBuf::from("/site/cdi")][..]));
+        let sneaky = write(
+            "user-cdi2.yaml",
+            "devices: {cdi_dirs: [/home/me/cdi]}
+",
+        );
+        let err = Config::load_from(&[sys, sneaky]).unwrap_err().to_string();
+        assert!(err.contains("devices.cdi_dirs is the site's setting"), "{err}");
     }
 
     #[test]

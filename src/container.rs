@@ -91,7 +91,16 @@ pub struct ContainerSpec {
     pub env_names: Vec<String>,
     /// Variables set to a value.
     pub env_set: Vec<(String, String)>,
+    /// Device nodes: `PATH` (the same path inside) or `HOST:CONTAINER`.
     pub devices: Vec<PathBuf>,
+    /// CDI devices (`vendor.com/class=NAME`), which the engine applies from the node's specs.
+    pub cdi_devices: Vec<String>,
+    /// What the devices set in the container's environment (the CDI specs' variables): not a
+    /// command-line item (the engine or `env_set` sets them in the container), but what processes
+    /// that join the container later (a step's tasks) must be given.
+    pub device_env: Vec<(String, String)>,
+    /// A line for the user about the devices (GPUs passed without their driver's libraries).
+    pub device_notice: Option<String>,
     pub user: UserMode,
     /// Share the host's network, IPC and PID namespaces (what MPI needs between ranks and nodes).
     pub host_namespaces: bool,
@@ -129,6 +138,9 @@ impl ContainerSpec {
             env_names: Vec::new(),
             env_set: Vec::new(),
             devices: Vec::new(),
+            cdi_devices: Vec::new(),
+            device_env: Vec::new(),
+            device_notice: None,
             user: UserMode::Default,
             host_namespaces: true,
             ulimits: Vec::new(),

@@ -68,6 +68,10 @@ pub struct Device {
     pub path: PathBuf,
 }
 
+/// The variables with which Slurm binds each task to its GPUs: never set from elsewhere.
+pub const SLURM_GPU_BINDING: &[&str] =
+    &["CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "ZE_AFFINITY_MASK"];
+
 /// The GPUs a job may use, as node-local indexes; `None` when no allocation says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GpuAllocation(pub Option<BTreeSet<u32>>);
@@ -82,6 +86,36 @@ impl GpuAllocation {
             }
         }
         GpuAllocation(None)
+    }
+
+    /// What `asked` leaves of this allocation (an unconstrained one becomes `asked`).
+    pub fn narrowed(&self, asked: &GpuAllocation) -> GpuAllocation {
+        match (&self.0, &asked.0) {
+            (Some(have), Some(want)) => GpuAllocation(Some(have.intersection(want).copied().collect())),
+            (None, want) => GpuAllocation(want.clone()),
+            (have, None) => GpuAllocation(have.clone()),
+        }
+    }
+
+    /// `--gpus`: `all`, `none`, or a list of the node's GPU indexes (`0,2-3`).
+    pub fn parse_request(text: &str) -> Result<GpuAllocation, String> {
+        match text.trim() {
+            "all" => Ok(GpuAllocation(None)),
+            "none" | "" => Ok(GpuAllocation(Some(BTreeSet::new()))),
+            list => {
+                let ok = list.split(',').all(|p| {
+                    let p = p.trim();
+                    match p.split_once('-') {
+                        Some((a, b)) => a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok(),
+                        None => p.parse::<u32>().is_ok(),
+                    }
+                });
+                match ok {
+                    true => Ok(GpuAllocation(Some(parse_index_list(list)))),
+                    false => Err(format!("--gpus '{text}': write all, none, or GPU indexes such as 0,2-3")),
+                }
+            }
+        }
     }
 
     fn allows(&self, index: u32) -> bool {
@@ -142,7 +176,8 @@ impl DeviceCgroup {
     }
 }
 
-fn major_minor(path: &Path) -> Option<(u64, u64)> {
+/// The major and minor number of a character device node (`None`: missing or not a character device).
+pub fn char_device(path: &Path) -> Option<(u64, u64)> {
     let meta = fs::metadata(path).ok()?;
     if !meta.file_type().is_char_device() {
         return None;
@@ -161,7 +196,7 @@ fn sorted_entries(dir: &Path) -> Vec<PathBuf> {
 pub fn discover(roots: &DeviceRoots, gpus: &GpuAllocation) -> Vec<Device> {
     let cgroup =
         roots.cgroup_devices_list.as_ref().and_then(|p| fs::read_to_string(p).ok()).map(|t| DeviceCgroup::parse(&t));
-    let allowed = |path: &Path| match (&cgroup, major_minor(path)) {
+    let allowed = |path: &Path| match (&cgroup, char_device(path)) {
         (Some(cg), Some((maj, min))) => cg.allows_char(maj, min),
         (Some(_), None) => false, // not a character device: nothing to pass
         (None, _) => path.exists(),

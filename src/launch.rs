@@ -12,7 +12,7 @@ use thiserror::Error;
 
 use crate::config::Config;
 use crate::container::{ContainerSpec, Mount, MountError, UserMode};
-use crate::devices::{self, DeviceKind, DeviceRoots, GpuAllocation};
+use crate::devices::{DeviceRoots, GpuAllocation};
 use crate::engine::Engine;
 use crate::engine::EngineKind;
 use crate::environment::EnvFilter;
@@ -29,6 +29,10 @@ pub enum LaunchError {
     BadEnv(String),
     #[error(transparent)]
     Mount(#[from] MountError),
+    #[error(transparent)]
+    Cdi(#[from] crate::cdi::CdiError),
+    #[error("{0}")]
+    Devices(String),
 }
 
 /// Rejects image names that would be read as engine options or split into several words.
@@ -57,6 +61,8 @@ pub struct Request {
     /// The `devices.list` of the step's device cgroup (Slurm's record of what the step may open),
     /// when the helper is not in it itself (root acting for a user); else this process's own.
     pub devices_list: Option<PathBuf>,
+    /// The GPUs asked for (`--gpus`), within what Slurm allocated; `None`: all of those.
+    pub gpus: Option<GpuAllocation>,
 }
 
 /// The in-container command for `mode` ("mpiexec" or "exec") and its arguments.
@@ -162,20 +168,16 @@ pub fn base_spec(
     spec.env_set.push((ENV_IMAGE.into(), req.image.clone()));
     spec.env_set.push((ENV_IN_CONTAINER.into(), "1".into()));
 
-    let gpus = GpuAllocation::from_env(|k| host_env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()));
+    let mut gpus = GpuAllocation::from_env(|k| host_env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()));
+    if let Some(asked) = &req.gpus {
+        gpus = gpus.narrowed(asked);
+    }
     // the GPU list from the job's environment is only ever narrowed by the device cgroup
     let mut roots = DeviceRoots::system();
     if let Some(list) = &req.devices_list {
         roots.cgroup_devices_list = Some(list.clone());
     }
-    spec.devices = devices::discover(&roots, &gpus)
-        .into_iter()
-        .filter(|d| match d.kind {
-            DeviceKind::InfiniBand => config.devices.infiniband,
-            _ => config.devices.gpus,
-        })
-        .map(|d| d.path)
-        .collect();
+    crate::device_choice::apply(&mut spec, engine, config, &roots, &gpus)?;
 
     spec.labels.push((LABEL.into(), "1".into()));
     spec.labels.push((format!("{LABEL}.uid"), uid.to_string()));

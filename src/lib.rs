@@ -28,10 +28,12 @@
 //! - [`step_join`]: how a task of a `--container-image` step enters its step's container.
 //! - [`slurm_version`]: Slurm version numbers and the major.minor compatibility rule.
 
+pub mod cdi;
 pub mod config;
 pub mod confinement;
 pub mod container;
 pub mod container_options;
+pub mod device_choice;
 pub mod devices;
 pub mod engine;
 pub mod environment;

@@ -261,6 +261,7 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
         interactive: false,
         user: me.clone(),
         // root's helper is not in the step's cgroups: the step's own device rules limit what it passes
+        gpus: None,
         devices_list: a
             .step_cgroup
             .as_ref()
@@ -281,6 +282,7 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
         pidfile: (engine.kind == EngineKind::Podman).then(|| pidfile.clone()),
     };
     let spec = step_spec(&engine, &config, a, &request, helper, &runtime, &host_env, &step)?;
+    let (device_env, notice) = (spec.device_env.clone(), spec.device_notice.clone());
     drop(acting);
     let ran = engine.run_detached(&run_args(engine.kind, &spec), &name);
     // the container has its own copies of its mounts now
@@ -331,7 +333,7 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
         return Err(StepError::Step(format!("cannot start the srun/ssh relay of the step: {e}")));
     }
     clock.done("relay");
-    Ok(Started { phases: clock.phases, ..Started::from_image_info(pid, &info)? })
+    Ok(Started { phases: clock.phases, device_env, notice, ..Started::from_image_info(pid, &info)? })
 }
 
 /// The time each phase of a start took.

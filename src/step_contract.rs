@@ -266,6 +266,13 @@ pub struct Started {
     /// the user's earlier starts, `fetch`: the image, `start`: the container, `relay`: its server).
     #[serde(default)]
     pub phases: Vec<(String, f64)>,
+    /// What the container's devices set (CDI specs' variables): the tasks get them on top of the
+    /// image's.
+    #[serde(default)]
+    pub device_env: Vec<(String, String)>,
+    /// One line for the user about this step's container (said once per step, not per task).
+    #[serde(default)]
+    pub notice: Option<String>,
 }
 
 impl Started {
@@ -279,7 +286,7 @@ impl Started {
                 .map_err(|e| format!("the engine gave a bad entrypoint '{json}': {e}"))?,
         };
         let env = lines.filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Ok(Started { pid, entrypoint, env, phases: Vec::new() })
+        Ok(Started { pid, entrypoint, env, phases: Vec::new(), device_env: Vec::new(), notice: None })
     }
 
     pub fn to_json(&self) -> String {

@@ -40,6 +40,10 @@ pub struct Cli {
     /// When to pull the image [default: missing, or the config file's `pull`]
     #[arg(long, value_parser = ["missing", "newer", "always", "never"])]
     pub pull: Option<String>,
+    /// GPUs to pass in: all, none, or indexes of this node's GPUs (0,2-3); inside a Slurm job, only
+    /// those it allocated [default: all]
+    #[arg(long, value_name = "all|none|LIST", value_parser = parse_gpus)]
+    pub gpus: Option<mpiexec_docker_core::devices::GpuAllocation>,
     /// Print the engine command that would run, and exit
     #[arg(long)]
     pub dry_run: bool,
@@ -51,7 +55,11 @@ pub struct Cli {
 }
 
 /// Options of ours that take a value (the word after them is not IMAGE).
-const TAKES_VALUE: &[&str] = &["--engine", "-e", "--env", "-m", "--mount", "--pull"];
+const TAKES_VALUE: &[&str] = &["--engine", "-e", "--env", "-m", "--mount", "--pull", "--gpus"];
+
+fn parse_gpus(text: &str) -> Result<mpiexec_docker_core::devices::GpuAllocation, String> {
+    mpiexec_docker_core::devices::GpuAllocation::parse_request(text)
+}
 
 /// Splits `args` (without `argv[0]`) at IMAGE: returns (ours up to and including IMAGE, the rest).
 pub fn split_at_image(args: &[String]) -> (Vec<String>, Vec<String>) {

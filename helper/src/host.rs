@@ -103,6 +103,7 @@ pub fn main(mode: Mode, argv: &[String]) -> i32 {
         interactive: true,
         user: mpiexec_docker_core::identity::UserIds::of_caller(),
         devices_list: None,
+        gpus: cli.gpus.clone(),
     };
     let host_env: Vec<(String, String)> = std::env::vars().collect();
     if let Err(e) = start_relay(&runtime, &cli, kind, &config, &request) {
@@ -112,6 +113,9 @@ pub fn main(mode: Mode, argv: &[String]) -> i32 {
         Ok(s) => s,
         Err(e) => return fail(EXIT_USAGE, e),
     };
+    if let Some(notice) = &spec.device_notice {
+        eprintln!("mpiexec_docker: note: {notice}");
+    }
     let args = run_args(engine.kind, &spec);
     if cli.dry_run {
         let words: Vec<String> = std::iter::once(engine.program.display().to_string()).chain(args).collect();

@@ -17,6 +17,8 @@ pub struct StepContainer {
     pub workdir: String,
     /// The image's environment, applied to each task except the names of `keep`.
     pub image_env: Vec<(String, String)>,
+    /// What the container's devices set (CDI specs' variables): applied after the image's.
+    pub device_env: Vec<(String, String)>,
     pub keep: Vec<String>,
     pub image: String,
     /// `--container-name`: kept for later steps.

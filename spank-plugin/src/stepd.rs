@@ -139,7 +139,15 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> anyhow::Result<
         anyhow::bail!("--container-image={image}: {}", line.trim_start_matches("mpiexec_docker: error: "));
     }
     let started = Started::from_json(&String::from_utf8_lossy(&out.stdout)).map_err(anyhow::Error::msg)?;
-    let (pid, image_env) = (started.pid, started.env);
+    let (pid, image_env, device_env) = (started.pid, started.env, started.device_env);
+    // a note about the step's container goes to the user once per step (from its first node), and to
+    // each node's log
+    if let Some(notice) = &started.notice {
+        log::warn!("step {job}.{step}: {notice}");
+        if spank.get_u32(spank_item::S_JOB_NODEID).ok() == Some(0) {
+            crate::slurm_log::to_user(&format!("mpiexec_docker: note: {notice}"));
+        }
+    }
     let entrypoint = match opts.entrypoint {
         Some(true) => started.entrypoint,
         _ => Vec::new(),
@@ -161,6 +169,7 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> anyhow::Result<
         pid,
         workdir,
         image_env,
+        device_env,
         keep,
         image,
         name,
@@ -315,6 +324,13 @@ fn task_env(c: &StepContainer, job_path: Option<String>) -> Vec<(String, String)
     }
     .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     env.retain(|(k, _)| k != "PATH");
+    // the devices' variables are the node's truth about its devices: they win over the image's, but
+    // never over the task's GPU binding, which is Slurm's, nor over what the user keeps
+    let binding = mpiexec_docker_core::devices::SLURM_GPU_BINDING;
+    for (k, v) in c.device_env.iter().filter(|(k, _)| !binding.contains(&k.as_str()) && !c.keep.contains(k)) {
+        env.retain(|(n, _)| n != k);
+        env.push((k.clone(), v.clone()));
+    }
     env.push(("PATH".into(), format!("{IN_BIN}:{path}")));
     env.push((ENV_IN_CONTAINER.into(), "1".into()));
     env.push((ENV_IMAGE.into(), c.image.clone()));

@@ -57,6 +57,9 @@ pub fn run_args(engine: EngineKind, spec: &ContainerSpec) -> Vec<String> {
     for d in &spec.devices {
         push("--device", d.display().to_string());
     }
+    for d in &spec.cdi_devices {
+        push("--device", d.clone());
+    }
     for name in &spec.env_names {
         push("--env", name.clone());
     }

@@ -182,6 +182,29 @@ pub fn last_line(text: &str) -> String {
         .unwrap_or_default()
 }
 
+impl Engine {
+    /// Whether this engine applies CDI devices (`--device KIND=NAME`) itself: Podman from 4.1; Docker
+    /// when its daemon has CDI on (25 and later with `"features": {"cdi": true}`, on by default from
+    /// 28), which `docker info` shows as its spec directories.
+    pub fn applies_cdi(&self) -> Result<bool, String> {
+        match self.kind {
+            EngineKind::Podman => {
+                let v = self.quick(&["version", "--format", "{{.Client.Version}}"])?;
+                let mut parts = v.trim().split(['.', '-', '+']).map(|p| p.parse::<u32>().unwrap_or(0));
+                let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+                Ok((major, minor) >= (4, 1))
+            }
+            EngineKind::Docker => {
+                let dirs = self.quick(&["info", "--format", "{{json .CDISpecDirs}}"])?;
+                Ok(serde_json::from_str::<Option<Vec<String>>>(dirs.trim())
+                    .ok()
+                    .flatten()
+                    .is_some_and(|d| !d.is_empty()))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -322,16 +322,52 @@ step_network() {
 # selection (no GPU is needed to prove which devices a step gets). Made only where the machine has
 # none; down.sh removes what we made.
 step_fake_gpus() {
-    [[ -e /dev/nvidia0 ]] && return 0
-    local i
-    for i in 0 1 2 3; do
-        mknod -m 0666 "/dev/nvidia$i" c 195 "$i"
-        echo "/dev/nvidia$i" >> "$MDT_RUN/fake-devices"
-    done
-    if [[ ! -e /dev/nvidiactl ]]; then
-        mknod -m 0666 /dev/nvidiactl c 195 255
-        echo /dev/nvidiactl >> "$MDT_RUN/fake-devices"
+    if [[ ! -e /dev/nvidia0 ]]; then
+        local i
+        for i in 0 1 2 3; do
+            mknod -m 0666 "/dev/nvidia$i" c 195 "$i"
+            echo "/dev/nvidia$i" >> "$MDT_RUN/fake-devices"
+        done
+        if [[ ! -e /dev/nvidiactl ]]; then
+            mknod -m 0666 /dev/nvidiactl c 195 255
+            echo /dev/nvidiactl >> "$MDT_RUN/fake-devices"
+        fi
     fi
+    # a CDI spec only over fakes of ours (never over a machine's real GPUs)
+    grep -qx /dev/nvidia0 "$MDT_RUN/fake-devices" 2>/dev/null && step_fake_cdi
+    return 0
+}
+
+# A CDI spec for the fake GPUs, as a vendor's generator writes one (`nvidia-ctk cdi generate`): one
+# device per GPU, named by index, with a variable naming it; common edits with the control device, a
+# "driver library" mounted at the path a CUDA program loads and the driver's variable. Every node
+# reads it from /var/run/cdi, where a site's boot-time generator writes.
+step_fake_cdi() {
+    local lib=$MDT_RUN/fake-driver/libcuda.so.1 spec=/var/run/cdi/mdt-fake-gpu.yaml i
+    mkdir -p "$MDT_RUN/fake-driver" /var/run/cdi
+    echo "fake libcuda.so.1 of mpiexec-docker's test cluster" > "$lib"
+    chmod 0644 "$lib"
+    {
+        echo "# written by mpiexec-docker's tests/cluster/up.sh: the test cluster's fake GPUs"
+        echo "cdiVersion: 0.5.0"
+        echo "kind: nvidia.com/gpu"
+        echo "devices:"
+        for i in 0 1 2 3; do
+            echo "- name: \"$i\""
+            echo "  containerEdits:"
+            echo "    deviceNodes: [{path: /dev/nvidia$i}]"
+            echo "    env: [MDT_FAKE_GPU_$i=nvidia$i]"
+        done
+        echo "containerEdits:"
+        echo "  env: [MDT_FAKE_DRIVER=550.54.fake]"
+        echo "  deviceNodes: [{path: /dev/nvidiactl}]"
+        echo "  mounts:"
+        echo "  - {hostPath: $lib, containerPath: /usr/lib/x86_64-linux-gnu/libcuda.so.1, options: [ro, nosuid, nodev, bind]}"
+    } > "$spec.tmp"
+    chmod 0644 "$spec.tmp"
+    mv "$spec.tmp" "$spec"
+    grep -qx "$spec" "$MDT_RUN/fake-devices" || echo "$spec" >> "$MDT_RUN/fake-devices"
+    grep -qx "$lib" "$MDT_RUN/fake-devices" || echo "$lib" >> "$MDT_RUN/fake-devices"
 }
 
 # Writes stdin to $1; notes when that changed a file the running daemons had read.
@@ -469,7 +505,9 @@ start_dockerd() {   # start_dockerd NAME RUNNER...
     local name=$1; shift
     "$@" docker info >/dev/null 2>&1 && return 0
     log "starting dockerd for $name"
-    "$@" setsid dockerd --data-root /var/lib/docker --exec-root /run/mdt-node/docker \
+    # CDI on (Docker 25 to 27 need it asked for; 28 has it on; older ones ignore the key)
+    [[ -e $MDT_RUN/dockerd.json ]] || echo '{"features": {"cdi": true}}' > "$MDT_RUN/dockerd.json"
+    "$@" setsid dockerd --config-file "$MDT_RUN/dockerd.json" --data-root /var/lib/docker --exec-root /run/mdt-node/docker \
         --pidfile /run/mdt-node/dockerd.pid -H unix:///run/mdt-node/docker.sock \
         --bridge=none --iptables=false --ip-masq=false --insecure-registry "$MDT_REGISTRY" \
         >> "/var/log/mdt-dockerd-$name.log" 2>&1 < /dev/null &

@@ -49,6 +49,25 @@ fn plugin_tasks_run_in_docker_as_the_user_with_no_privilege() {
 }
 
 #[test]
+fn gpus_come_through_the_nodes_cdi_spec_with_docker() {
+    let _g = docker();
+    // the plugin, for a user: exactly the step's GPUs with their variables, the driver's library and
+    // variable (a Docker with CDI applies the spec; one without gets the same edits from us)
+    let probe = shell_quote(GPU_PROBE);
+    let run =
+        sh(As::User, &format!("srun -w node1 -n1 --gres=gpu:2 --container-image={OPENMPI} sh -c {probe}")).success();
+    let views = gpu_views(&run.stdout);
+    assert_eq!(views.len(), 1, "{run}");
+    assert_eq!(views[0].step_gpus.len(), 2, "{run}");
+    assert_eq!(views[0], GpuView::through_cdi(&views[0].step_gpus, &views[0].step_gpus), "{run}");
+    let run = sh(As::User, &format!("srun -w node1 -n1 --container-image={OPENMPI} sh -c {probe}")).success();
+    assert_eq!(gpu_views(&run.stdout), [GpuView::through_cdi(&[], &[])], "no GPU, none of it: {run}");
+    // the helper (Docker is root's): the GPUs asked for
+    let run = sh(As::Root, &format!("run_in_docker --engine docker --gpus 1,2 {OPENMPI} sh -c {probe}")).success();
+    assert_eq!(gpu_views(&run.stdout), [GpuView::through_cdi(&[], &[1, 2])], "{run}");
+}
+
+#[test]
 fn plugin_mpi_across_nodes_and_srun_mpiexec_in_a_batch_container() {
     let _g = docker();
     let run = sh(As::User, &format!("srun --mpi=pmix --container-image={OPENMPI} -N3 -n6 mpi_hello")).success();

@@ -183,6 +183,56 @@ fn dry_run_prints_the_engine_command() {
 }
 
 #[test]
+fn gpus_option_chooses_the_nodes_gpus_through_cdi() {
+    let _g = serial();
+    // outside Slurm, `--gpus` (default all) names the node's GPUs; the node's CDI spec gives each
+    // with its variable, and the driver's library and variable (rootless and rootful Podman)
+    let probe = shell_quote(GPU_PROBE);
+    for who in [As::User, As::Root] {
+        let dir = workdir(who, "gpus");
+        let view = |gpus: &str| {
+            let run = sh_in(who, &dir, &format!("run_in_docker {gpus} {OPENMPI} sh -c {probe}")).success();
+            let views = gpu_views(&run.stdout);
+            assert_eq!(views.len(), 1, "{run}");
+            assert!(!run.stderr.contains("note:"), "CDI covers these GPUs: no note: {run}");
+            views[0].clone()
+        };
+        assert_eq!(view(""), GpuView::through_cdi(&[], &[0, 1, 2, 3]), "all by default");
+        assert_eq!(view("--gpus all"), GpuView::through_cdi(&[], &[0, 1, 2, 3]));
+        assert_eq!(view("--gpus 1,3"), GpuView::through_cdi(&[], &[1, 3]));
+        assert_eq!(view("--gpus=2"), GpuView::through_cdi(&[], &[2]));
+        assert_eq!(view("--gpus none"), GpuView::through_cdi(&[], &[]));
+        assert_nothing_left(who);
+    }
+    let dir = workdir(As::User, "gpus-bad");
+    let run = sh_in(As::User, &dir, &format!("run_in_docker --gpus first {OPENMPI} true"));
+    assert_eq!(run.code, Some(2), "{run}");
+    assert!(run.stderr.contains("--gpus 'first': write all, none, or GPU indexes"), "{run}");
+
+    // without CDI (the site turned it off here): device nodes only, and one line saying what the
+    // image then needs
+    let config = format!("{dir}/no-cdi.yaml");
+    std::fs::write(&config, "devices: {cdi: off}\n").unwrap();
+    let run = sh_in(
+        As::User,
+        &dir,
+        &format!("MPIEXEC_DOCKER_CONFIG={config} run_in_docker --gpus 0 {OPENMPI} sh -c {probe}"),
+    )
+    .success();
+    let bare = GpuView {
+        step_gpus: vec![],
+        devices: vec!["nvidia0".into(), "nvidiactl".into()],
+        vars: vec![],
+        lib: String::new(),
+    };
+    assert_eq!(gpu_views(&run.stdout), [bare], "{run}");
+    let notes: Vec<&str> = run.stderr.lines().filter(|l| l.contains("device nodes only")).collect();
+    assert_eq!(notes.len(), 1, "{run}");
+    assert!(notes[0].contains("the image must carry the driver's user-space libraries"), "{run}");
+    assert_nothing_left(As::User);
+}
+
+#[test]
 fn under_sbatch() {
     let _g = serial();
     let run = sbatch(As::User, "-N1 -n2", &format!("cd {SHARED} && mpiexec_docker {OPENMPI} mpi_hello"));

@@ -363,31 +363,82 @@ fn gpus_follow_the_allocation() {
     // the test cluster's nodes have 4 fake GPUs each (character devices with NVIDIA's major number, in
     // gres.conf): a device the step may use opens as "No such device or address" (no driver behind
     // it), one Slurm's device cgroup denies as "Operation not permitted"
-    let probe = "echo gpus=$SLURM_STEP_GPUS; ls /dev | grep nvidia; \
-                 for d in $(ls /dev/nvidia? 2>/dev/null); do head -c1 $d 2>&1 | grep -q 'not permitted' && echo $d denied || echo $d usable; done";
-    let step = |opts: &str| {
-        sh(As::User, &format!("srun -w node3 {opts} --container-image={OPENMPI} sh -c {}", shell_quote(probe)))
-            .success()
+    let usable = "for d in $(ls /dev/nvidia? 2>/dev/null); do head -c1 $d 2>&1 | grep -q 'not permitted' && echo $d denied || echo $d usable; done";
+    let step = |who: As, opts: &str, probe: &str| {
+        sh(who, &format!("srun -w node3 {opts} --container-image={OPENMPI} sh -c {}", shell_quote(probe))).success()
     };
-    let run = step("-n1");
-    assert_eq!(run.lines(), ["gpus="], "a step without GPUs gets no GPU device: {run}");
+    let run = step(As::User, "-n1", GPU_PROBE);
+    assert_eq!(gpu_views(&run.stdout), [GpuView::through_cdi(&[], &[])], "a step without GPUs gets none: {run}");
 
-    let run = step("-n1 --gres=gpu:2");
-    let lines = run.lines();
-    let gpus: Vec<String> = lines[0].trim_start_matches("gpus=").split(',').map(|i| format!("nvidia{i}")).collect();
-    assert_eq!(gpus.len(), 2, "{run}");
-    let mut want = gpus.clone();
-    want.push("nvidiactl".into());
-    assert_eq!(lines[1..4], want[..], "exactly the step's GPUs and the control device: {run}");
-    assert!(lines[4..].iter().all(|l| l.ends_with("usable")), "{run}");
+    // the node's CDI spec gives exactly the step's GPUs, by their device nodes: each GPU's own
+    // variable, the driver's library and variable, the control device (rootless and rootful Podman)
+    for who in [As::User, As::Root] {
+        let run = step(who, "-n1 --gres=gpu:2", GPU_PROBE);
+        let views = gpu_views(&run.stdout);
+        assert_eq!(views.len(), 1, "{run}");
+        assert_eq!(views[0].step_gpus.len(), 2, "{run}");
+        assert_eq!(views[0], GpuView::through_cdi(&views[0].step_gpus, &views[0].step_gpus), "{run}");
+        assert!(!run.stderr.contains("device nodes only"), "CDI covers these GPUs: no note: {run}");
+    }
 
     // one GPU per task: each task may use its own only (Slurm's task cgroup, which the task keeps)
-    let run = step("-n2 --gres=gpu:2 --gpus-per-task=1");
+    let run = step(As::User, "-n2 --gres=gpu:2 --gpus-per-task=1", usable);
     let lines = run.lines();
     let usable: Vec<&String> = lines.iter().filter(|l| l.ends_with("usable")).collect();
     let denied = lines.iter().filter(|l| l.ends_with("denied")).count();
     assert_eq!((usable.len(), denied), (2, 2), "each of the 2 tasks may use 1 of the step's 2 GPUs: {run}");
     assert_ne!(usable[0], usable[1], "and not the same one: {run}");
+
+    // two steps at once share the job's 4 GPUs: each gets its own 2, through their own CDI devices
+    let probe = shell_quote(GPU_PROBE);
+    let run = sbatch(
+        As::User,
+        "-N1 -n2 -w node3 --gres=gpu:4",
+        &format!(
+            "srun -n1 --exact --gres=gpu:2 --container-image={OPENMPI} sh -c {probe} &\n\
+             srun -n1 --exact --gres=gpu:2 --container-image={OPENMPI} sh -c {probe} &\n\
+             wait"
+        ),
+    );
+    assert!(run.ok(), "{run}");
+    let views = gpu_views(&run.stdout);
+    assert_eq!(views.len(), 2, "{run}");
+    let mut all: Vec<u32> = views.iter().flat_map(|v| v.step_gpus.clone()).collect();
+    all.sort();
+    assert_eq!(all, [0, 1, 2, 3], "the two steps have different GPUs: {run}");
+    for v in &views {
+        assert_eq!(*v, GpuView::through_cdi(&v.step_gpus, &v.step_gpus), "{run}");
+    }
+}
+
+#[test]
+fn a_broken_cdi_spec_fails_only_the_steps_that_need_it() {
+    let _g = exclusive();
+    // an admin's half-written spec: the GPU step fails with one line naming the file; a step without
+    // GPUs runs; no node drains; nothing is left
+    struct Remove(&'static str);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(self.0);
+        }
+    }
+    let broken = Remove("/var/run/cdi/zz-mdt-broken.yaml");
+    std::fs::write(broken.0, "cdiVersion: 0.5.0\nkind: [nvidia.com/gpu\n").unwrap();
+    let run = sh(As::User, &format!("srun -w node2 -n1 --gres=gpu:1 --container-image={OPENMPI} true"));
+    assert!(!run.ok(), "{run}");
+    let ours: Vec<&str> = run.stderr.lines().filter(|l| l.contains("mpiexec_docker")).collect();
+    assert!(
+        ours.iter()
+            .any(|l| l.contains("CDI spec /var/run/cdi/zz-mdt-broken.yaml") && l.contains("fix or remove the file")),
+        "one line names the file and the fix: {run}"
+    );
+    let run = sh(As::User, &format!("srun -w node2 -n1 --container-image={OPENMPI} echo fine"));
+    assert_eq!(run.success().stdout, "fine\n");
+    drop(broken);
+    let run = sh(As::User, &format!("srun -w node2 -n1 --gres=gpu:1 --container-image={OPENMPI} true"));
+    assert!(run.ok(), "once the file is fixed, GPU steps run again: {run}");
+    assert_no_node_drained();
+    assert_clean_within(20);
 }
 
 #[test]

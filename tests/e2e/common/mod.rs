@@ -3,6 +3,10 @@
 //! A test never skips: when the cluster is not there it fails and says how to start it.
 #![allow(dead_code)]
 
+mod gpu;
+#[allow(unused_imports)]
+pub use gpu::*;
+
 use std::process::{Command, Output, Stdio};
 use std::sync::{Once, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
