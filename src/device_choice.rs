@@ -21,7 +21,8 @@ use crate::engine::Engine;
 use crate::launch::LaunchError;
 
 /// What a user is told when GPUs go in as device nodes only.
-pub const NO_CDI_NOTICE: &str = "GPUs are passed as device nodes only (no CDI spec on this node describes them, or CDI is off): \
+pub const NO_CDI_NOTICE: &str =
+    "GPUs are passed as device nodes only (no CDI spec on this node describes them, or CDI is off): \
      the image must carry the driver's user-space libraries, matching the node's driver, or the site \
      generates CDI specs (nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml)";
 
