@@ -437,6 +437,27 @@ fn a_broken_cdi_spec_fails_only_the_steps_that_need_it() {
     drop(broken);
     let run = sh(As::User, &format!("srun -w node2 -n1 --gres=gpu:1 --container-image={OPENMPI} true"));
     assert!(run.ok(), "once the file is fixed, GPU steps run again: {run}");
+
+    // GPUs without CDI (the user turned it off): device nodes only, and one line for the step, not
+    // one per node or task
+    let config_dir = format!("/home/{USER}/.config/mpiexec-docker");
+    sh(As::User, &format!("mkdir -p {config_dir} && echo 'devices: {{cdi: off}}' > {config_dir}/config.yaml"))
+        .success();
+    let run = sh(
+        As::User,
+        &format!("srun -N2 -n4 --gres=gpu:1 --container-image={OPENMPI} sh -c {}", shell_quote(GPU_PROBE)),
+    );
+    sh(As::User, &format!("rm -f {config_dir}/config.yaml")).success();
+    let run = run.success();
+    let views = gpu_views(&run.stdout);
+    assert_eq!(views.len(), 4, "{run}");
+    for v in &views {
+        let mut devices: Vec<String> = v.step_gpus.iter().map(|g| format!("nvidia{g}")).collect();
+        devices.push("nvidiactl".into());
+        assert_eq!((&v.devices, v.vars.len(), v.lib.as_str()), (&devices, 0, ""), "nodes only: {run}");
+    }
+    let notes = run.stderr.lines().filter(|l| l.contains("GPUs are passed as device nodes only")).count();
+    assert_eq!(notes, 1, "one line for the step: {run}");
     assert_no_node_drained();
     assert_clean_within(20);
 }
