@@ -83,7 +83,7 @@ pub fn apply(
     let chosen = cdi::select(&specs, &step);
     if !chosen.is_empty() {
         spec.devices.retain(|d| !chosen.covered.contains(d));
-        if engine.applies_cdi().map_err(LaunchError::Devices)? {
+        if engine.applies_cdi()? {
             spec.cdi_devices = chosen.names.clone();
         } else {
             by_hand(spec, &chosen);

@@ -31,8 +31,8 @@ pub enum LaunchError {
     Mount(#[from] MountError),
     #[error(transparent)]
     Cdi(#[from] crate::cdi::CdiError),
-    #[error("{0}")]
-    Devices(String),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
 }
 
 /// Rejects image names that would be read as engine options or split into several words.

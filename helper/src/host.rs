@@ -111,6 +111,8 @@ pub fn main(mode: Mode, argv: &[String]) -> i32 {
     }
     let spec = match launch::container_spec(&engine, &config, &request, &helper, &runtime, &host_env) {
         Ok(s) => s,
+        // the engine or the node's device specs failing is no fault of the command line
+        Err(e @ (launch::LaunchError::Engine(_) | launch::LaunchError::Cdi(_))) => return fail(EXIT_ENGINE, e),
         Err(e) => return fail(EXIT_USAGE, e),
     };
     if let Some(notice) = &spec.device_notice {

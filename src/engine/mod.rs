@@ -186,16 +186,20 @@ impl Engine {
     /// Whether this engine applies CDI devices (`--device KIND=NAME`) itself: Podman from 4.1; Docker
     /// when its daemon has CDI on (25 and later with `"features": {"cdi": true}`, on by default from
     /// 28), which `docker info` shows as its spec directories.
-    pub fn applies_cdi(&self) -> Result<bool, String> {
+    pub fn applies_cdi(&self) -> Result<bool, EngineError> {
+        let unavailable = |reason: String| match self.kind {
+            EngineKind::Docker if reason.contains("permission denied") => EngineError::NoAccess,
+            _ => EngineError::Unavailable { engine: self.name(), reason },
+        };
         match self.kind {
             EngineKind::Podman => {
-                let v = self.quick(&["version", "--format", "{{.Client.Version}}"])?;
+                let v = self.quick(&["version", "--format", "{{.Client.Version}}"]).map_err(unavailable)?;
                 let mut parts = v.trim().split(['.', '-', '+']).map(|p| p.parse::<u32>().unwrap_or(0));
                 let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
                 Ok((major, minor) >= (4, 1))
             }
             EngineKind::Docker => {
-                let dirs = self.quick(&["info", "--format", "{{json .CDISpecDirs}}"])?;
+                let dirs = self.quick(&["info", "--format", "{{json .CDISpecDirs}}"]).map_err(unavailable)?;
                 Ok(serde_json::from_str::<Option<Vec<String>>>(dirs.trim())
                     .ok()
                     .flatten()
