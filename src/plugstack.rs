@@ -48,6 +48,15 @@ impl Default for PluginArgs {
 /// The keys `plugstack.conf` may set, for error messages and documentation.
 pub const KNOWN_KEYS: &[&str] = &["engine", "helper", "config", "mounts", "sbatch_support"];
 
+/// Each key's value and meaning (the manual page, spank_mpiexec_docker(8), is made from this).
+pub const KEY_DOCS: &[(&str, &str, &str)] = &[
+    ("engine", "podman|docker", "the container engine on the nodes (default podman; Docker's containers are started by root for the job's user)"),
+    ("helper", "PATH", "the mpiexec_docker binary the plugin runs on the nodes (default /usr/local/bin/mpiexec_docker)"),
+    ("config", "PATH", "the site configuration file (default /etc/mpiexec-docker/config.yaml)"),
+    ("mounts", "SRC:DST[:FLAGS][,...]", "mounts added to every container of every job"),
+    ("sbatch_support", "0|1", "whether sbatch and salloc take --container-image (default 1)"),
+];
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PlugstackError {
     #[error("plugstack.conf argument '{word}' is not key=value; write e.g. engine=podman")]
@@ -101,6 +110,12 @@ pub fn parse_bool(value: &str) -> Result<bool, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_key_is_documented() {
+        let documented: Vec<&str> = KEY_DOCS.iter().map(|(k, _, _)| *k).collect();
+        assert_eq!(documented, KNOWN_KEYS);
+    }
 
     #[test]
     fn defaults_without_arguments() {

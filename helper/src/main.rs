@@ -4,16 +4,20 @@
 //!   container (see [`host`]);
 //! - on the host, as `run_in_docker IMAGE [--] PROG [ARGS]`: runs one program in a container;
 //! - on the host, `mpiexec_docker images [prune]`: what the tool cached in this node's store;
+//! - on the host, `mpiexec_docker doctor`: whether this node can run containers for the caller;
 //! - inside our containers (entry point `in-container MODE …`, or called as `mpiexec`/`mpirun`): the
 //!   mpiexec selector, or the plain exec of `run_in_docker`.
 //!
 //! All logic lives in the `mpiexec_docker` library; this crate parses arguments and reports errors.
 
 mod cli;
+mod doctor;
 mod host;
 mod images;
+mod manual;
 mod step;
 mod sweep;
+mod version;
 
 use std::path::Path;
 
@@ -39,6 +43,9 @@ fn main() {
         "run_in_docker" => host::main(cli::Mode::Exec, &args),
         _ if args.get(1).map(String::as_str) == Some("sweep") => sweep::main(&args[2..]),
         _ if args.get(1).map(String::as_str) == Some("images") => images::main(&args[2..]),
+        _ if args.get(1).map(String::as_str) == Some("doctor") => doctor::main(&args[2..]),
+        _ if args.get(1).map(String::as_str) == Some("man") => manual::main(&args[2..]),
+        _ if matches!(args.get(1).map(String::as_str), Some("--version" | "-V")) => version::main(),
         _ if args.get(1).map(String::as_str) == Some("step-container") => step::main(&args[2..]),
         _ => host::main(cli::Mode::Mpiexec, &args),
     };

@@ -47,6 +47,13 @@ pub static spank_plugin_version: u32 = 1;
 /// The Slurm version this build targets, e.g. "22.05.8".
 pub const BUILT_FOR_SLURM: &str = env!("SLURM_VERSION_STRING");
 
+/// The same, where `mpiexec_docker --version` and `doctor` read it in the plugin's file (see
+/// [`mpiexec_docker_core::plugin_file`]): the loader's `plugin_version` is a bare number in a symbol
+/// table, this a marked string any reader of the file finds.
+#[used]
+static BUILT_FOR_MARKER: &[u8] =
+    concat!("mpiexec-docker-plugin-built-for-slurm=", env!("SLURM_VERSION_STRING"), "\0").as_bytes();
+
 const fn parse_u32(s: &str) -> u32 {
     let bytes = s.as_bytes();
     let mut i = 0;

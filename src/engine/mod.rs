@@ -183,14 +183,42 @@ pub fn last_line(text: &str) -> String {
 }
 
 impl Engine {
+    /// Classifies an engine call's failure line.
+    fn failed(&self, reason: String) -> EngineError {
+        match self.kind {
+            EngineKind::Docker if reason.contains("permission denied") => EngineError::NoAccess,
+            _ => EngineError::Unavailable { engine: self.name(), reason },
+        }
+    }
+
+    /// The engine's version (Docker: its daemon's).
+    pub fn version(&self) -> Result<String, EngineError> {
+        let format = match self.kind {
+            EngineKind::Podman => "{{.Client.Version}}",
+            EngineKind::Docker => "{{.Server.Version}}",
+        };
+        Ok(self.quick(&["version", "--format", format]).map_err(|e| self.failed(e))?.trim().to_string())
+    }
+
+    /// Where the engine keeps its images for the caller.
+    pub fn store_root(&self) -> Result<PathBuf, EngineError> {
+        let format = match self.kind {
+            EngineKind::Podman => "{{.Store.GraphRoot}}",
+            EngineKind::Docker => "{{.DockerRootDir}}",
+        };
+        Ok(PathBuf::from(self.quick(&["info", "--format", format]).map_err(|e| self.failed(e))?.trim()))
+    }
+
+    /// Whether the registry serves `reference` (its manifest, without fetching layers).
+    pub fn remote_manifest(&self, reference: &str) -> Result<(), String> {
+        self.quick(&["manifest", "inspect", reference]).map(|_| ())
+    }
+
     /// Whether this engine applies CDI devices (`--device KIND=NAME`) itself: Podman from 4.1; Docker
     /// when its daemon has CDI on (25 and later with `"features": {"cdi": true}`, on by default from
     /// 28), which `docker info` shows as its spec directories.
     pub fn applies_cdi(&self) -> Result<bool, EngineError> {
-        let unavailable = |reason: String| match self.kind {
-            EngineKind::Docker if reason.contains("permission denied") => EngineError::NoAccess,
-            _ => EngineError::Unavailable { engine: self.name(), reason },
-        };
+        let unavailable = |reason: String| self.failed(reason);
         match self.kind {
             EngineKind::Podman => {
                 let v = self.quick(&["version", "--format", "{{.Client.Version}}"]).map_err(unavailable)?;
