@@ -1,7 +1,7 @@
 //! The SPANK plugin's arguments, as a site admin writes them on its `plugstack.conf` line:
 //!
 //! ```text
-//! required /usr/local/lib/slurm/spank_mpiexec_docker.so engine=podman helper=/usr/local/bin/mpiexec_docker
+//! required /usr/lib/x86_64-linux-gnu/slurm-wlm/spank_mpiexec_docker.so engine=podman helper=/usr/bin/mpiexec_docker
 //! ```
 //!
 //! Every argument is one `key=value` word. An unknown key or a bad value is an error that names the
@@ -14,7 +14,8 @@ use thiserror::Error;
 use crate::engine::EngineKind;
 
 /// Default location of the helper binary the plugin runs on the nodes.
-pub const DEFAULT_HELPER: &str = "/usr/local/bin/mpiexec_docker";
+/// (where the package puts it).
+pub const DEFAULT_HELPER: &str = "/usr/bin/mpiexec_docker";
 /// Default site configuration file.
 pub const DEFAULT_CONFIG: &str = "/etc/mpiexec-docker/config.yaml";
 
@@ -51,7 +52,7 @@ pub const KNOWN_KEYS: &[&str] = &["engine", "helper", "config", "mounts", "sbatc
 /// Each key's value and meaning (the manual page, spank_mpiexec_docker(8), is made from this).
 pub const KEY_DOCS: &[(&str, &str, &str)] = &[
     ("engine", "podman|docker", "the container engine on the nodes (default podman; Docker's containers are started by root for the job's user)"),
-    ("helper", "PATH", "the mpiexec_docker binary the plugin runs on the nodes (default /usr/local/bin/mpiexec_docker)"),
+    ("helper", "PATH", "the mpiexec_docker binary the plugin runs on the nodes (default /usr/bin/mpiexec_docker)"),
     ("config", "PATH", "the site configuration file (default /etc/mpiexec-docker/config.yaml)"),
     ("mounts", "SRC:DST[:FLAGS][,...]", "mounts added to every container of every job"),
     ("sbatch_support", "0|1", "whether sbatch and salloc take --container-image (default 1)"),

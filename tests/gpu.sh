@@ -1,7 +1,7 @@
 #!/bin/bash
 # GPUs that CUDA can use, on a real NVIDIA GPU machine (not part of tests/run.sh: the test cluster's GPUs
 # are fake). Needs the NVIDIA driver (nvidia-smi), nvidia-container-toolkit (nvidia-ctk), Podman, gcc, and
-# the helper installed (tests/install.sh). As root:
+# the package installed (packaging/build.sh). As root:
 #
 #   tests/gpu.sh [IMAGE]        # IMAGE: any image with glibc (default debian:bookworm-slim)
 #
@@ -17,7 +17,7 @@ image=${1:-docker.io/library/debian:bookworm-slim}
 fail() { echo "tests/gpu.sh: $*" >&2; exit 1; }
 command -v nvidia-smi >/dev/null || fail "no nvidia-smi: this machine has no NVIDIA driver"
 command -v nvidia-ctk >/dev/null || fail "no nvidia-ctk: install nvidia-container-toolkit"
-command -v run_in_docker >/dev/null || fail "run_in_docker is not installed: tests/install.sh"
+command -v run_in_docker >/dev/null || fail "run_in_docker is not installed: dpkg -i the package (packaging/build.sh)"
 host_list=$(nvidia-smi -L) || fail "nvidia-smi -L failed: the driver is not working"
 
 if ! ls /etc/cdi/*.yaml /etc/cdi/*.json /var/run/cdi/*.yaml /var/run/cdi/*.json >/dev/null 2>&1; then

@@ -25,9 +25,9 @@ MDT_REGISTRY=${MDT_REGISTRY:-10.77.0.1:5000}     # the test registry, on the clu
 MDT_REGISTRY_LOG=/var/log/mdt-registry.log
 MDT_USER=${MDT_USER:-mpitest}     # the non-root test user (rootless Podman)
 MDT_USER2=${MDT_USER2:-mpitest2}  # a second user, for isolation tests
-MDT_PREFIX=${MDT_PREFIX:-/usr/local}
-MDT_PLUGIN=$MDT_PREFIX/lib/mpiexec-docker/spank_mpiexec_docker.so
-MDT_HELPER=$MDT_PREFIX/bin/mpiexec_docker
+# where the package (packaging/build.sh) installs them
+MDT_PLUGIN=/usr/lib/$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)/slurm-wlm/spank_mpiexec_docker.so
+MDT_HELPER=/usr/bin/mpiexec_docker
 MDT_SHARED=$MDT_STATE/shared      # a directory every node sees (stands in for a shared filesystem)
 MDT_IMAGES=(openmpi mpich intelmpi)
 

@@ -21,7 +21,7 @@ PACKAGES=(podman crun uidmap slirp4netns fuse-overlayfs catatonit
           slurm-wlm slurm-client munge libslurm-dev slurm-wlm-basic-plugins-dev
           openmpi-bin libopenmpi-dev mpich libmpich-dev
           libclang-dev mmdebstrap iproute2 psmisc util-linux hyperfine file binutils
-          docker-registry busybox-static docker.io)
+          docker-registry busybox-static docker.io rpm)
 
 step_packages() {
     local missing=()
@@ -83,9 +83,24 @@ EOF
     done
 }
 
+# The project is installed from its Debian package (packaging/build.sh), as a site installs it: the tests
+# prove the package. The RPM is built beside it (its file list is checked by the tests).
 step_build() {
-    log "building the helper and the SPANK plugin"
-    "$MDT_TOP/tests/install.sh" --prefix "$MDT_PREFIX" >&2
+    log "building the packages (helper, SPANK plugin, man pages) for this Slurm"
+    build_packages "$MDT_STATE/packages"
+    step_install_package
+}
+
+build_packages() {   # build_packages OUT [--slurm-include DIR]
+    local out=$1; shift
+    rm -f "$out"/mpiexec-docker[-_]*
+    "$MDT_TOP/packaging/build.sh" --out "$out" --rpm "$@" >&2
+}
+
+step_install_package() {
+    local deb; deb=$(ls "$MDT_STATE"/packages/mpiexec-docker_*.deb)
+    log "installing $(basename "$deb")"
+    dpkg -i "$deb" >/dev/null
 }
 
 # Each image: Debian bookworm + one MPI + compilers, with examples/hello built in as /usr/local/bin/mpi_hello.
@@ -555,7 +570,8 @@ step_stack_build() {
     rm -rf "$inc"
     mkdir -p "$inc"
     cp -a "$STACK_ROOT/usr/include/slurm" "$inc/"
-    "$MDT_TOP/tests/install.sh" --prefix "$MDT_PREFIX" --destdir "$STACK_ROOT" --slurm-include "$inc" >&2
+    # installed from inside the stack (step_install_package), as on the machine itself
+    build_packages "$STACK_ROOT$MDT_STATE/packages" --slurm-include "$inc"
 }
 
 # What the stack takes from outside: its MPI images (built here from its suite), the image without
@@ -615,7 +631,7 @@ main() {
     step_host_fixes
     step_users
     step_shared
-    [[ -n ${MDT_INSIDE:-} ]] || step_build
+    if [[ -n ${MDT_INSIDE:-} ]]; then step_install_package; else step_build; fi
     [[ -n ${MDT_INSIDE:-} ]] || step_images
     step_network
     step_fake_gpus

@@ -16,9 +16,9 @@ pub const USER: &str = "mpitest";
 /// A second user, for isolation tests.
 pub const USER2: &str = "mpitest2";
 pub const NODES: [&str; 3] = ["node1", "node2", "node3"];
-/// Where the installed plugin lives (tests/install.sh).
-pub const PLUGIN: &str = "/usr/local/lib/mpiexec-docker/spank_mpiexec_docker.so";
-pub const HELPER: &str = "/usr/local/bin/mpiexec_docker";
+/// Where the package (packaging/build.sh), which the test cluster installs, puts the plugin and helper.
+pub const PLUGIN: &str = "/usr/lib/x86_64-linux-gnu/slurm-wlm/spank_mpiexec_docker.so";
+pub const HELPER: &str = "/usr/bin/mpiexec_docker";
 /// A directory every node sees (stands in for a shared filesystem).
 pub const SHARED: &str = "/var/lib/mpiexec-docker-test/shared";
 
