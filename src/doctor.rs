@@ -339,7 +339,7 @@ fn check_slurm(config: &Option<Vec<(String, String)>>, inputs: &Inputs) -> Vec<F
             "plugstack",
             format!("no spank_mpiexec_docker line in {} or its includes", plugstack.display()),
             "srun --container-image needs it: uncomment /etc/slurm/plugstack.conf.d/mpiexec-docker.conf, or add \
-             `required /usr/lib/x86_64-linux-gnu/slurm/spank_mpiexec_docker.so` to plugstack.conf",
+             `required /usr/lib/x86_64-linux-gnu/slurm-wlm/spank_mpiexec_docker.so` to plugstack.conf",
         ));
         return out;
     };

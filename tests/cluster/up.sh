@@ -101,6 +101,8 @@ step_install_package() {
     local deb; deb=$(ls "$MDT_STATE"/packages/mpiexec-docker_*.deb)
     log "installing $(basename "$deb")"
     dpkg -i "$deb" >/dev/null
+    # what the earlier tests/install.sh put under /usr/local would come first on PATH
+    rm -rf /usr/local/bin/mpiexec_docker /usr/local/bin/run_in_docker /usr/local/lib/mpiexec-docker
 }
 
 # Each image: Debian bookworm + one MPI + compilers, with examples/hello built in as /usr/local/bin/mpi_hello.

@@ -150,7 +150,8 @@ fn doctor_names_each_fault_and_its_fix() {
     let marker = mpiexec_docker_core::plugin_file::MARKER;
     let at = plugin.windows(marker.len()).position(|w| w == marker).expect("the plugin's marker") + marker.len();
     plugin[at..at + 5].copy_from_slice(other.as_bytes());
-    let wrong = format!("{SHARED}/doctor-wrong-plugin.so");
+    let wrong = format!("{SHARED}/doctor-wrong/spank_mpiexec_docker.so");
+    std::fs::create_dir_all(format!("{SHARED}/doctor-wrong")).unwrap();
     std::fs::write(&wrong, &plugin).unwrap();
     let plugstack = shared_file("doctor-plugstack.conf", &format!("required {wrong} engine=podman helper={HELPER}\n"));
     let line = doctor_fails(As::User, "", &format!("--plugstack {plugstack}"), "plugin");
@@ -167,7 +168,7 @@ fn doctor_names_each_fault_and_its_fix() {
         line[0].contains("/nonexistent/mpiexec_docker") && line[0].contains("install the package on every node"),
         "{line:?}"
     );
-    let _ = std::fs::remove_file(&wrong);
+    let _ = std::fs::remove_dir_all(format!("{SHARED}/doctor-wrong"));
     let _ = std::fs::remove_file(&plugstack);
     // a configuration file with a typo
     let config = shared_file("doctor-config.yaml", "enigne: podman\n");
