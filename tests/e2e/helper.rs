@@ -292,7 +292,7 @@ fn bad_input_gets_one_clear_line() {
         bad(
             who,
             &dir,
-            &format!("PATH=/nonexistent /usr/local/bin/mpiexec_docker {OPENMPI} -np 1 true"),
+            &format!("PATH=/nonexistent {HELPER} {OPENMPI} -np 1 true"),
             125,
             &["podman not found"],
         );
