@@ -3,6 +3,12 @@
 //! A later file overrides single values and extends lists. Every key is optional; an unknown key is an
 //! error naming the file and the key, so a typo never goes unnoticed.
 //!
+//! What a user's file may change is decided per key: `engine`, `pull`, `devices` (but `cdi_dirs`)
+//! freely; `env` and `mounts` only add to the site's; `relay_commands` and `cache_max_size` only
+//! narrow the site's (a user's list keeps only commands the site allows, a user's cap is taken when
+//! lower); `policy` and `devices.cdi_dirs` are the site's alone (a user's file naming them is an
+//! error).
+//!
 //! ```yaml
 //! engine: podman            # podman | docker  ($MPIEXEC_DOCKER_ENGINE and --engine override it)
 //! pull: missing             # missing | newer | always | never: when to pull the image
@@ -14,6 +20,7 @@
 //! devices: { cdi: auto, cdi_dirs: [/etc/cdi, /var/run/cdi] }
 //! relay_commands: [srun, ssh, rsh]                  # what the in-container relay may run on the host
 //! cache_max_size: 50G       # images the tool fetched, per node and user: oldest removed beyond this
+//! policy: { allowed_images: [...], default_image: IMAGE, forced_images: { PARTITION: IMAGE } }  # site only
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -90,6 +97,7 @@ struct ConfigFile {
     devices: Option<DeviceSettings>,
     relay_commands: Option<Vec<String>>,
     cache_max_size: Option<String>,
+    policy: Option<crate::policy::Policy>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -110,6 +118,10 @@ pub struct Config {
     pub relay_commands: Vec<String>,
     /// Bytes; `None`: no cap.
     pub cache_max_size: Option<u64>,
+    /// The site's policy (see [`crate::policy`]).
+    pub policy: crate::policy::Policy,
+    /// The site's file, for messages that name a site rule.
+    pub site_file: PathBuf,
 }
 
 impl Default for Config {
@@ -122,6 +134,8 @@ impl Default for Config {
             devices: DeviceSettings::default(),
             relay_commands: vec!["srun".into(), "ssh".into(), "rsh".into()],
             cache_max_size: None,
+            policy: crate::policy::Policy::default(),
+            site_file: PathBuf::from(SYSTEM_CONFIG),
         }
     }
 }
@@ -149,6 +163,9 @@ impl Config {
     /// Reads `paths` in order, the site's file first; a path that does not exist is skipped.
     pub fn load_from(paths: &[PathBuf]) -> Result<Config, ConfigError> {
         let mut config = Config::default();
+        if let Some(site) = paths.first() {
+            config.site_file = site.clone();
+        }
         for (i, path) in paths.iter().enumerate() {
             match std::fs::read_to_string(path) {
                 Ok(text) => config.apply(path, &text, i == 0)?,
@@ -196,13 +213,31 @@ impl Config {
             self.devices = d;
         }
         if let Some(r) = file.relay_commands {
-            self.relay_commands = r;
+            // a user narrows what the site's relay may run, never widens it
+            self.relay_commands = match site {
+                true => r,
+                false => r.into_iter().filter(|c| self.relay_commands.contains(c)).collect(),
+            };
         }
         if let Some(size) = file.cache_max_size {
-            self.cache_max_size = Some(parse_size(&size).ok_or_else(|| ConfigError::Invalid {
+            let size = parse_size(&size).ok_or_else(|| ConfigError::Invalid {
                 path: path.to_path_buf(),
                 message: format!("cache_max_size: '{size}' is not a size (write e.g. 500M, 20G or a number of bytes)"),
-            })?);
+            })?;
+            // a user's cap counts when it is lower than the site's
+            self.cache_max_size = match (site, self.cache_max_size) {
+                (false, Some(cap)) => Some(size.min(cap)),
+                _ => Some(size),
+            };
+        }
+        if let Some(policy) = file.policy {
+            if !site {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    message: format!("policy is the site's setting ({}), not a user's", self.site_file.display()),
+                });
+            }
+            self.policy = policy;
         }
         Ok(())
     }
@@ -254,7 +289,7 @@ mod tests {
     #[test]
     fn defaults_when_no_file() {
         let c = Config::load_from(&[PathBuf::from("/nonexistent/config.yaml")]).unwrap();
-        assert_eq!(c, Config::default());
+        assert_eq!(c, Config { site_file: "/nonexistent/config.yaml".into(), ..Config::default() });
     }
 
     #[test]
@@ -267,6 +302,24 @@ mod tests {
         assert_eq!(c.env, ["SITE_*", "MINE"]);
         assert_eq!(c.mounts, ["/apps:/apps:ro"]);
         assert_eq!(c.devices, DeviceSettings { gpus: false, ..DeviceSettings::default() });
+    }
+
+    #[test]
+    fn a_user_cannot_loosen_the_site() {
+        let sys = write(
+            "sys-policy.yaml",
+            "cache_max_size: 10G\nrelay_commands: [srun]\npolicy: {allowed_images: ['localhost/*']}\n",
+        );
+        let user = write("user-loose.yaml", "cache_max_size: 100G\nrelay_commands: [srun, ssh]\n");
+        let c = Config::load_from(&[sys.clone(), user]).unwrap();
+        assert_eq!(c.cache_max_size, Some(10 << 30), "a user's larger cap does not count");
+        assert_eq!(c.relay_commands, ["srun"], "nor a command the site does not relay");
+        assert_eq!(c.policy.allowed_images, ["localhost/*"]);
+        let user = write("user-tight.yaml", "cache_max_size: 1G\n");
+        assert_eq!(Config::load_from(&[sys.clone(), user]).unwrap().cache_max_size, Some(1 << 30));
+        let user = write("user-policy.yaml", "policy: {allowed_images: ['*']}\n");
+        let err = Config::load_from(&[sys, user]).unwrap_err().to_string();
+        assert!(err.contains("policy is the site's setting"), "{err}");
     }
 
     #[test]

@@ -104,6 +104,16 @@ pub struct Named {
     file: Option<ImageFile>,
 }
 
+impl Named {
+    /// The real path of the image file that was opened (what the descriptor is, not what a name
+    /// said), when the image is a file.
+    pub fn opened_path(&self) -> Option<PathBuf> {
+        use std::os::fd::AsRawFd;
+        let f = self.file.as_ref()?;
+        std::fs::read_link(format!("/proc/self/fd/{}", f.file.as_raw_fd())).ok()
+    }
+}
+
 /// Parses what the user named and opens an image file; relative paths are taken from `base` (the
 /// job's directory). Call it with the user's rights: only what they may read is opened.
 pub fn name_image(image: &str, base: &Path) -> Result<Named, CacheError> {

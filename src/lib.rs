@@ -48,6 +48,7 @@ pub mod mount_source;
 pub mod mpi;
 pub mod plugin_file;
 pub mod plugstack;
+pub mod policy;
 pub mod process;
 pub mod relay;
 pub mod runtime_dir;

@@ -34,6 +34,8 @@ pub enum StepError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),
     #[error(transparent)]
     Image(#[from] crate::image_cache::CacheError),
@@ -123,6 +125,10 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
     let (config, engine) = setup(a.engine)?;
     let name = name(&a.job, &a.step, a.container_name.as_deref());
     let me = whose(&a.user)?;
+    // the site's allowed images: a registry reference now, a file once opened (below)
+    if !a.image.is_empty() && !a.image.starts_with(['/', '.']) && !a.image.contains("archive:") {
+        config.policy.check_image(&a.image, Path::new(&a.workdir), &config.site_file)?;
+    }
     // one start at a time per user on this node (a named container is looked up, then made): another
     // user's starts never wait for this one
     let mut clock = Phases::start();
@@ -147,6 +153,7 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
     let home = nix::unistd::User::from_uid(me.uid.into()).ok().flatten().map(|u| u.dir);
     let acting = me.act_as()?;
     let named = image_cache::name_image(&a.image, base)?;
+    config.policy.check_named(&named, &a.image, &config.site_file)?;
     for dir in std::iter::once(&a.workdir).chain(&a.mount_home) {
         crate::container::Mount::parse_existing(dir)?;
     }

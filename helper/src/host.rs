@@ -66,6 +66,10 @@ pub fn main(mode: Mode, argv: &[String]) -> i32 {
     if let Err(e) = launch::check_image_name(&cli.image) {
         return fail(EXIT_USAGE, e);
     }
+    let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+    if let Err(e) = config.policy.check_image(&cli.image, &cwd, &config.site_file) {
+        return fail(EXIT_USAGE, e);
+    }
     let engine = match Engine::find(kind) {
         Ok(e) => e,
         Err(e) => return fail(EXIT_ENGINE, e),

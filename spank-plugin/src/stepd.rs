@@ -62,15 +62,35 @@ pub fn init(spank: &Spank, args: &[String]) -> anyhow::Result<()> {
 pub fn user_init(spank: &Spank, _args: &[String]) -> anyhow::Result<()> {
     // options not given on the command line take their defaults from the job's environment
     let given = state::with(|s| s.options.clone());
-    let result = match given.with_env_defaults(|k| spank.getenv(k)) {
+    let result = match given.with_env_defaults(|k| spank.getenv(k)).map_err(|e| e.to_string()).and_then(|mut opts| {
+        site_policy(spank, &mut opts)?;
+        Ok(opts)
+    }) {
         Ok(opts) => match (opts.image.clone(), &opts.name) {
             (None, None) => return Ok(()),
             (image, _) => start(spank, &image.unwrap_or_default(), &opts).map_err(|e| format!("{e:#}")),
         },
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e),
     };
     // a failure is reported by task_init, once per task, and fails only the job
     state::with(|s| s.step = Some(result));
+    Ok(())
+}
+
+/// The site's policy on the step's image (its configuration file, plugstack `config=`): the image
+/// every task of the job's partition runs in, or the one implied when the step names none.
+fn site_policy(spank: &Spank, opts: &mut ContainerOptions) -> Result<(), String> {
+    if spank.get_u32(spank_item::S_JOB_STEPID).ok() == Some(EXTERN_STEP) {
+        return Ok(());
+    }
+    let args = plugin_args()?;
+    let config = mpiexec_docker_core::config::Config::load_from(std::slice::from_ref(&args.config))
+        .map_err(|e| e.to_string())?;
+    let partition = spank.getenv("SLURM_JOB_PARTITION");
+    opts.image = config
+        .policy
+        .step_image(opts.image.as_deref(), partition.as_deref(), &args.config)
+        .map_err(|e| e.to_string())?;
     Ok(())
 }
 

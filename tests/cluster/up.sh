@@ -100,7 +100,7 @@ build_packages() {   # build_packages OUT [--slurm-include DIR]
 step_install_package() {
     local deb; deb=$(ls "$MDT_STATE"/packages/mpiexec-docker_*.deb)
     log "installing $(basename "$deb")"
-    dpkg -i "$deb" >/dev/null
+    dpkg -i --force-confdef --force-confold "$deb" >/dev/null
     # what the earlier tests/install.sh put under /usr/local would come first on PATH
     rm -rf /usr/local/bin/mpiexec_docker /usr/local/bin/run_in_docker /usr/local/lib/mpiexec-docker
 }

@@ -289,13 +289,7 @@ fn bad_input_gets_one_clear_line() {
             &["'./no-such-program' not found", "/host"],
         );
         bad(who, &dir, &format!("run_in_docker {OPENMPI} no-such-program"), 127, &["'no-such-program' not found"]);
-        bad(
-            who,
-            &dir,
-            &format!("PATH=/nonexistent {HELPER} {OPENMPI} -np 1 true"),
-            125,
-            &["podman not found"],
-        );
+        bad(who, &dir, &format!("PATH=/nonexistent {HELPER} {OPENMPI} -np 1 true"), 125, &["podman not found"]);
         // the docker client is installed on this machine kind, but no daemon runs for the helper tests
         bad(
             who,

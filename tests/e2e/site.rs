@@ -188,3 +188,49 @@ fn doctor_names_each_fault_and_its_fix() {
     // and all is well again
     sh(As::User2, "mpiexec_docker doctor").success();
 }
+
+#[test]
+fn the_sites_policy_holds_and_a_refusal_names_the_rule() {
+    let _g = exclusive();
+    const SITE: &str = "/etc/mpiexec-docker/config.yaml";
+    let _restore = Restore(SITE, std::fs::read(SITE).ok());
+    let partition = sh(As::User, "sinfo -h -o %R | head -1").success().stdout.trim().to_string();
+    let flavour = |opts: &str| sh(As::User, &format!("srun -N1 -n1 {opts} sh -c 'echo $MD_IMAGE_FLAVOUR'"));
+
+    // allowed images, and one implied when a step names none
+    std::fs::write(
+        SITE,
+        "policy:\n  allowed_images: ['localhost/md-openmpi*']\n  default_image: localhost/md-openmpi\n",
+    )
+    .unwrap();
+    let run = flavour("");
+    assert_eq!(run.success().stdout, "openmpi\n", "a step naming no image runs in the default one");
+    let run = flavour("--container-image=localhost/md-mpich");
+    assert!(!run.ok(), "{run}");
+    let said: Vec<&str> = run.stderr.lines().filter(|l| l.contains("not allowed here")).collect();
+    assert!(!said.is_empty() && said[0].contains(&format!("policy.allowed_images in {SITE}")), "{run}");
+    let dir = format!("{SHARED}/policy");
+    sh(As::Root, &format!("rm -rf {dir}; mkdir -p {dir}; chown {USER} {dir}")).success();
+    let run = sh_in(As::User, &dir, "run_in_docker localhost/md-mpich true");
+    assert_eq!(run.code, Some(2), "{run}");
+    assert!(run.stderr.trim().lines().count() == 1 && run.stderr.contains("not allowed here"), "{run}");
+    sh_in(As::User, &dir, "run_in_docker localhost/md-openmpi true").success();
+    // a user's file cannot set a policy of its own
+    std::fs::write(format!("{dir}/mine.yaml"), "policy: {allowed_images: ['*']}\n").unwrap();
+    let run =
+        sh_in(As::User, &dir, &format!("MPIEXEC_DOCKER_CONFIG={dir}/mine.yaml run_in_docker localhost/md-mpich true"));
+    assert_eq!(run.code, Some(2), "{run}");
+    assert!(run.stderr.contains("policy is the site's setting"), "{run}");
+
+    // every task of the partition in one image: a step asking for another is refused
+    std::fs::write(SITE, format!("policy:\n  forced_images: {{{partition}: localhost/md-mpich}}\n")).unwrap();
+    assert_eq!(flavour("").success().stdout, "mpich\n");
+    let run = flavour("--container-image=localhost/md-openmpi");
+    assert!(!run.ok(), "{run}");
+    assert!(run.stderr.contains(&format!("every task of partition '{partition}' runs in localhost/md-mpich")), "{run}");
+    drop(_restore);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(flavour("").success().stdout, "\n", "without the policy a step runs on the host");
+    assert_no_node_drained();
+    assert_clean_within(20);
+}
