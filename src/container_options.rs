@@ -94,6 +94,11 @@ pub const OPTIONS: &[OptionDef] = &[
 ];
 
 /// Environment variable holding the default of an option: `MPIEXEC_DOCKER_CONTAINER_<NAME>`.
+/// pyxis's variable for the same default: `PYXIS_CONTAINER_IMAGE`, …
+pub fn pyxis_env_name(option: &str) -> String {
+    format!("PYXIS_{}", option.trim_start_matches("no-").to_ascii_uppercase().replace('-', "_"))
+}
+
 pub fn env_name(option: &str) -> String {
     format!("MPIEXEC_DOCKER_{}", option.trim_start_matches("no-").to_ascii_uppercase().replace('-', "_"))
 }
@@ -195,8 +200,14 @@ impl ContainerOptions {
             ("container-name", false),
             ("container-entrypoint", true),
         ] {
-            let var = env_name(option);
-            let Some(value) = get(&var).filter(|v| !v.is_empty()) else { continue };
+            // ours first, then pyxis's name for the same default (a job script written for pyxis
+            // runs unchanged)
+            let Some((var, value)) = [env_name(option), pyxis_env_name(option)]
+                .into_iter()
+                .find_map(|var| get(&var).filter(|v| !v.is_empty()).map(|v| (var, v)))
+            else {
+                continue;
+            };
             if is_bool {
                 let on = parse_bool(&value).map_err(|reason| OptionError::Bad { option: var.clone(), reason })?;
                 let name = if on { option.to_string() } else { format!("no-{option}") };
@@ -270,6 +281,16 @@ mod tests {
         assert_eq!(o.workdir.as_deref(), Some("/given"), "the command line wins");
         assert_eq!((o.remap_root, o.readonly), (Some(true), Some(false)));
         assert_eq!(env_name("no-container-mount-home"), "MPIEXEC_DOCKER_CONTAINER_MOUNT_HOME");
+        // pyxis's names serve too, ours first
+        let env = HashMap::from([
+            ("PYXIS_CONTAINER_IMAGE", "pyxis-img"),
+            ("PYXIS_CONTAINER_MOUNT_HOME", "y"),
+            ("MPIEXEC_DOCKER_CONTAINER_WORKDIR", "/ours"),
+            ("PYXIS_CONTAINER_WORKDIR", "/theirs"),
+        ]);
+        let o = ContainerOptions::default().with_env_defaults(|k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!((o.image.as_deref(), o.workdir.as_deref()), (Some("pyxis-img"), Some("/ours")));
+        assert_eq!(o.mount_home, Some(true));
         let bad = HashMap::from([("MPIEXEC_DOCKER_CONTAINER_REMAP_ROOT", "maybe")]);
         assert!(ContainerOptions::default().with_env_defaults(|k| bad.get(k).map(|v| v.to_string())).is_err());
     }

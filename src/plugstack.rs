@@ -102,8 +102,8 @@ fn absolute(value: &str) -> Result<PathBuf, String> {
 /// Booleans as admins write them: 1/0, true/false, yes/no, on/off.
 pub fn parse_bool(value: &str) -> Result<bool, String> {
     match value.to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
+        "1" | "true" | "yes" | "y" | "on" => Ok(true),
+        "0" | "false" | "no" | "n" | "off" => Ok(false),
         _ => Err(format!("'{value}' is not a boolean (use 1 or 0)")),
     }
 }

@@ -139,8 +139,9 @@ fn plugin_page() -> String {
         let var = env_name(def.name);
         if !seen.contains(&var) {
             t.push_str(&format!(
-                ".TP\n\\fB{}\\fR\nfor \\fB\\-\\-{}\\fR\n",
+                ".TP\n\\fB{}\\fR, \\fB{}\\fR\nfor \\fB\\-\\-{}\\fR (pyxis's name too; ours wins where both are set)\n",
                 esc(&var),
+                esc(&mpiexec_docker_core::container_options::pyxis_env_name(def.name)),
                 esc(def.name.trim_start_matches("no-"))
             ));
             seen.push(var);

@@ -212,6 +212,18 @@ fn companion_options_mounts_workdir_env_remap_root_readonly() {
     let run =
         sh(As::User, &format!("MPIEXEC_DOCKER_CONTAINER_IMAGE={MPICH} srun -n1 ls /usr/bin/mpichversion")).success();
     assert_eq!(run.stdout.trim(), "/usr/bin/mpichversion", "{run}");
+    // pyxis's names for them, as a job script written for pyxis sets them; ours wins where both are set
+    let flavour =
+        r#"sh -c 'echo $MD_IMAGE_FLAVOUR $(awk "\$2 == \"/\" { print substr(\$4, 1, 2) }" /proc/mounts | tail -1)'"#;
+    let run = sh(As::User, &format!("PYXIS_CONTAINER_IMAGE={OPENMPI} PYXIS_CONTAINER_READONLY=y srun -n1 {flavour}"))
+        .success();
+    assert_eq!(run.stdout.trim(), "openmpi ro", "{run}");
+    let run = sh(
+        As::User,
+        &format!("PYXIS_CONTAINER_IMAGE={OPENMPI} MPIEXEC_DOCKER_CONTAINER_IMAGE={MPICH} srun -n1 {flavour}"),
+    )
+    .success();
+    assert_eq!(run.stdout.trim(), "mpich rw", "{run}");
 }
 
 #[test]
