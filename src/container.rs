@@ -95,9 +95,9 @@ pub struct ContainerSpec {
     pub devices: Vec<PathBuf>,
     /// CDI devices (`vendor.com/class=NAME`), which the engine applies from the node's specs.
     pub cdi_devices: Vec<String>,
-    /// What the devices set in the container's environment (the CDI specs' variables): not a
-    /// command-line item (the engine or `env_set` sets them in the container), but what processes
-    /// that join the container later (a step's tasks) must be given.
+    /// What the devices set in the container's environment (the CDI specs' variables, less Slurm's
+    /// GPU binding ones): not a command-line item (the engine or `env_set` sets them in the
+    /// container), but what processes that join the container later (a step's tasks) must be given.
     pub device_env: Vec<(String, String)>,
     /// A line for the user about the devices (GPUs passed without their driver's libraries).
     pub device_notice: Option<String>,

@@ -13,7 +13,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use crate::cdi::{self, StepDevices};
+use crate::cdi::{self, CdiError, StepDevices};
 use crate::config::{CdiMode, Config};
 use crate::container::{ContainerSpec, Mount};
 use crate::devices::{self, Device, DeviceCgroup, DeviceKind, DeviceRoots, GpuAllocation};
@@ -25,10 +25,6 @@ pub const NO_CDI_NOTICE: &str =
     "GPUs are passed as device nodes only (no CDI spec on this node describes them, or CDI is off): \
      the image must carry the driver's user-space libraries, matching the node's driver, or the site \
      generates CDI specs (nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml)";
-
-fn is_gpu(d: &Device) -> bool {
-    matches!(d.kind, DeviceKind::NvidiaGpu(_) | DeviceKind::AmdRender(_))
-}
 
 /// The devices found under `roots` for `gpus`, as the configuration allows.
 fn found(config: &Config, roots: &DeviceRoots, gpus: &GpuAllocation) -> Vec<Device> {
@@ -56,33 +52,21 @@ pub fn apply(
         return Ok(());
     }
     if config.devices.cdi == CdiMode::Off {
-        if found.iter().any(is_gpu) {
+        if found.iter().any(Device::is_gpu) {
             spec.device_notice = Some(NO_CDI_NOTICE.into());
         }
         return Ok(());
     }
-    let (specs, errors) = cdi::load(&config.devices.cdi_dirs);
+    let (chosen, errors) = choose(config, roots, &found);
     // a spec that cannot be used fails the containers that have devices it might describe
     if let Some(e) = errors.into_iter().next() {
         return Err(e.into());
     }
-    let everything = DeviceRoots { dev: roots.dev.clone(), cgroup_devices_list: None };
-    let step = StepDevices {
-        allowed: found.iter().map(|d| d.path.clone()).collect(),
-        all_gpus: devices::discover(&everything, &GpuAllocation(None))
-            .into_iter()
-            .filter(is_gpu)
-            .map(|d| d.path)
-            .collect(),
-        other_allowed: roots
-            .cgroup_devices_list
-            .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .map(|t| DeviceCgroup::parse(&t)),
-    };
-    let chosen = cdi::select(&specs, &step);
     if !chosen.is_empty() {
         spec.devices.retain(|d| !chosen.covered.contains(d));
+        // never over the variables with which Slurm binds each task to its GPUs
+        let binding = devices::SLURM_GPU_BINDING;
+        spec.device_env = chosen.env().into_iter().filter(|(k, _)| !binding.contains(&k.as_str())).collect();
         if engine.applies_cdi()? {
             spec.cdi_devices = chosen.names.clone();
         } else {
@@ -96,13 +80,33 @@ pub fn apply(
                 ));
             }
         }
-        spec.device_env = chosen.env();
     }
-    let bare_gpus = found.iter().any(|d| is_gpu(d) && !chosen.covered.contains(&d.path));
+    let bare_gpus = found.iter().any(|d| d.is_gpu() && !chosen.covered.contains(&d.path));
     if bare_gpus && spec.device_notice.is_none() {
         spec.device_notice = Some(NO_CDI_NOTICE.into());
     }
     Ok(())
+}
+
+/// The CDI devices of the node's specs (`devices.cdi_dirs`) for a container that may use `found`
+/// (devices under `roots`, limited by its cgroup there), and the spec files that could not be used.
+pub fn choose(config: &Config, roots: &DeviceRoots, found: &[Device]) -> (cdi::Selection, Vec<CdiError>) {
+    let (specs, errors) = cdi::load(&config.devices.cdi_dirs);
+    let everything = DeviceRoots { dev: roots.dev.clone(), cgroup_devices_list: None };
+    let step = StepDevices {
+        allowed: found.iter().map(|d| d.path.clone()).collect(),
+        all_gpus: devices::discover(&everything, &GpuAllocation(None))
+            .into_iter()
+            .filter(Device::is_gpu)
+            .map(|d| d.path)
+            .collect(),
+        other_allowed: roots
+            .cgroup_devices_list
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .map(|t| DeviceCgroup::parse(&t)),
+    };
+    (cdi::select(&specs, &step), errors)
 }
 
 /// The chosen devices' edits, for an engine that does not read CDI specs.
@@ -120,6 +124,5 @@ fn by_hand(spec: &mut ContainerSpec, chosen: &cdi::Selection) {
     for m in &chosen.edits.mounts {
         spec.mounts.push(Mount { src: m.host_path.clone(), dst: m.container_path.clone(), readonly: m.read_only() });
     }
-    let binding = devices::SLURM_GPU_BINDING;
-    spec.env_set.extend(chosen.env().into_iter().filter(|(k, _)| !binding.contains(&k.as_str())));
+    spec.env_set.extend(spec.device_env.iter().cloned());
 }

@@ -68,6 +68,13 @@ pub struct Device {
     pub path: PathBuf,
 }
 
+impl Device {
+    /// A GPU itself (not its control nodes, not a NIC).
+    pub fn is_gpu(&self) -> bool {
+        matches!(self.kind, DeviceKind::NvidiaGpu(_) | DeviceKind::AmdRender(_))
+    }
+}
+
 /// The variables with which Slurm binds each task to its GPUs: never set from elsewhere.
 pub const SLURM_GPU_BINDING: &[&str] =
     &["CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "ZE_AFFINITY_MASK"];

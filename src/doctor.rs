@@ -283,15 +283,18 @@ fn slurm_config() -> Option<Vec<(String, String)>> {
 /// The plugin Slurm loads here (from the plugstack file `scontrol show config` names), the Slurm it
 /// was built for, and the Slurm running.
 pub fn installed_plugin() -> Option<(PathBuf, Option<SlurmVersion>, Option<SlurmVersion>)> {
-    let config = slurm_config();
-    let plugstack = config
-        .as_ref()
-        .and_then(|c| c.iter().find(|(k, _)| k == "PlugStackConfig").map(|(_, v)| PathBuf::from(v)))
-        .unwrap_or_else(|| PathBuf::from("/etc/slurm/plugstack.conf"));
-    let (line, _) = plugstack_line(&plugstack)?;
+    let (line, _) = plugstack_line(&plugstack_file(&slurm_config()))?;
     let plugin = PathBuf::from(line.split_whitespace().nth(1)?);
     let built = crate::plugin_file::built_for(&plugin).ok().flatten();
     Some((plugin, built, running_slurm()))
+}
+
+/// The plugstack file Slurm reads: `PlugStackConfig` of its configuration, or its default.
+fn plugstack_file(config: &Option<Vec<(String, String)>>) -> PathBuf {
+    config
+        .as_ref()
+        .and_then(|c| c.iter().find(|(k, _)| k == "PlugStackConfig").map(|(_, v)| PathBuf::from(v)))
+        .unwrap_or_else(|| PathBuf::from("/etc/slurm/plugstack.conf"))
 }
 
 fn running_slurm() -> Option<SlurmVersion> {
@@ -329,11 +332,7 @@ fn check_slurm(config: &Option<Vec<(String, String)>>, inputs: &Inputs) -> Vec<F
             )),
         }
     }
-    let plugstack = inputs
-        .plugstack
-        .clone()
-        .or_else(|| get("PlugStackConfig").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("/etc/slurm/plugstack.conf"));
+    let plugstack = inputs.plugstack.clone().unwrap_or_else(|| plugstack_file(config));
     let Some((line, args)) = plugstack_line(&plugstack) else {
         out.push(Finding::warn(
             "plugstack",
@@ -447,7 +446,7 @@ fn check_devices(config: &Config, engine: Option<&Engine>) -> Vec<Finding> {
     let mut out = Vec::new();
     let roots = DeviceRoots { dev: "/dev".into(), cgroup_devices_list: None };
     let found = devices::discover(&roots, &GpuAllocation(None));
-    let gpus = found.iter().filter(|d| matches!(d.kind, DeviceKind::NvidiaGpu(_) | DeviceKind::AmdRender(_))).count();
+    let gpus = found.iter().filter(|d| d.is_gpu()).count();
     let ib = found.iter().filter(|d| d.kind == DeviceKind::InfiniBand).count();
     out.push(Finding::ok("devices", format!("{gpus} GPU(s), {ib} InfiniBand device(s)")));
     if found.is_empty() {
@@ -459,20 +458,13 @@ fn check_devices(config: &Config, engine: Option<&Engine>) -> Vec<Finding> {
         }
         return out;
     }
-    let (specs, errors) = crate::cdi::load(&config.devices.cdi_dirs);
+    let (chosen, errors) = crate::device_choice::choose(config, &roots, &found);
     for e in &errors {
         out.push(Finding::fail("cdi", e.to_string(), "jobs with GPUs fail on this node until it is fixed"));
     }
-    let step = crate::cdi::StepDevices {
-        allowed: found.iter().map(|d| d.path.clone()).collect(),
-        all_gpus: Default::default(),
-        other_allowed: None,
-    };
-    let chosen = crate::cdi::select(&specs, &step);
     let bare: Vec<String> = found
         .iter()
-        .filter(|d| matches!(d.kind, DeviceKind::NvidiaGpu(_) | DeviceKind::AmdRender(_)))
-        .filter(|d| !chosen.covered.contains(&d.path))
+        .filter(|d| d.is_gpu() && !chosen.covered.contains(&d.path))
         .map(|d| d.path.display().to_string())
         .collect();
     if !bare.is_empty() {

@@ -105,6 +105,14 @@ impl Policy {
             // a name no engine takes is refused with its own reason later
             Err(_) => return Ok(()),
         };
+        self.judge(image, &candidates, file)
+    }
+
+    /// Whether one of `candidates` (the forms of the image the user named `image`) is allowed.
+    fn judge(&self, image: &str, candidates: &[String], file: &Path) -> Result<(), PolicyError> {
+        if self.allowed_images.is_empty() {
+            return Ok(());
+        }
         let allowed = candidates.iter().any(|c| self.allowed_images.iter().any(|p| glob_match(p, c)));
         match allowed {
             true => Ok(()),
@@ -120,12 +128,7 @@ impl Policy {
     /// was opened (`opened`), so that no name swapped between a check and the open can pass.
     pub fn check_named(&self, named: &crate::image_cache::Named, text: &str, file: &Path) -> Result<(), PolicyError> {
         match named.opened_path() {
-            Some(real) => self.check_image(&real.display().to_string(), Path::new("/"), file).map_err(|e| match e {
-                PolicyError::NotAllowed { file, patterns, .. } => {
-                    PolicyError::NotAllowed { image: text.into(), file, patterns }
-                }
-                other => other,
-            }),
+            Some(real) => self.judge(text, &[real.display().to_string()], file),
             None => self.check_image(text, Path::new("/"), file),
         }
     }

@@ -126,7 +126,7 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
     let name = name(&a.job, &a.step, a.container_name.as_deref());
     let me = whose(&a.user)?;
     // the site's allowed images: a registry reference now, a file once opened (below)
-    if !a.image.is_empty() && !a.image.starts_with(['/', '.']) && !a.image.contains("archive:") {
+    if let Ok(crate::image_source::ImageSource::Registry(_)) = crate::image_source::ImageSource::parse(&a.image) {
         config.policy.check_image(&a.image, Path::new(&a.workdir), &config.site_file)?;
     }
     // one start at a time per user on this node (a named container is looked up, then made): another

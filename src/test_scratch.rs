@@ -3,7 +3,7 @@
 //! libtest runs every test on a thread of its own, so a directory owned by a thread-local is
 //! removed when its test ends, whether the test passed or panicked.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 thread_local! {
     static DIR: tempfile::TempDir = tempfile::Builder::new().prefix("mdt-").tempdir().expect("a scratch directory");
@@ -24,7 +24,7 @@ pub(crate) fn subdir(name: &str) -> PathBuf {
 
 /// `bytes` written to `name` in this test's scratch directory.
 pub(crate) fn file(name: &str, bytes: &[u8]) -> PathBuf {
-    let p: &Path = &dir().join(name);
-    std::fs::write(p, bytes).expect("a scratch file");
-    p.to_path_buf()
+    let p = dir().join(name);
+    std::fs::write(&p, bytes).expect("a scratch file");
+    p
 }

@@ -66,8 +66,11 @@ pub fn main(mode: Mode, argv: &[String]) -> i32 {
     if let Err(e) = launch::check_image_name(&cli.image) {
         return fail(EXIT_USAGE, e);
     }
-    let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
-    if let Err(e) = config.policy.check_image(&cli.image, &cwd, &config.site_file) {
+    let host_dir = match std::env::current_dir() {
+        Ok(d) => d,
+        Err(e) => return fail(EXIT_USAGE, format!("cannot read the current directory: {e}")),
+    };
+    if let Err(e) = config.policy.check_image(&cli.image, &host_dir, &config.site_file) {
         return fail(EXIT_USAGE, e);
     }
     let engine = match Engine::find(kind) {
@@ -75,10 +78,6 @@ pub fn main(mode: Mode, argv: &[String]) -> i32 {
         Err(e) => return fail(EXIT_ENGINE, e),
     };
 
-    let host_dir = match std::env::current_dir() {
-        Ok(d) => d,
-        Err(e) => return fail(EXIT_USAGE, format!("cannot read the current directory: {e}")),
-    };
     let helper = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => return fail(EXIT_ENGINE, format!("cannot find the helper binary itself: {e}")),

@@ -345,9 +345,9 @@ fn task_env(c: &StepContainer, job_path: Option<String>) -> Vec<(String, String)
     .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     env.retain(|(k, _)| k != "PATH");
     // the devices' variables are the node's truth about its devices: they win over the image's, but
-    // never over the task's GPU binding, which is Slurm's, nor over what the user keeps
-    let binding = mpiexec_docker_core::devices::SLURM_GPU_BINDING;
-    for (k, v) in c.device_env.iter().filter(|(k, _)| !binding.contains(&k.as_str()) && !c.keep.contains(k)) {
+    // never over what the user keeps (Slurm's GPU binding variables are not among them: see
+    // `ContainerSpec::device_env`)
+    for (k, v) in c.device_env.iter().filter(|(k, _)| !c.keep.contains(k)) {
         env.retain(|(n, _)| n != k);
         env.push((k.clone(), v.clone()));
     }

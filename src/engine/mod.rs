@@ -218,16 +218,15 @@ impl Engine {
     /// when its daemon has CDI on (25 and later with `"features": {"cdi": true}`, on by default from
     /// 28), which `docker info` shows as its spec directories.
     pub fn applies_cdi(&self) -> Result<bool, EngineError> {
-        let unavailable = |reason: String| self.failed(reason);
         match self.kind {
             EngineKind::Podman => {
-                let v = self.quick(&["version", "--format", "{{.Client.Version}}"]).map_err(unavailable)?;
-                let mut parts = v.trim().split(['.', '-', '+']).map(|p| p.parse::<u32>().unwrap_or(0));
+                let v = self.version()?;
+                let mut parts = v.split(['.', '-', '+']).map(|p| p.parse::<u32>().unwrap_or(0));
                 let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
                 Ok((major, minor) >= (4, 1))
             }
             EngineKind::Docker => {
-                let dirs = self.quick(&["info", "--format", "{{json .CDISpecDirs}}"]).map_err(unavailable)?;
+                let dirs = self.quick(&["info", "--format", "{{json .CDISpecDirs}}"]).map_err(|e| self.failed(e))?;
                 Ok(serde_json::from_str::<Option<Vec<String>>>(dirs.trim())
                     .ok()
                     .flatten()
