@@ -432,7 +432,7 @@ fn registry_images_are_each_users_own_pull() {
         let out = on_node(
             "node1",
             As::Root,
-            "docker images --format '{{.Repository}}:{{.Tag}}' | grep -E 'md/tiny|md-tiny' | sort",
+            "docker images --format '{{.Repository}}:{{.Tag}}' | grep -E 'md/tiny|md-tiny-latest' | sort",
         );
         out.success().lines()
     };
