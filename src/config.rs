@@ -32,6 +32,11 @@ use crate::engine::EngineKind;
 
 pub const SYSTEM_CONFIG: &str = "/etc/mpiexec-docker/config.yaml";
 
+/// Where the plugin tells the helper the site's file is (plugstack `config=`), when not
+/// [`SYSTEM_CONFIG`]. Honoured only for a file root owns and only root may change: a user cannot
+/// hand the helper a site file of their own.
+pub const ENV_SITE_CONFIG: &str = "MPIEXEC_DOCKER_SITE_CONFIG";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum PullPolicy {
@@ -146,6 +151,23 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
     #[error("config file {path}: cannot read it: {source}")]
     Unreadable { path: PathBuf, source: std::io::Error },
+    #[error("{ENV_SITE_CONFIG}={path}: a site file must be root's and writable by root alone; name the site's file in plugstack.conf (config=)")]
+    NotSites { path: PathBuf },
+}
+
+/// A site file named by [`ENV_SITE_CONFIG`]: absolute, and (when it exists) root's alone.
+fn check_site_file(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let bad = || ConfigError::NotSites { path: path.to_path_buf() };
+    if !path.is_absolute() {
+        return Err(bad());
+    }
+    match std::fs::metadata(path) {
+        Ok(m) if m.uid() == 0 && m.mode() & 0o022 == 0 => Ok(()),
+        Ok(_) => Err(bad()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(ConfigError::Unreadable { path: path.to_path_buf(), source }),
+    }
 }
 
 impl Config {
@@ -155,7 +177,15 @@ impl Config {
             Some(p) => Some(PathBuf::from(p)),
             None => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/mpiexec-docker/config.yaml")),
         };
-        let mut paths = vec![PathBuf::from(SYSTEM_CONFIG)];
+        let site = match std::env::var_os(ENV_SITE_CONFIG) {
+            Some(p) => {
+                let p = PathBuf::from(p);
+                check_site_file(&p)?;
+                p
+            }
+            None => PathBuf::from(SYSTEM_CONFIG),
+        };
+        let mut paths = vec![site];
         paths.extend(user);
         Self::load_from(&paths)
     }
@@ -199,7 +229,10 @@ impl Config {
                 if text_names_key(text, "cdi_dirs") {
                     return Err(ConfigError::Invalid {
                         path: path.to_path_buf(),
-                        message: format!("devices.cdi_dirs is the site's setting ({SYSTEM_CONFIG}), not a user's"),
+                        message: format!(
+                            "devices.cdi_dirs is the site's setting ({}), not a user's",
+                            self.site_file.display()
+                        ),
                     });
                 }
                 d.cdi_dirs = std::mem::take(&mut self.devices.cdi_dirs);

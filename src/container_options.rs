@@ -3,13 +3,13 @@
 //! | option | env default | meaning |
 //! | --- | --- | --- |
 //! | `--container-image=IMAGE` | `MPIEXEC_DOCKER_CONTAINER_IMAGE` | run the tasks in IMAGE |
-//! | `--container-mounts=SRC:DST[:ro][,...]` | `…_MOUNTS` | more bind mounts |
+//! | `--container-mounts=SRC:DST[:FLAGS][,...]` | `…_MOUNTS` | more mounts (pyxis's syntax: flags joined by `+`, `tmpfs` and `umount` sources, `./` relative paths) |
 //! | `--container-workdir=PATH` | `…_WORKDIR` | working directory inside (default: the job's) |
 //! | `--container-env=NAME[,...]` | `…_ENV` | these job variables win over the image's |
 //! | `--[no-]container-remap-root` | `…_REMAP_ROOT` | be root inside (mapped to you; no host privilege) |
 //! | `--[no-]container-mount-home` | `…_MOUNT_HOME` | mount your home directory at its path |
 //! | `--container-readonly` / `--container-writable` | `…_READONLY` | read-only root file system |
-//! | `--container-name=NAME` | `…_NAME` | keep the container for the job's later steps that name it |
+//! | `--container-name=NAME[:FLAG]` | `…_NAME` | keep the container for the job's later steps that name it (FLAG: pyxis's `auto`, `create`, `exec`, `no_exec`) |
 //! | `--[no-]container-entrypoint` | `…_ENTRYPOINT` | run the image's entrypoint before the task |
 
 use thiserror::Error;
@@ -33,8 +33,9 @@ pub const OPTIONS: &[OptionDef] = &[
     },
     OptionDef {
         name: "container-mounts",
-        arginfo: Some("SRC:DST[:ro][,...]"),
-        usage: "[mpiexec-docker] bind mount host paths into the container",
+        arginfo: Some("SRC:DST[:FLAGS][,SRC:DST...]"),
+        usage: "[mpiexec-docker] bind mount[s] inside the container; flags joined by \"+\", e.g. \"ro+rprivate\"; \
+                SRC may be ./relative, tmpfs or umount",
     },
     OptionDef {
         name: "container-workdir",
@@ -78,8 +79,9 @@ pub const OPTIONS: &[OptionDef] = &[
     },
     OptionDef {
         name: "container-name",
-        arginfo: Some("NAME"),
-        usage: "[mpiexec-docker] name the container: later steps of the job that name it reuse it",
+        arginfo: Some("NAME[:auto|create|exec|no_exec]"),
+        usage: "[mpiexec-docker] name the container: later steps of the job that name it reuse it \
+                (create: it must not exist yet; exec: it must)",
     },
     OptionDef {
         name: "container-entrypoint",
@@ -122,7 +124,48 @@ pub struct ContainerOptions {
     pub mount_home: Option<bool>,
     pub readonly: Option<bool>,
     pub name: Option<String>,
+    /// The flag after the name (`auto` when none).
+    pub name_mode: NameMode,
     pub entrypoint: Option<bool>,
+}
+
+/// What `--container-name=NAME:FLAG` asks of an existing container of that name (pyxis's flags).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NameMode {
+    /// Use it if it is there, else make it.
+    #[default]
+    Auto,
+    /// Make it; it must not be there yet.
+    Create,
+    /// Use it; it must be there (running).
+    Exec,
+    /// Use its file system, not its processes' namespaces. Ours share the host's network, IPC and
+    /// PID namespaces and a step's tasks start afresh in it either way, so this is `auto`.
+    NoExec,
+}
+
+impl std::str::FromStr for NameMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "" | "auto" => Ok(NameMode::Auto),
+            "create" => Ok(NameMode::Create),
+            "exec" => Ok(NameMode::Exec),
+            "no_exec" => Ok(NameMode::NoExec),
+            other => Err(format!("'{other}': the flag must be auto, create, exec or no_exec")),
+        }
+    }
+}
+
+impl std::fmt::Display for NameMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NameMode::Auto => "auto",
+            NameMode::Create => "create",
+            NameMode::Exec => "exec",
+            NameMode::NoExec => "no_exec",
+        })
+    }
 }
 
 fn list(value: &str) -> Vec<String> {
@@ -168,6 +211,8 @@ impl ContainerOptions {
             "container-readonly" => self.readonly = Some(true),
             "container-writable" => self.readonly = Some(false),
             "container-name" => {
+                let (value, flag) = value.split_once(':').unwrap_or((value, ""));
+                self.name_mode = flag.parse().map_err(bad)?;
                 let ok = !value.is_empty()
                     && value.len() <= 64
                     && value.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
@@ -226,7 +271,10 @@ impl ContainerOptions {
         self.remap_root = self.remap_root.or(defaults.remap_root);
         self.mount_home = self.mount_home.or(defaults.mount_home);
         self.readonly = self.readonly.or(defaults.readonly);
-        self.name = self.name.or(defaults.name);
+        if self.name.is_none() {
+            self.name = defaults.name;
+            self.name_mode = defaults.name_mode;
+        }
         self.entrypoint = self.entrypoint.or(defaults.entrypoint);
         Ok(self)
     }
@@ -293,5 +341,22 @@ mod tests {
         assert_eq!(o.mount_home, Some(true));
         let bad = HashMap::from([("MPIEXEC_DOCKER_CONTAINER_REMAP_ROOT", "maybe")]);
         assert!(ContainerOptions::default().with_env_defaults(|k| bad.get(k).map(|v| v.to_string())).is_err());
+    }
+
+    #[test]
+    fn container_name_takes_pyxis_flags() {
+        let mut o = ContainerOptions::default();
+        o.apply("container-name", "dev:create").unwrap();
+        assert_eq!((o.name.as_deref(), o.name_mode), (Some("dev"), NameMode::Create));
+        o.apply("container-name", "dev").unwrap();
+        assert_eq!(o.name_mode, NameMode::Auto);
+        for (flag, mode) in [("exec", NameMode::Exec), ("no_exec", NameMode::NoExec), ("auto", NameMode::Auto)] {
+            o.apply("container-name", &format!("x:{flag}")).unwrap();
+            assert_eq!(o.name_mode, mode);
+            assert_eq!(mode.to_string(), flag);
+        }
+        let e = o.apply("container-name", "x:maybe").unwrap_err().to_string();
+        assert!(e.contains("auto, create, exec or no_exec"), "{e}");
+        assert!(o.apply("container-name", ":exec").is_err());
     }
 }

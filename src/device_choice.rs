@@ -122,7 +122,7 @@ fn by_hand(spec: &mut ContainerSpec, chosen: &cdi::Selection) {
         }
     }
     for m in &chosen.edits.mounts {
-        spec.mounts.push(Mount { src: m.host_path.clone(), dst: m.container_path.clone(), readonly: m.read_only() });
+        spec.mounts.push(Mount::bind(m.host_path.clone(), m.container_path.clone(), m.read_only()));
     }
     spec.env_set.extend(spec.device_env.iter().cloned());
 }

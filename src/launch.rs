@@ -53,7 +53,7 @@ pub struct Request {
     pub host_dir: PathBuf,
     /// `--env NAME[=VALUE]` from the command line.
     pub env: Vec<String>,
-    /// `--mount SRC:DST[:ro]` from the command line.
+    /// `--mount SRC:DST[:FLAGS]` from the command line (relative sources already made absolute).
     pub mounts: Vec<String>,
     pub interactive: bool,
     /// Whose container it is: the caller, or the job's user when the helper runs as root for them.
@@ -83,7 +83,13 @@ pub fn container_spec(
 ) -> Result<ContainerSpec, LaunchError> {
     let mut spec = base_spec(engine, config, req, helper, runtime, host_env)?;
     spec.interactive = req.interactive;
-    spec.mounts.insert(0, Mount { src: req.host_dir.clone(), dst: HOST_DIR.into(), readonly: false });
+    spec.mounts.insert(0, Mount::bind(req.host_dir.clone(), HOST_DIR, false));
+    spec.apply_unmounts(&[
+        Path::new(HOST_DIR),
+        Path::new(IN_HELPER),
+        Path::new(IN_BIN),
+        Path::new(crate::layout::IN_RELAY_DIR),
+    ])?;
     spec.workdir = Some(HOST_DIR.into());
     let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
     spec.name = Some(format!("mpiexec-docker-{host}-{}-{}", std::process::id(), unique_suffix()));
@@ -147,7 +153,13 @@ pub fn base_spec(
     spec.mount(runtime.bin(), IN_BIN, true);
     spec.mount(runtime.relay(), crate::layout::IN_RELAY_DIR, false);
     for m in config.mounts.iter().chain(&req.mounts) {
-        spec.mounts.push(Mount::parse_existing(m)?);
+        let Some(m) = Mount::parse_existing(m)? else { continue };
+        if engine.kind == EngineKind::Docker {
+            if let Some(flag) = crate::engine::docker_refuses(&m) {
+                return Err(MountError::NotWithDocker { spec: m.to_string(), flag: flag.into() }.into());
+            }
+        }
+        spec.mounts.push(m);
     }
 
     let mut extra = config.env.clone();

@@ -91,6 +91,16 @@ impl Staging {
         Ok(point)
     }
 
+    /// [`Staging::stage`] for a mount the container asks to propagate (`[r]shared`, `[r]slave`):
+    /// Docker wants such a source shared, so the mount point is made a peer group of its own.
+    pub fn stage_shared(&mut self, fd: &OwnedFd, what: &Path) -> Result<PathBuf, MountSourceError> {
+        use nix::mount::{mount, MsFlags};
+        let point = self.stage(fd, what)?;
+        mount(None::<&str>, &point, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>)
+            .map_err(|e| MountSourceError::Stage { path: what.display().to_string(), source: e.into() })?;
+        Ok(point)
+    }
+
     /// Takes the staging mounts down (detached: the container keeps its own copies) and removes them.
     pub fn release(&mut self) {
         for p in self.points.drain(..).rev() {

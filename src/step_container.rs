@@ -135,14 +135,29 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
     let _lock = image_cache::fetch_lock(me.uid)?;
     clock.done("lock");
     if let Some(n) = &a.container_name {
-        if let Some((pid, image)) = running(&engine, &name, me.uid)? {
-            let info = engine.image_config(&image)?.ok_or_else(|| format!("the image of container '{n}' is gone"))?;
-            return Ok(Started { phases: clock.phases, ..Started::from_image_info(pid, &info)? });
-        }
-        if a.image.is_empty() {
-            return Err(StepError::Step(format!(
-                "no container named '{n}' in this job on this node: give --container-image too"
-            )));
+        use crate::container_options::NameMode;
+        match (running(&engine, &name, me.uid)?, a.name_mode) {
+            (Some(_), NameMode::Create) => {
+                return Err(StepError::Step(format!(
+                    "--container-name={n}:create: a container named '{n}' already exists in this job on this node"
+                )))
+            }
+            (Some((pid, image)), _) => {
+                let info =
+                    engine.image_config(&image)?.ok_or_else(|| format!("the image of container '{n}' is gone"))?;
+                return Ok(Started { phases: clock.phases, ..Started::from_image_info(pid, &info)? });
+            }
+            (None, NameMode::Exec) => {
+                return Err(StepError::Step(format!(
+                    "--container-name={n}:exec: no container named '{n}' is running in this job on this node"
+                )))
+            }
+            (None, _) if a.image.is_empty() => {
+                return Err(StepError::Step(format!(
+                    "no container named '{n}' in this job on this node: give --container-image too"
+                )))
+            }
+            (None, _) => {}
         }
     }
     // what the user names is opened and read with the user's rights (an image file, the directories
@@ -210,7 +225,7 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
     // `mount_source`): nothing the user changes afterwards reaches the daemon
     let for_user = relay_owner.is_some();
     let home = a.mount_home.clone().filter(|h| h != &a.workdir && std::path::Path::new(h).is_dir());
-    let (mut workdir_src, mut home_src, mut mounts) = (a.workdir.clone(), home.clone(), a.mounts.clone());
+    let (mut workdir_src, mut home_src, mut mounts) = (a.workdir.clone(), home.clone(), resolved_mounts(a)?);
     let mut staging = None;
     if for_user {
         use crate::container::Mount;
@@ -222,9 +237,12 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
             None => None,
         };
         let mut mount_fds = Vec::new();
-        for m in &a.mounts {
-            let parsed = Mount::parse_existing(m)?;
-            let fd = open_as_user(&parsed.src)?;
+        for m in &mounts {
+            let Some(parsed) = Mount::parse_existing(m)? else { continue };
+            let fd = match parsed.kind {
+                crate::container::MountKind::Bind => Some(open_as_user(&parsed.src)?),
+                _ => None,
+            };
             mount_fds.push((parsed, fd));
         }
         drop(acting);
@@ -235,9 +253,13 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
             home_src = Some(path(st.stage(fd, h.as_ref())?));
         }
         mounts = Vec::new();
-        for (m, fd) in &mount_fds {
-            let point = st.stage(fd, &m.src)?;
-            mounts.push(format!("{}:{}{}", point.display(), m.dst.display(), if m.readonly { ":ro" } else { "" }));
+        for (m, fd) in mount_fds {
+            let mut m = m.clone();
+            if let Some(fd) = fd {
+                let propagates = m.flags.iter().any(|f| f.contains("shared") || f.contains("slave"));
+                m.src = if propagates { st.stage_shared(&fd, &m.src)? } else { st.stage(&fd, &m.src)? };
+            }
+            mounts.push(m.to_string());
         }
         staging = Some(st);
     }
@@ -417,6 +439,10 @@ fn step_spec(
             spec.mount(dir, dir, false);
         }
     }
+    // `umount:DST` may take away the site's mounts and ours above (`/tmp`), not what the tasks need
+    use crate::layout::{IN_BIN, IN_HELPER, IN_RELAY_DIR};
+    let ours = [Path::new(IN_HELPER), Path::new(IN_BIN), Path::new(IN_RELAY_DIR), Path::new(&a.workdir)];
+    spec.apply_unmounts(&ours)?;
     Ok(spec)
 }
 
@@ -430,6 +456,13 @@ fn end_pause(pid: i32, uid: u32) {
         process.kill(nix::sys::signal::Signal::SIGKILL);
         process.wait(Some(Duration::from_secs(1)));
     }
+}
+
+/// The step's mounts with relative sources made absolute against the job's working directory (what
+/// `./data` means to the user), in the syntax the contract carries.
+fn resolved_mounts(a: &StartArgs) -> Result<Vec<String>, StepError> {
+    let base = Path::new(&a.workdir);
+    a.mounts.iter().map(|m| Ok(crate::container::Mount::parse_in(m, base)?.to_string())).collect()
 }
 
 /// The process id and image of a running container called `name`, if there is one of the user's.
@@ -471,7 +504,7 @@ fn spawn_server(
         image: a.image.clone(),
         workdir: a.workdir.clone(),
         engine: Some(engine.kind),
-        mounts: a.mounts.clone(),
+        mounts: resolved_mounts(a)?,
         dir,
         pid,
         lock_fd: fd,

@@ -16,6 +16,7 @@
 use clap::{Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
+pub use crate::container_options::NameMode;
 use crate::engine::EngineKind;
 use crate::identity::UserIds;
 
@@ -73,6 +74,9 @@ pub struct StartArgs {
     /// `--container-name`: the container is kept for the job's later steps that name it.
     #[arg(long = "name")]
     pub container_name: Option<String>,
+    /// What the name's flag asks of an existing container of that name.
+    #[arg(long, default_value = "auto")]
+    pub name_mode: NameMode,
     /// The job's user, when root runs this for them (Docker).
     #[arg(long)]
     pub user: Option<UserIds>,
@@ -192,6 +196,9 @@ impl StartArgs {
         flag(&mut a, "readonly", self.readonly);
         opt(&mut a, "gpus", self.gpus.as_ref());
         opt(&mut a, "name", self.container_name.as_ref());
+        if self.name_mode != NameMode::Auto {
+            opt(&mut a, "name-mode", Some(self.name_mode));
+        }
         opt(&mut a, "user", self.user.as_ref());
         opt(&mut a, "step-cgroup", self.step_cgroup.as_ref());
         a
@@ -321,6 +328,7 @@ mod tests {
             readonly: false,
             gpus: Some(String::new()),
             container_name: Some("dev".into()),
+            name_mode: NameMode::Create,
             user: Some("1500:1500:27".parse().unwrap()),
             step_cgroup: Some("/slurm/uid_1500/job_5/step_0".into()),
         };

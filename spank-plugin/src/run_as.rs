@@ -4,6 +4,13 @@
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
+/// The site's configuration file (plugstack `config=`), which the helper is told of.
+fn site_config(cmd: &mut Command) {
+    if let Ok(args) = crate::state::plugin_args() {
+        cmd.env(mpiexec_docker_core::config::ENV_SITE_CONFIG, &args.config);
+    }
+}
+
 /// `helper` as `user` with group `gid`, with a clean environment of theirs: their ids for real, and,
 /// when we are root, their supplementary groups instead of ours.
 pub fn helper_as(helper: &std::path::Path, user: &nix::unistd::User, gid: u32) -> Command {
@@ -16,6 +23,7 @@ pub fn helper_as(helper: &std::path::Path, user: &nix::unistd::User, gid: u32) -
         .env("LOGNAME", &user.name)
         .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(Stdio::null());
+    site_config(&mut cmd);
     isolate(&mut cmd);
     if ids.uid != 0 {
         ids.become_in_child(&mut cmd);
@@ -48,6 +56,7 @@ pub fn helper_as_root(helper: &std::path::Path) -> Command {
         .env("LOGNAME", "root")
         .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(Stdio::null());
+    site_config(&mut cmd);
     isolate(&mut cmd);
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {

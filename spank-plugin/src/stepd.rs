@@ -39,6 +39,10 @@ use crate::state::{self, plugin_args, StepContainer};
 
 /// Slurm's step id of the extern step (no tasks to wrap).
 const EXTERN_STEP: u32 = 0xfffffffc;
+/// Slurm's step id of a batch script (`SLURM_BATCH_SCRIPT`).
+const BATCH_STEP: u32 = 0xfffffffb;
+/// Slurm's step id of salloc's interactive step (`SLURM_INTERACTIVE_STEP`).
+const INTERACTIVE_STEP: u32 = 0xfffffffa;
 
 pub fn init(spank: &Spank, args: &[String]) -> anyhow::Result<()> {
     crate::options::register_all(spank).context("cannot register options")?;
@@ -60,6 +64,12 @@ pub fn init(spank: &Spank, args: &[String]) -> anyhow::Result<()> {
 }
 
 pub fn user_init(spank: &Spank, _args: &[String]) -> anyhow::Result<()> {
+    // `sbatch_support=0`: batch scripts and salloc's shell stay on the host (pyxis's meaning), even
+    // where the job's environment names an image
+    let step = spank.get_u32(spank_item::S_JOB_STEPID).ok();
+    if matches!(step, Some(BATCH_STEP | INTERACTIVE_STEP)) && !plugin_args().map(|a| a.sbatch_support).unwrap_or(true) {
+        return Ok(());
+    }
     // options not given on the command line take their defaults from the job's environment
     let given = state::with(|s| s.options.clone());
     let result = match given.with_env_defaults(|k| spank.getenv(k)).map_err(|e| e.to_string()).and_then(|mut opts| {
@@ -144,6 +154,7 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> anyhow::Result<
         // the step's GPUs on this node, as Slurm's indexes (none when the step has none)
         gpus: Some(["SLURM_STEP_GPUS", "SLURM_JOB_GPUS"].iter().find_map(|v| spank.getenv(v)).unwrap_or_default()),
         container_name: opts.name.clone(),
+        name_mode: opts.name_mode,
         user: rootful.then(|| user_ids(&user, gid)),
         step_cgroup,
     };
@@ -300,7 +311,10 @@ pub fn task_init(spank: &Spank, _args: &[String]) -> anyhow::Result<()> {
             if spank.get_u32(spank_item::S_TASK_GLOBAL_ID) == Ok(0) {
                 log::info!("step {}.{}: tasks confined like their container: {confinement}", c.job, c.step);
             }
-            for (k, v) in task_env(&c, spank.getenv("PATH")) {
+            let mut env = task_env(&c, spank.getenv("PATH"));
+            // enroot's PyTorch hook, as pyxis users have it: images that set PYTORCH_VERSION
+            env.extend(mpiexec_docker_core::pytorch::task_vars(&c.image_env, |k| spank.getenv(k)));
+            for (k, v) in env {
                 spank.setenv(&k, &v).with_context(|| format!("cannot set {k} for the task"))?;
             }
             if c.rootful {

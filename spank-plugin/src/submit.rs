@@ -9,11 +9,16 @@ use crate::handle::Spank;
 use crate::state;
 
 /// `slurm_spank_init`: registers the options and reads the plugstack.conf arguments.
+/// With `sbatch_support=0` (pyxis's meaning) sbatch and salloc do not have the options at all.
 pub fn init(spank: &Spank, args: &[String]) -> anyhow::Result<()> {
-    crate::options::register_all(spank).context("cannot register options")?;
     let parsed = PluginArgs::parse(args).map_err(|e| e.to_string());
     state::with(|s| s.args = Some(parsed.clone()));
-    parsed.map(|_| ()).map_err(anyhow::Error::msg)
+    let parsed = parsed.map_err(anyhow::Error::msg)?;
+    if crate::handle::context() == crate::handle::Context::Allocator && !parsed.sbatch_support {
+        return Ok(());
+    }
+    crate::options::register_all(spank).context("cannot register options")?;
+    Ok(())
 }
 
 /// `slurm_spank_init_post_opt`: the options are all known; the defaults the environment gives the

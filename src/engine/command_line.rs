@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::EngineKind;
-use crate::container::{ContainerSpec, Mount, UserMode};
+use crate::container::{ContainerSpec, Mount, MountKind, UserMode, PROPAGATION};
 
 /// The engine command line (without the engine binary itself) for `spec`.
 pub fn run_args(engine: EngineKind, spec: &ContainerSpec) -> Vec<String> {
@@ -48,10 +48,13 @@ pub fn run_args(engine: EngineKind, spec: &ContainerSpec) -> Vec<String> {
         push("--ulimit", if v.is_empty() { k.clone() } else { format!("{k}={v}") });
     }
     for m in &spec.mounts {
-        match engine {
+        match (m.kind, engine) {
+            (MountKind::Tmpfs, _) => push("--tmpfs", tmpfs_arg(m)),
+            // carried out when the spec was made (`ContainerSpec::apply_unmounts`)
+            (MountKind::Umount, _) => {}
             // Docker's daemon creates a missing `--volume` source, as root: `--mount` never does
-            EngineKind::Docker => push("--mount", mount_arg(m)),
-            EngineKind::Podman => push("--volume", volume_arg(m)),
+            (MountKind::Bind, EngineKind::Docker) => push("--mount", mount_arg(m)),
+            (MountKind::Bind, EngineKind::Podman) => push("--volume", volume_arg(m)),
         }
     }
     for d in &spec.devices {
@@ -103,7 +106,9 @@ pub fn run_args(engine: EngineKind, spec: &ContainerSpec) -> Vec<String> {
     a
 }
 
-/// Docker's `--mount type=bind,…`: fields with a comma or a quote are quoted (its CSV syntax).
+/// Docker's `--mount type=bind,…`: fields with a comma or a quote are quoted (its CSV syntax). Of
+/// the flags, Docker takes the propagation and `bind` (not recursive); the others were refused
+/// before ([`docker_refuses`]).
 fn mount_arg(m: &Mount) -> String {
     let field = |k: &str, v: &Path| {
         let f = format!("{k}={}", v.display());
@@ -117,15 +122,48 @@ fn mount_arg(m: &Mount) -> String {
     if m.readonly {
         s.push_str(",readonly");
     }
+    for f in &m.flags {
+        if PROPAGATION.contains(&f.as_str()) {
+            s.push_str(&format!(",bind-propagation={f}"));
+        } else if f == "bind" {
+            s.push_str(",bind-nonrecursive=true");
+        }
+    }
     s
+}
+
+/// The first flag of `m` that Docker's `--mount` cannot apply, if any.
+pub fn docker_refuses(m: &Mount) -> Option<&str> {
+    (m.kind == MountKind::Bind)
+        .then(|| m.flags.iter().find(|f| !PROPAGATION.contains(&f.as_str()) && *f != "bind" && *f != "rbind"))
+        .flatten()
+        .map(String::as_str)
 }
 
 fn volume_arg(m: &Mount) -> String {
     let mut s = format!("{}:{}", m.src.display(), m.dst.display());
+    let mut opts: Vec<&str> = m.flags.iter().map(String::as_str).collect();
     if m.readonly {
-        s.push_str(":ro");
+        opts.insert(0, "ro");
+    }
+    if !opts.is_empty() {
+        s.push(':');
+        s.push_str(&opts.join(","));
     }
     s
+}
+
+/// `--tmpfs DST[:OPTIONS]` (both engines take mount(8)'s options there).
+fn tmpfs_arg(m: &Mount) -> String {
+    let mut opts: Vec<&str> = m.flags.iter().map(String::as_str).collect();
+    if m.readonly {
+        opts.insert(0, "ro");
+    }
+    if opts.is_empty() {
+        m.dst.display().to_string()
+    } else {
+        format!("{}:{}", m.dst.display(), opts.join(","))
+    }
 }
 
 #[cfg(test)]
@@ -173,5 +211,26 @@ mod tests {
              --cgroup-parent /slurm_node1/uid_1500/job_7/step_0 --no-healthcheck --rm img true"
         );
         assert!(run_args(EngineKind::Podman, &spec).join(" ").contains("--preserve-fds 1"));
+    }
+
+    #[test]
+    fn pyxis_mount_flags_on_each_engine() {
+        let mut spec = ContainerSpec::new("img", vec![]);
+        for m in ["/d:/d:ro+rprivate+nosuid", "/e:/e:bind", "tmpfs:/scratch:size=64m+mode=1777"] {
+            spec.mounts.push(Mount::parse(m).unwrap());
+        }
+        spec.mounts.push(Mount::parse("umount:/x").unwrap());
+        let p = run_args(EngineKind::Podman, &spec).join(" ");
+        assert!(
+            p.contains("--volume /d:/d:ro,rprivate,nosuid --volume /e:/e:bind --tmpfs /scratch:size=64m,mode=1777"),
+            "{p}"
+        );
+        assert!(!p.contains("/x"), "{p}");
+        let d = run_args(EngineKind::Docker, &spec).join(" ");
+        assert!(d.contains("--mount type=bind,source=/d,target=/d,readonly,bind-propagation=rprivate"), "{d}");
+        assert!(d.contains("--mount type=bind,source=/e,target=/e,bind-nonrecursive=true"), "{d}");
+        assert!(d.contains("--tmpfs /scratch:size=64m,mode=1777"), "{d}");
+        assert_eq!(docker_refuses(&spec.mounts[0]), Some("nosuid"));
+        assert_eq!(docker_refuses(&spec.mounts[1]), None);
     }
 }

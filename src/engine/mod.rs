@@ -18,7 +18,7 @@ pub mod containers;
 pub mod images;
 mod run;
 
-pub use command_line::run_args;
+pub use command_line::{docker_refuses, run_args};
 
 pub use run::{output_within, output_within_feeding, Fed, QUICK_LIMIT};
 

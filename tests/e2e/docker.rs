@@ -474,3 +474,38 @@ fn the_relay_server_root_starts_for_a_user_inherits_nothing() {
     assert!(fds.iter().all(|l| expected(l)) && fds.len() == 6, "only what it was given: {run}");
     assert_clean_within(30);
 }
+
+#[test]
+fn pyxis_mount_syntax_with_docker() {
+    let _g = docker();
+    let dir = format!("{SHARED}/pyx-docker-mounts");
+    sh(
+        As::Root,
+        &format!("rm -rf {dir}; mkdir -p {dir}/data; echo from-host > {dir}/data/file; chown -R {USER} {dir}"),
+    )
+    .success();
+    let script = "cat /d/file; touch /d/x 2>/dev/null && echo d-writable || echo d-read-only; \
+                  grep ' /scratch ' /proc/self/mountinfo | sed 's/.* - //' | cut -d' ' -f1; \
+                  grep -c ' /tmp ' /proc/self/mountinfo; true";
+    let run = sh_in(
+        As::User,
+        &dir,
+        &format!(
+            "srun -N1 -n1 --container-image={OPENMPI} --container-mounts=./data:/d:ro+rslave,tmpfs:/scratch:size=8m,umount:/tmp \
+             sh -c {}",
+            shell_quote(script)
+        ),
+    );
+    assert_eq!(run.success().lines(), ["from-host", "d-read-only", "tmpfs", "0"]);
+    // what Docker's --mount cannot apply is refused with one line, not dropped
+    let run = sh_in(
+        As::User,
+        &dir,
+        &format!("srun -N1 -n1 --container-image={OPENMPI} --container-mounts=./data:/d:nosuid true"),
+    );
+    assert!(!run.ok(), "{run}");
+    assert!(run.stderr.contains("Docker cannot apply the flag 'nosuid'"), "{run}");
+    sh(As::Root, &format!("rm -rf {dir}")).success();
+    assert_no_node_drained();
+    assert_clean_within(30);
+}

@@ -1,0 +1,195 @@
+//! A pyxis user changes nothing (issue 17): pyxis's mount syntax (flags joined by `+`, relative
+//! sources, `tmpfs`, `umount`) and its refusals, `--container-name=NAME:FLAG`, the PyTorch variables
+//! of enroot's hook, and the plugstack keys `sbatch_support=0` and `config=` with pyxis's meaning.
+
+mod common;
+use common::*;
+
+const OPENMPI: &str = "localhost/md-openmpi";
+
+/// A fresh directory under the shared one, the test user's.
+fn user_dir(name: &str) -> String {
+    let dir = format!("{SHARED}/{name}");
+    sh(As::Root, &format!("rm -rf {dir}; mkdir -p {dir}; chown {USER} {dir}")).success();
+    dir
+}
+
+#[test]
+fn mounts_take_pyxis_syntax_relative_sources_tmpfs_and_umount() {
+    let _g = shared();
+    let dir = user_dir("pyx-mounts");
+    sh(As::User, &format!("mkdir {dir}/data {dir}/other && echo from-host > {dir}/data/file")).success();
+    // the node's /tmp is mounted in every step container: umount takes it away again
+    for node in NODES {
+        on_node(node, As::User, "touch /tmp/mdt-pyx-host-tmp").success();
+    }
+    let mounts = "./data:/d:ro+rprivate,./other:/u:rshared,tmpfs:/scratch:size=16m+mode=1777,umount:/tmp";
+    let script = "cat /d/file; touch /d/x 2>/dev/null && echo d-writable || echo d-read-only; \
+                  grep ' /u ' /proc/self/mountinfo | grep -o shared: ; \
+                  grep ' /scratch ' /proc/self/mountinfo | sed 's/.* - //' | cut -d' ' -f1; \
+                  echo ok > /scratch/f && cat /scratch/f; \
+                  test -e /tmp/mdt-pyx-host-tmp && echo host-tmp || echo image-tmp";
+    let run = sh_in(
+        As::User,
+        &dir,
+        &format!("srun -N1 -n1 --container-image={OPENMPI} --container-mounts={mounts} sh -c {}", shell_quote(script)),
+    );
+    for node in NODES {
+        on_node(node, As::User, "rm -f /tmp/mdt-pyx-host-tmp");
+    }
+    assert_eq!(run.success().lines(), ["from-host", "d-read-only", "shared:", "tmpfs", "ok", "image-tmp"]);
+
+    // the refusals: one line each, before or at the step's start, and nothing drained
+    let refused = |mounts: &str, says: &str| {
+        let run = sh_in(
+            As::User,
+            &dir,
+            &format!("srun -N1 -n1 --container-image={OPENMPI} --container-mounts={mounts} true"),
+        );
+        assert!(!run.ok(), "{mounts}: {run}");
+        assert!(run.stderr.contains(says), "{mounts}: wanted '{says}': {run}");
+    };
+    refused("/home:../home", "may not contain '..'");
+    refused("data:/x", "write SRC:DST[:FLAGS]");
+    refused("./data:/x:ro+exec=1", "unknown flag 'exec=1'");
+    refused("umount:/nothing-here", "nothing is mounted at /nothing-here");
+    refused("umount:/.mpiexec-docker/bin", "is mpiexec-docker's own mount");
+    refused("./absent:/x", "does not exist on this host");
+    // nofail: a missing source is left out
+    let run = sh_in(
+        As::User,
+        &dir,
+        &format!("srun -N1 -n1 --container-image={OPENMPI} --container-mounts=./absent:/x:nofail sh -c 'test -e /x || echo left-out'"),
+    );
+    assert_eq!(run.success().lines(), ["left-out"]);
+    sh(As::Root, &format!("rm -rf {dir}")).success();
+    assert_no_node_drained();
+}
+
+#[test]
+fn container_names_take_pyxis_flags() {
+    let _g = shared();
+    let run = sbatch(
+        As::User,
+        "-N1 -n1 -w node2",
+        &format!(
+            "srun --container-image={OPENMPI} --container-name=p1:create sh -c 'echo made > /var/tmp/p1'\n\
+             srun --container-image={OPENMPI} --container-name=p1:create true 2>&1 | grep -o 'already exists'\n\
+             srun --container-name=p2:exec true 2>&1 | grep -o \"no container named 'p2' is running\"\n\
+             srun --container-name=p1:exec cat /var/tmp/p1\n\
+             srun --container-name=p1:no_exec cat /var/tmp/p1\n\
+             srun --container-image={OPENMPI} --container-name=p1:auto cat /var/tmp/p1\n\
+             srun --container-image={OPENMPI} --container-name=p1:later true 2>&1 | grep -o 'auto, create, exec or no_exec'"
+        ),
+    );
+    assert!(run.ok(), "{run}");
+    let lines: Vec<String> = run.lines().into_iter().filter(|l| !l.starts_with("srun: ")).collect();
+    assert_eq!(
+        lines,
+        [
+            "already exists",
+            "no container named 'p2' is running",
+            "made",
+            "made",
+            "made",
+            "auto, create, exec or no_exec"
+        ],
+        "{run}"
+    );
+    assert_clean_within(20);
+    assert_no_node_drained();
+}
+
+#[test]
+fn pytorch_images_get_the_variables_of_enroots_hook() {
+    let _g = shared();
+    // an image that sets PYTORCH_VERSION, as NGC's PyTorch images do, saved as an image file
+    let dir = user_dir("pyx-torch");
+    sh_in(
+        As::User,
+        &dir,
+        &format!(
+            "printf 'FROM {OPENMPI}\\nENV PYTORCH_VERSION=2.5.0\\n' > Containerfile && \
+             podman build -q -t localhost/mdt-pytorch . >/dev/null && \
+             podman save -q -o md-pytorch.tar localhost/mdt-pytorch && podman rmi -f localhost/mdt-pytorch >/dev/null"
+        ),
+    )
+    .success();
+    let show = "echo $SLURM_JOB_ID $RANK $LOCAL_RANK $WORLD_SIZE $MASTER_ADDR $MASTER_PORT $OMP_NUM_THREADS";
+    let run = sh(
+        As::User,
+        &format!("srun -N2 -n4 --ntasks-per-node=2 -w node[2-3] --container-image={dir}/md-pytorch.tar sh -c '{show}'"),
+    )
+    .success();
+    let mut lines = run.lines();
+    lines.sort();
+    let job: u64 = lines[0].split(' ').next().unwrap().parse().unwrap();
+    let port = 61000 + job % 4536;
+    // block distribution: ranks 0-1 on node2, 2-3 on node3
+    let want: Vec<String> = (0..4).map(|r| format!("{job} {r} {} 4 node2 {port} 1", r % 2)).collect();
+    assert_eq!(lines, want, "{run}");
+    // other images get none of them; a value the job sets stays
+    let run = sh(As::User, &format!("srun -N1 -n1 --container-image={OPENMPI} sh -c 'echo ${{RANK:-none}}'"));
+    assert_eq!(run.success().lines(), ["none"]);
+    let run = sh(
+        As::User,
+        &format!("MASTER_PORT=999 srun -N1 -n1 --container-image={dir}/md-pytorch.tar sh -c 'echo $MASTER_PORT'"),
+    );
+    assert_eq!(run.success().lines(), ["999"]);
+    sh(As::Root, &format!("rm -rf {dir}")).success();
+}
+
+/// Restores a file's content when dropped (also when the test fails).
+struct Restore(&'static str, Option<Vec<u8>>);
+impl Drop for Restore {
+    fn drop(&mut self) {
+        match &self.1 {
+            Some(bytes) => std::fs::write(self.0, bytes).unwrap(),
+            None => {
+                let _ = std::fs::remove_file(self.0);
+            }
+        }
+    }
+}
+
+#[test]
+fn sbatch_support_0_and_config_keep_pyxis_meaning() {
+    let _g = exclusive();
+    const PLUGSTACK: &str = "/etc/slurm/plugstack.conf";
+    const ALT: &str = "/etc/mpiexec-docker/alt-site.yaml";
+    let _restore = Restore(PLUGSTACK, std::fs::read(PLUGSTACK).ok());
+    let _alt = Restore(ALT, None);
+    let site_dir = user_dir("pyx-site");
+    std::fs::write(format!("{site_dir}/file"), "site-file\n").unwrap();
+    std::fs::write(ALT, format!("mounts: ['{site_dir}:/site-alt:ro']\n")).unwrap();
+    let line = std::fs::read_to_string(PLUGSTACK).unwrap();
+    let line: String = line
+        .lines()
+        .map(|l| match l.contains("spank_mpiexec_docker") {
+            true => format!("{l} sbatch_support=0 config={ALT}\n"),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(PLUGSTACK, line).unwrap();
+
+    // sbatch and salloc do not have the options at all; srun has them
+    for tool in ["sbatch --wrap true", "salloc true"] {
+        let run = sh(As::User, &format!("{} --container-image={OPENMPI} {}", &tool[..6], &tool[6..]));
+        assert!(!run.ok(), "{run}");
+        assert!(run.stderr.contains("unrecognized option"), "{tool}: {run}");
+    }
+    // a batch script stays on the host even where the job's environment names an image (pyxis's
+    // variable); its steps take the image, and the site file named by config= reaches the helper
+    let run = sbatch(
+        As::User,
+        &format!("-N1 -n1 -w node1 --export=ALL,PYXIS_CONTAINER_IMAGE={OPENMPI}"),
+        "echo batch:${MD_IMAGE_FLAVOUR:-host}\nsrun sh -c 'echo step:$MD_IMAGE_FLAVOUR; cat /site-alt/file'",
+    );
+    assert!(run.ok(), "{run}");
+    assert_eq!(run.lines(), ["batch:host", "step:openmpi", "site-file"], "{run}");
+    drop(_restore);
+    drop(_alt);
+    sh(As::Root, &format!("rm -rf {site_dir}")).success();
+    assert_no_node_drained();
+    assert_clean_within(20);
+}
