@@ -10,7 +10,8 @@
 //! | `--[no-]container-mount-home` | `…_MOUNT_HOME` | mount your home directory at its path |
 //! | `--container-readonly` / `--container-writable` | `…_READONLY` | read-only root file system |
 //! | `--container-name=NAME[:FLAG]` | `…_NAME` | keep the container for the job's later steps that name it (FLAG: pyxis's `auto`, `create`, `exec`, `no_exec`) |
-//! | `--[no-]container-entrypoint` | `…_ENTRYPOINT` | run the image's entrypoint before the task |
+//! | `--[no-]container-entrypoint` | `…_ENTRYPOINT` | run the image's entrypoint before the task (site default: plugstack `execute_entrypoint=`) |
+//! | `--container-entrypoint-log` | `…_ENTRYPOINT_LOG` | show what the entrypoint prints (hidden otherwise, as with pyxis) |
 
 use thiserror::Error;
 
@@ -91,7 +92,12 @@ pub const OPTIONS: &[OptionDef] = &[
     OptionDef {
         name: "no-container-entrypoint",
         arginfo: None,
-        usage: "[mpiexec-docker] do not run the image's entrypoint (default)",
+        usage: "[mpiexec-docker] do not run the image's entrypoint (default, unless the site says otherwise)",
+    },
+    OptionDef {
+        name: "container-entrypoint-log",
+        arginfo: None,
+        usage: "[mpiexec-docker] print the output of the image's entrypoint (hidden otherwise)",
     },
 ];
 
@@ -127,6 +133,7 @@ pub struct ContainerOptions {
     /// The flag after the name (`auto` when none).
     pub name_mode: NameMode,
     pub entrypoint: Option<bool>,
+    pub entrypoint_log: Option<bool>,
 }
 
 /// What `--container-name=NAME:FLAG` asks of an existing container of that name (pyxis's flags).
@@ -226,6 +233,8 @@ impl ContainerOptions {
             }
             "container-entrypoint" => self.entrypoint = Some(true),
             "no-container-entrypoint" => self.entrypoint = Some(false),
+            "container-entrypoint-log" => self.entrypoint_log = Some(true),
+            "no-container-entrypoint-log" => self.entrypoint_log = Some(false),
             other => return Err(OptionError::Unknown(other.to_string())),
         }
         Ok(())
@@ -244,6 +253,7 @@ impl ContainerOptions {
             ("container-readonly", true),
             ("container-name", false),
             ("container-entrypoint", true),
+            ("container-entrypoint-log", true),
         ] {
             // ours first, then pyxis's name for the same default (a job script written for pyxis
             // runs unchanged)
@@ -276,6 +286,7 @@ impl ContainerOptions {
             self.name_mode = defaults.name_mode;
         }
         self.entrypoint = self.entrypoint.or(defaults.entrypoint);
+        self.entrypoint_log = self.entrypoint_log.or(defaults.entrypoint_log);
         Ok(self)
     }
 }

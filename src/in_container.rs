@@ -4,6 +4,10 @@
 //!   flavour from its version output, checks the program exists, adds what the flavour needs
 //!   ([`crate::mpi::adjustments`]) and execs the launcher.
 //! - `exec` mode (`run_in_docker`): execs the given program.
+//! - `entrypoint-quiet` and `resume` modes: the image's entrypoint in front of a task with its output
+//!   hidden (pyxis shows it only with `--container-entrypoint-log`): the task's own streams are kept
+//!   aside while the entrypoint runs, and `resume`, which the entrypoint execs as its command, gives
+//!   them back before it execs the task's program.
 //!
 //! Both first put [`IN_BIN`] (links to the helper as `srun`, `ssh`, …) at the front of `PATH`.
 
@@ -146,6 +150,58 @@ pub fn run_exec(args: &[String]) -> InContainerError {
     InContainerError::Exec { program: program.clone(), source }
 }
 
+/// Where the task's standard output and error wait while a quiet entrypoint runs.
+const SAVED_STREAMS: [i32; 2] = [198, 199];
+
+/// `entrypoint-quiet ENTRYPOINT… [resume] TASK…`: runs the entrypoint with its output discarded.
+pub fn run_entrypoint_quiet(args: &[String]) -> InContainerError {
+    let Some(program) = args.first() else {
+        return InContainerError::NoProgram;
+    };
+    // SAFETY: plain descriptor calls on our own standard streams before exec.
+    unsafe {
+        libc::dup2(1, SAVED_STREAMS[0]);
+        libc::dup2(2, SAVED_STREAMS[1]);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+        if null >= 0 {
+            libc::dup2(null, 1);
+            libc::dup2(null, 2);
+            libc::close(null);
+        }
+    }
+    let source = Command::new(program).args(&args[1..]).exec();
+    // the error is the user's to see
+    // SAFETY: as above.
+    unsafe {
+        libc::dup2(SAVED_STREAMS[1], 2);
+    }
+    InContainerError::Exec { program: format!("the image's entrypoint {program}"), source }
+}
+
+/// `resume TASK…`: the task's streams back (when a quiet entrypoint kept them), then its program.
+pub fn run_resume(args: &[String]) -> InContainerError {
+    // SAFETY: plain descriptor calls before exec; F_GETFD only asks whether the descriptor is open.
+    unsafe {
+        if libc::fcntl(SAVED_STREAMS[0], libc::F_GETFD) >= 0 && libc::fcntl(SAVED_STREAMS[1], libc::F_GETFD) >= 0 {
+            libc::dup2(SAVED_STREAMS[0], 1);
+            libc::dup2(SAVED_STREAMS[1], 2);
+            libc::close(SAVED_STREAMS[0]);
+            libc::close(SAVED_STREAMS[1]);
+        }
+    }
+    run_exec(args)
+}
+
+/// The words in front of a task's own that run the image's `entrypoint` first: the entrypoint itself
+/// when its output is to be seen (`log`), else it wrapped by `entrypoint-quiet` … `resume`.
+pub fn entrypoint_words(helper_inside: &str, entrypoint: &[String], log: bool) -> Vec<String> {
+    if entrypoint.is_empty() || log {
+        return entrypoint.to_vec();
+    }
+    let mode = |m: &str| [helper_inside.to_string(), "in-container".into(), m.into()];
+    mode("entrypoint-quiet").into_iter().chain(entrypoint.iter().cloned()).chain(mode("resume")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,5 +222,16 @@ mod tests {
         assert!(program_exists("/bin/sh", &cwd, ""));
         assert!(!program_exists("./definitely-not-here-mdt", &cwd, "/usr/bin"));
         assert!(!program_exists("definitely-not-here-mdt", &cwd, "/usr/bin"));
+    }
+
+    #[test]
+    fn quiet_entrypoints_are_wrapped_and_logged_ones_are_not() {
+        let e = vec!["/entry.sh".to_string()];
+        assert_eq!(entrypoint_words("/h", &e, true), e);
+        assert_eq!(
+            entrypoint_words("/h", &e, false),
+            ["/h", "in-container", "entrypoint-quiet", "/entry.sh", "/h", "in-container", "resume"]
+        );
+        assert!(entrypoint_words("/h", &[], false).is_empty());
     }
 }

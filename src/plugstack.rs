@@ -30,8 +30,11 @@ pub struct PluginArgs {
     pub config: PathBuf,
     /// `mounts=SRC:DST[:FLAGS][,...]`: mounts added to every container.
     pub mounts: Vec<String>,
-    /// `sbatch_support=0|1`: whether `sbatch --container-image` runs the batch script in the container.
+    /// `sbatch_support=0|1`: whether sbatch and salloc have the options (pyxis's meaning); with 0 a
+    /// batch script or salloc's shell stays on the host, and the job's steps may still use images.
     pub sbatch_support: bool,
+    /// `execute_entrypoint=0|1`: the site's default for `--[no-]container-entrypoint` (pyxis's key).
+    pub execute_entrypoint: bool,
 }
 
 impl Default for PluginArgs {
@@ -42,12 +45,13 @@ impl Default for PluginArgs {
             config: DEFAULT_CONFIG.into(),
             mounts: Vec::new(),
             sbatch_support: true,
+            execute_entrypoint: false,
         }
     }
 }
 
 /// The keys `plugstack.conf` may set, for error messages and documentation.
-pub const KNOWN_KEYS: &[&str] = &["engine", "helper", "config", "mounts", "sbatch_support"];
+pub const KNOWN_KEYS: &[&str] = &["engine", "helper", "config", "mounts", "sbatch_support", "execute_entrypoint"];
 
 /// Each key's value and meaning (the manual page, spank_mpiexec_docker(8), is made from this).
 pub const KEY_DOCS: &[(&str, &str, &str)] = &[
@@ -55,7 +59,8 @@ pub const KEY_DOCS: &[(&str, &str, &str)] = &[
     ("helper", "PATH", "the mpiexec_docker binary the plugin runs on the nodes (default /usr/bin/mpiexec_docker)"),
     ("config", "PATH", "the site configuration file (default /etc/mpiexec-docker/config.yaml)"),
     ("mounts", "SRC:DST[:FLAGS][,...]", "mounts added to every container of every job"),
-    ("sbatch_support", "0|1", "whether sbatch and salloc take --container-image (default 1)"),
+    ("sbatch_support", "0|1", "whether sbatch and salloc have the --container-* options (default 1); with 0 batch scripts and salloc's shell run on the host, their steps may still use images"),
+    ("execute_entrypoint", "0|1", "whether steps run the image's entrypoint when the user says neither --container-entrypoint nor --no-container-entrypoint (default 0)"),
 ];
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -84,6 +89,7 @@ impl PluginArgs {
                 "config" => args.config = absolute(value).map_err(bad)?,
                 "mounts" => args.mounts = value.split(',').filter(|m| !m.is_empty()).map(str::to_string).collect(),
                 "sbatch_support" => args.sbatch_support = parse_bool(value).map_err(bad)?,
+                "execute_entrypoint" => args.execute_entrypoint = parse_bool(value).map_err(bad)?,
                 _ => return Err(PlugstackError::UnknownKey { key: key.to_string() }),
             }
         }
@@ -133,6 +139,7 @@ mod tests {
             "config=/etc/md.yaml",
             "mounts=/scratch:/scratch,/apps:/apps:ro",
             "sbatch_support=0",
+            "execute_entrypoint=yes",
         ])
         .unwrap();
         assert_eq!(args.engine, EngineKind::Docker);
@@ -140,6 +147,7 @@ mod tests {
         assert_eq!(args.config, PathBuf::from("/etc/md.yaml"));
         assert_eq!(args.mounts, vec!["/scratch:/scratch", "/apps:/apps:ro"]);
         assert!(!args.sbatch_support);
+        assert!(args.execute_entrypoint);
     }
 
     #[test]

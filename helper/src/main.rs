@@ -57,6 +57,8 @@ fn in_container_main(mode: &str, args: &[String]) -> i32 {
         "mpiexec" => in_container::run_mpiexec(args),
         "exec" => in_container::run_exec(args),
         "pause" => in_container::run_pause(),
+        "entrypoint-quiet" => in_container::run_entrypoint_quiet(args),
+        "resume" => in_container::run_resume(args),
         other => {
             eprintln!("mpiexec_docker: unknown in-container mode '{other}'");
             return 2;

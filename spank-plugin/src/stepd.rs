@@ -179,10 +179,25 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> anyhow::Result<
             crate::slurm_log::to_user(&format!("mpiexec_docker: note: {notice}"));
         }
     }
+    // the user's word, else the site's default (plugstack execute_entrypoint=), which never fails a
+    // step where the entrypoint cannot run (Docker here, Slurm before 23.11)
     let entrypoint = match opts.entrypoint {
         Some(true) => started.entrypoint,
+        None if args.execute_entrypoint && !started.entrypoint.is_empty() => {
+            if rootful || crate::handle::prepend_fn().is_none() {
+                log::warn!("step {job}.{step}: the site's execute_entrypoint=1 cannot apply here; tasks start without the entrypoint");
+                Vec::new()
+            } else {
+                started.entrypoint
+            }
+        }
         _ => Vec::new(),
     };
+    let entrypoint = mpiexec_docker_core::in_container::entrypoint_words(
+        mpiexec_docker_core::launch::IN_HELPER,
+        &entrypoint,
+        opts.entrypoint_log == Some(true),
+    );
     let workdir = opts.workdir.clone().unwrap_or(workdir);
     let keep = opts.env.clone().unwrap_or_default();
     let how = match crate::handle::prepend_fn() {

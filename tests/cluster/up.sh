@@ -248,10 +248,10 @@ tiny_variant() {
     rm -rf "$tmp"
 }
 
-# An image with an ENTRYPOINT (a line that says it ran, then the task's program): for
-# --container-entrypoint. An image with a VOLUME: its anonymous volume must go with the step's container.
+# An image with an ENTRYPOINT (a line on each stream that says it ran, a variable it exports, then the
+# task's program): for --container-entrypoint and --container-entrypoint-log. An image with a VOLUME: its anonymous volume must go with the step's container.
 step_tiny_variants() {
-    tiny_variant entry 'ENTRYPOINT ["/bin/sh", "-c", "echo entrypoint ran; exec \"$@\"", "entrypoint"]'
+    tiny_variant entrypoint 'ENTRYPOINT ["/bin/sh", "-c", "echo entrypoint ran; echo entrypoint said >&2; export MD_ENTERED=yes; exec \"$@\"", "entrypoint"]'
     tiny_variant volume 'VOLUME /data'
 }
 
@@ -597,7 +597,7 @@ step_stack_images() {
     for wheel in "$MDT_STATE"/wheels/*.whl; do
         [[ $wheel -ef $STACK_ROOT$MDT_STATE/wheels/${wheel##*/} ]] || ln -f "$wheel" "$STACK_ROOT$MDT_STATE/wheels/"
     done
-    for name in md-tiny.tar md-tiny.oci.tar md-suid.tar md-entry.tar md-volume.tar; do
+    for name in md-tiny.tar md-tiny.oci.tar md-suid.tar md-entrypoint.tar md-volume.tar; do
         [[ $MDT_SHARED/images/$name -ef $shared/$name ]] || ln -f "$MDT_SHARED/images/$name" "$shared/$name"
     done
 }

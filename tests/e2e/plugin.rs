@@ -508,23 +508,32 @@ fn slurm_can_prepend() -> bool {
 #[test]
 fn the_image_entrypoint_runs_where_slurm_allows_and_is_refused_with_a_line_where_not() {
     let _g = shared();
-    // md-entry: an image whose ENTRYPOINT says so, then execs the task's program
-    let image = format!("{SHARED}/images/md-entry.tar");
-    let run = sh(As::User, &format!("srun --container-entrypoint --container-image={image} -n2 echo program"));
+    // md-entrypoint: an image whose ENTRYPOINT says so on both streams, exports MD_ENTERED, then
+    // execs the task's program
+    let image = format!("{SHARED}/images/md-entrypoint.tar");
+    let show = "sh -c 'echo program ${MD_ENTERED:-no}'";
+    let run = sh(As::User, &format!("srun --container-entrypoint --container-image={image} -n2 {show}"));
     if slurm_can_prepend() {
-        assert!(run.ok(), "{run}");
+        // what the entrypoint prints is hidden, as with pyxis; what it sets, the task has
+        assert_eq!(run.success().lines(), ["program yes", "program yes"]);
+        let run = sh(
+            As::User,
+            &format!("srun --container-entrypoint --container-entrypoint-log --container-image={image} -n2 {show}"),
+        )
+        .success();
         let mut lines = run.lines();
         lines.sort();
-        assert_eq!(lines, ["entrypoint ran", "entrypoint ran", "program", "program"], "each task's: {run}");
+        assert_eq!(lines, ["entrypoint ran", "entrypoint ran", "program yes", "program yes"], "each task's: {run}");
+        assert_eq!(run.stderr.matches("entrypoint said").count(), 2, "{run}");
     } else {
         assert!(!run.ok(), "{run}");
         assert!(run.stderr.contains("--container-entrypoint needs Slurm 23.11 or later"), "{run}");
     }
     // without the option (pyxis's default) the program runs alone, on every Slurm
-    let run = sh(As::User, &format!("srun --no-container-entrypoint --container-image={image} -n1 echo program"));
-    assert_eq!(run.success().lines(), ["program"]);
-    let run = sh(As::User, &format!("srun --container-image={image} -n1 echo program"));
-    assert_eq!(run.success().lines(), ["program"]);
+    let run = sh(As::User, &format!("srun --no-container-entrypoint --container-image={image} -n1 {show}"));
+    assert_eq!(run.success().lines(), ["program no"]);
+    let run = sh(As::User, &format!("srun --container-image={image} -n1 {show}"));
+    assert_eq!(run.success().lines(), ["program no"]);
 }
 
 #[test]

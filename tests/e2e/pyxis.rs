@@ -1,6 +1,7 @@
 //! A pyxis user changes nothing (issue 17): pyxis's mount syntax (flags joined by `+`, relative
 //! sources, `tmpfs`, `umount`) and its refusals, `--container-name=NAME:FLAG`, the PyTorch variables
-//! of enroot's hook, and the plugstack keys `sbatch_support=0` and `config=` with pyxis's meaning.
+//! of enroot's hook, and the plugstack keys `sbatch_support=0`, `config=` and `execute_entrypoint=`
+//! with pyxis's meaning.
 
 mod common;
 use common::*;
@@ -139,6 +140,13 @@ fn pytorch_images_get_the_variables_of_enroots_hook() {
     sh(As::Root, &format!("rm -rf {dir}")).success();
 }
 
+/// Whether the running Slurm has `spank_prepend_task_argv` (23.11 and later).
+fn slurm_can_prepend() -> bool {
+    let version = sh(As::User, "srun --version").success();
+    let v = mpiexec_docker_core::slurm_version::SlurmVersion::parse(&version.stdout).expect("srun --version");
+    v >= mpiexec_docker_core::slurm_version::PREPEND_TASK_ARGV_SINCE
+}
+
 /// Restores a file's content when dropped (also when the test fails).
 struct Restore(&'static str, Option<Vec<u8>>);
 impl Drop for Restore {
@@ -166,7 +174,7 @@ fn sbatch_support_0_and_config_keep_pyxis_meaning() {
     let line: String = line
         .lines()
         .map(|l| match l.contains("spank_mpiexec_docker") {
-            true => format!("{l} sbatch_support=0 config={ALT}\n"),
+            true => format!("{l} sbatch_support=0 config={ALT} execute_entrypoint=1\n"),
             false => format!("{l}\n"),
         })
         .collect();
@@ -187,6 +195,15 @@ fn sbatch_support_0_and_config_keep_pyxis_meaning() {
     );
     assert!(run.ok(), "{run}");
     assert_eq!(run.lines(), ["batch:host", "step:openmpi", "site-file"], "{run}");
+    // execute_entrypoint=1: the image's entrypoint runs unless the user says --no-container-entrypoint
+    // (where Slurm cannot run it, before 23.11, steps start without it rather than fail)
+    let image = format!("{SHARED}/images/md-entrypoint.tar");
+    let entered = |opt: &str| {
+        let run = sh(As::User, &format!("srun -n1 {opt} --container-image={image} sh -c 'echo ${{MD_ENTERED:-no}}'"));
+        run.success().stdout.trim().to_string()
+    };
+    assert_eq!(entered(""), if slurm_can_prepend() { "yes" } else { "no" });
+    assert_eq!(entered("--no-container-entrypoint"), "no");
     drop(_restore);
     drop(_alt);
     sh(As::Root, &format!("rm -rf {site_dir}")).success();
