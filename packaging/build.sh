@@ -83,7 +83,7 @@ Version: $version+slurm$slurm
 Architecture: $arch
 Maintainer: mpiexec-docker developers <mpiexec-docker@localhost>
 Depends: slurm-wlm-basic-plugins (>= $slurm), slurm-wlm-basic-plugins (<< $next)
-Recommends: podman (>= 4.1), uidmap
+Recommends: podman (>= 4.1), uidmap, squashfs-tools-ng
 Suggests: docker.io
 Section: admin
 Priority: optional

@@ -284,6 +284,25 @@ pub fn ensure(
             }
             let path = file.path.display().to_string();
             let bad = |reason: String| CacheError::Load { path: path.clone(), reason };
+            if info.format == crate::image_source::ArchiveFormat::Squashfs {
+                // imported as one layer, under a temporary name that becomes ours once complete
+                let env = crate::engine::squashfs_environment(&file.file).unwrap_or_default();
+                let partial = format!("{name}-partial");
+                let imported = with_progress(&format!("importing {path}"), || {
+                    engine.import_squashfs(FETCH_LIMIT, &file.file, &partial, &env)
+                });
+                if let Err(e) = imported {
+                    let _ = engine.remove_images(&[partial]);
+                    return Err(bad(e));
+                }
+                if !file.unchanged() {
+                    let _ = engine.remove_images(&[partial]);
+                    return Err(bad("the file changed while it was loaded: try again once it is written".into()));
+                }
+                engine.tag(&partial, &name).map_err(bad)?;
+                let _ = engine.untag(&name, &partial);
+                return Ok(name);
+            }
             let want = info.image_id(file)?;
             // fed from the descriptor the user opened, without the archive's names
             let mut reader = file.file.try_clone().map_err(|e| bad(e.to_string()))?;

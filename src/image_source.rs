@@ -3,7 +3,8 @@
 //! Accepted forms (`--container-image` and the helper's `IMAGE`):
 //! - `[REGISTRY/]NAME[:TAG|@DIGEST]`, also `docker://…`, and pyxis's `REGISTRY#NAME`;
 //! - a path to an image archive written by `podman save`/`docker save` (docker-archive or
-//!   oci-archive, told apart by their content): it starts with `/` or `.`;
+//!   oci-archive), or to a squashfs root file system as enroot and pyxis use (`.sqsh`), told apart by
+//!   their content: it starts with `/` or `.`;
 //! - the engine transports `docker-archive:FILE[:NAME]` and `oci-archive:FILE[:NAME]`.
 //!
 //! A file is loaded into the engine's store once and kept under a name of ours,
@@ -31,13 +32,16 @@ pub enum ImageError {
     BadReference { image: String, reason: String },
 }
 
-/// The two kinds of image archive.
+/// The kinds of image file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArchiveFormat {
     /// `docker save`/`podman save` (the default format): `manifest.json` at the top.
     Docker,
     /// An OCI image layout in a tar: `oci-layout` and `index.json` at the top.
     Oci,
+    /// A squashfs root file system (what `enroot import` writes, `.sqsh`): imported as a one-layer
+    /// image, its environment from the file system's `/etc/environment`, as enroot keeps it.
+    Squashfs,
 }
 
 impl ArchiveFormat {
@@ -45,9 +49,13 @@ impl ArchiveFormat {
         match self {
             ArchiveFormat::Docker => "docker-archive",
             ArchiveFormat::Oci => "oci-archive",
+            ArchiveFormat::Squashfs => "squashfs",
         }
     }
 }
+
+/// The magic number at the start of a squashfs file system ("hsqs", little-endian 0x73717368).
+pub const SQUASHFS_MAGIC: &[u8; 4] = b"hsqs";
 
 /// An image as the user named it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,26 +217,34 @@ impl ArchiveInfo {
     /// [`ArchiveInfo::read`] from an open image file.
     pub fn of(image: &mut ImageFile, wanted: Option<ArchiveFormat>) -> Result<ArchiveInfo, ImageError> {
         let bad = |reason: String| ImageError::BadFile { path: image.path.display().to_string(), reason };
-        let entries = tar_entries(&mut image.file, &INDEX_FILES).map_err(bad)?;
+        let mut magic = [0u8; 4];
+        let read = image.file.seek(SeekFrom::Start(0)).and_then(|_| image.file.read_exact(&mut magic));
+        if read.is_ok() && &magic == SQUASHFS_MAGIC && wanted.is_none() {
+            // its content key is the file's hash (there is no image config in it)
+            return Ok(ArchiveInfo { format: ArchiveFormat::Squashfs, digest: String::new(), names: Vec::new() });
+        }
+        let entries = tar_entries(&mut image.file, &INDEX_FILES).map_err(|e| match wanted {
+            None => bad(format!("{e} (an image file is a docker-archive, an oci-archive or a squashfs file system)")),
+            Some(_) => bad(e),
+        })?;
         let get = |name: &str| entries.iter().find(|(n, _)| n == name).map(|(_, c)| c.as_str());
-        let info =
-            match (get("manifest.json"), get("index.json")) {
-                (Some(manifest), _) if wanted != Some(ArchiveFormat::Oci) => {
-                    let (digest, names) = docker_config_digest(manifest).map_err(bad)?;
-                    ArchiveInfo { format: ArchiveFormat::Docker, digest, names }
+        let info = match (get("manifest.json"), get("index.json")) {
+            (Some(manifest), _) if wanted != Some(ArchiveFormat::Oci) => {
+                let (digest, names) = docker_config_digest(manifest).map_err(bad)?;
+                ArchiveInfo { format: ArchiveFormat::Docker, digest, names }
+            }
+            (_, Some(index)) if get("oci-layout").is_some() && wanted != Some(ArchiveFormat::Docker) => {
+                let (digest, names) = oci_manifest_digest(index).map_err(bad)?;
+                ArchiveInfo { format: ArchiveFormat::Oci, digest, names }
+            }
+            _ => return Err(bad(match wanted {
+                Some(f) => format!("not a {} (no image index in it)", f.transport()),
+                None => {
+                    "not an image file (neither docker-archive, oci-archive nor squashfs; write one with `podman save`)"
+                        .into()
                 }
-                (_, Some(index)) if get("oci-layout").is_some() && wanted != Some(ArchiveFormat::Docker) => {
-                    let (digest, names) = oci_manifest_digest(index).map_err(bad)?;
-                    ArchiveInfo { format: ArchiveFormat::Oci, digest, names }
-                }
-                _ => return Err(bad(match wanted {
-                    Some(f) => format!("not a {} (no image index in it)", f.transport()),
-                    None => {
-                        "not an image archive (neither docker-archive nor oci-archive; write one with `podman save`)"
-                            .into()
-                    }
-                })),
-            };
+            })),
+        };
         Ok(info)
     }
 
@@ -238,6 +254,7 @@ impl ArchiveInfo {
         let bad = |reason: String| ImageError::BadFile { path: image.path.display().to_string(), reason };
         match self.format {
             ArchiveFormat::Docker => Ok(self.digest.clone()),
+            ArchiveFormat::Squashfs => Err(bad("a squashfs file holds no image id".into())),
             ArchiveFormat::Oci => {
                 let blob = format!("blobs/sha256/{}", self.digest);
                 let entries = tar_entries(&mut image.file, &[blob.as_str()]).map_err(bad)?;
@@ -258,6 +275,7 @@ impl ArchiveInfo {
     pub fn cache_name(path: &Path, sha256: &str, scope: Option<u32>) -> String {
         let stem = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let stem = stem.trim_end_matches(".tar").trim_end_matches(".oci").trim_end_matches(".docker");
+        let stem = stem.trim_end_matches(".sqsh").trim_end_matches(".squashfs");
         let mut name = repository_component(stem);
         if name.is_empty() {
             name = "image".into();

@@ -6,6 +6,43 @@ use std::time::Duration;
 
 use super::{last_line, output_within, Engine, EngineError, EngineKind, QUICK_LIMIT};
 
+/// squashfs-tools-ng's converter of a squashfs file system to a tar stream.
+pub const SQFS2TAR: &str = "sqfs2tar";
+/// squashfs-tools-ng's reader, which prints one file of a squashfs file system (`-c PATH`).
+pub const RDSQUASHFS: &str = "rdsquashfs";
+
+/// The environment a squashfs root file system carries in `/etc/environment` (where enroot keeps an
+/// image's): `NAME=VALUE` lines (`export` and quotes allowed); `None` when it has none or the file
+/// system cannot be read.
+pub fn squashfs_environment(file: &std::fs::File) -> Option<Vec<(String, String)>> {
+    let out = std::process::Command::new(RDSQUASHFS)
+        .args(["-c", "/etc/environment", "/dev/stdin"])
+        .stdin(file.try_clone().ok()?)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status.success().then(|| parse_environment(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// `NAME=VALUE` lines of an environment file; names must be variable names, and values that the
+/// engines' `--change ENV` could not carry as they are (spaces, quotes, `$`) are left out.
+pub fn parse_environment(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let line = line.strip_prefix("export ").unwrap_or(line).trim();
+            let (k, v) = line.split_once('=')?;
+            let v = v.trim();
+            let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v);
+            let name_ok = !k.is_empty()
+                && !k.starts_with(|c: char| c.is_ascii_digit())
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let value_ok = !v.chars().any(|c| c.is_whitespace() || c.is_control() || "\"'$`\\".contains(c));
+            (name_ok && value_ok && !line.starts_with('#')).then(|| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
 impl Engine {
     /// Whether the image is in the local store.
     pub fn image_present(&self, image: &str) -> Result<bool, EngineError> {
@@ -109,6 +146,58 @@ impl Engine {
         loaded_name(&stdout).ok_or_else(|| format!("{} load named no image: {}", self.name(), stdout.trim()))
     }
 
+    /// Imports a squashfs root file system as image `name` (one layer), within `limit`: `file` (the
+    /// descriptor the user opened) is streamed as tar by `sqfs2tar` (squashfs-tools-ng) into the
+    /// engine's `import`; `env` (`NAME=VALUE`) becomes the image's environment.
+    pub fn import_squashfs(
+        &self,
+        limit: Duration,
+        file: &std::fs::File,
+        name: &str,
+        env: &[(String, String)],
+    ) -> Result<(), String> {
+        // `/dev/stdin` reopens the descriptor given as its standard input: the object opened, not a path
+        let mut convert = std::process::Command::new(SQFS2TAR);
+        convert
+            .arg("/dev/stdin")
+            .stdin(file.try_clone().map_err(|e| e.to_string())?)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut converter = convert.spawn().map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                format!("squashfs images need {SQFS2TAR} on the node (Debian and Ubuntu: package squashfs-tools-ng)")
+            }
+            _ => format!("cannot run {SQFS2TAR}: {e}"),
+        })?;
+        let mut tar = converter.stdout.take().ok_or("no output from sqfs2tar")?;
+        let mut cmd = self.command();
+        cmd.arg("import");
+        for (k, v) in env {
+            cmd.arg("--change").arg(format!("ENV {k}={v}"));
+        }
+        cmd.arg("-").arg(name).stdin(Stdio::piped());
+        let out = super::output_within_feeding(&mut cmd, limit, move |stdin| {
+            std::io::copy(&mut tar, stdin).map(|_| ()).map_err(|e| format!("streaming the squashfs file: {e}"))
+        });
+        // the converter ends with its output read (or its reader gone)
+        let converted = match converter.try_wait() {
+            Ok(Some(status)) => Some(status),
+            _ => {
+                std::thread::sleep(Duration::from_millis(200));
+                let _ = converter.kill();
+                converter.wait().ok()
+            }
+        };
+        let out = out.map_err(|e| e.to_string())?;
+        if !out.output.status.success() {
+            return Err(shorten(&last_line(&String::from_utf8_lossy(&out.output.stderr))));
+        }
+        match converted {
+            Some(status) if status.success() => Ok(()),
+            _ => Err(format!("{SQFS2TAR} could not read it as a squashfs file system")),
+        }
+    }
+
     /// The image's entrypoint (the engine's JSON, one line) and environment (`NAME=VALUE` lines);
     /// `None` when the image is not in the store.
     pub fn image_config(&self, image: &str) -> Result<Option<String>, String> {
@@ -185,5 +274,24 @@ mod tests {
         assert_eq!(loaded_name("Loaded image(s): a:1,b:2\n").as_deref(), Some("a:1"));
         assert_eq!(loaded_name("Loaded image ID: sha256:abc\n").as_deref(), Some("sha256:abc"));
         assert_eq!(loaded_name("nothing\n"), None);
+    }
+}
+
+#[cfg(test)]
+mod squashfs_tests {
+    use super::*;
+
+    #[test]
+    fn environment_files_as_enroot_writes_them() {
+        let text =
+            "PATH=/usr/local/cuda/bin:/usr/bin\nexport CUDA_VERSION=\"12.4\"\n# note\nBAD NAME=x\nSPACED=a b\nEMPTY=\n";
+        assert_eq!(
+            parse_environment(text),
+            [
+                ("PATH".to_string(), "/usr/local/cuda/bin:/usr/bin".to_string()),
+                ("CUDA_VERSION".into(), "12.4".into()),
+                ("EMPTY".into(), "".into())
+            ]
+        );
     }
 }

@@ -19,6 +19,7 @@ pub mod images;
 mod run;
 
 pub use command_line::{docker_refuses, run_args};
+pub use images::{squashfs_environment, RDSQUASHFS, SQFS2TAR};
 
 pub use run::{output_within, output_within_feeding, Fed, QUICK_LIMIT};
 

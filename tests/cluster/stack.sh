@@ -25,7 +25,7 @@ STACK_PACKAGES=(podman crun uidmap slirp4netns fuse-overlayfs catatonit passt
                 slurm-wlm slurm-client munge libslurm-dev
                 openmpi-bin libopenmpi-dev mpich libmpich-dev
                 iproute2 psmisc util-linux procps mawk hostname file binutils gcc libc6-dev python3
-                docker-registry busybox-static docker.io docker-cli rpm man-db)
+                docker-registry busybox-static docker.io docker-cli rpm man-db squashfs-tools squashfs-tools-ng)
 
 # The host pid of the stack's init, when it runs.
 stack_pid() {

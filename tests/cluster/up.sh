@@ -21,7 +21,7 @@ PACKAGES=(podman crun uidmap slirp4netns fuse-overlayfs catatonit
           slurm-wlm slurm-client munge libslurm-dev slurm-wlm-basic-plugins-dev
           openmpi-bin libopenmpi-dev mpich libmpich-dev
           libclang-dev mmdebstrap iproute2 psmisc util-linux hyperfine file binutils
-          docker-registry busybox-static docker.io rpm man-db)
+          docker-registry busybox-static docker.io rpm man-db squashfs-tools squashfs-tools-ng)
 
 step_packages() {
     local missing=()

@@ -509,3 +509,34 @@ fn pyxis_mount_syntax_with_docker() {
     assert_no_node_drained();
     assert_clean_within(30);
 }
+
+#[test]
+fn squashfs_images_with_docker_are_the_users_own_import() {
+    let _g = docker();
+    let dir = format!("{SHARED}/pyx-docker-sqsh");
+    sh(As::Root, &format!("rm -rf {dir}; mkdir -p {dir}; chown {USER} {dir}")).success();
+    // busybox's root file system as a squashfs file, as enroot makes them
+    sh_in(
+        As::User,
+        &dir,
+        "mkdir -p rootfs/bin rootfs/etc && cp /bin/busybox rootfs/bin/ && ln -s busybox rootfs/bin/sh && \
+         echo MD_SQSH_VAR=docker-sqsh > rootfs/etc/environment && \
+         mksquashfs rootfs tiny.sqsh -quiet -no-progress -noappend -all-root >/dev/null && rm -rf rootfs",
+    )
+    .success();
+    let run = sh_in(
+        As::User,
+        &dir,
+        "srun -N1 -n1 -w node2 --container-image=./tiny.sqsh sh -c 'echo $MD_SQSH_VAR $(/bin/busybox id -u)'",
+    );
+    assert_eq!(run.success().lines(), ["docker-sqsh 1500"]);
+    // imported under the user's own name in Docker's shared store
+    let names = on_node(
+        "node2",
+        As::Root,
+        "docker images --format '{{.Repository}}' | grep -c 'mpiexec-docker-cache/u1500/tiny' || true",
+    );
+    assert_eq!(names.success().stdout.trim(), "1");
+    sh(As::Root, &format!("rm -rf {dir}")).success();
+    assert_no_node_drained();
+}

@@ -210,3 +210,63 @@ fn sbatch_support_0_and_config_keep_pyxis_meaning() {
     assert_no_node_drained();
     assert_clean_within(20);
 }
+
+/// A squashfs image as `enroot import` makes them: the root file system of `image`, with `env` in its
+/// /etc/environment (where enroot keeps an image's variables), made with mksquashfs into `dir`.
+fn make_sqsh(dir: &str, image: &str, env: &str, file: &str) {
+    sh_in(
+        As::User,
+        dir,
+        &format!(
+            "c=$(podman create {image} true) && mkdir rootfs && \
+             podman export $c | tar -xp -C rootfs --exclude=./dev 2>/dev/null; podman rm -f $c >/dev/null; \
+             echo {env} >> rootfs/etc/environment && \
+             mksquashfs rootfs {file} -quiet -no-progress -noappend -all-root >/dev/null; \
+             chmod -R u+w rootfs; rm -rf rootfs; test -s {file}"
+        ),
+    )
+    .success();
+}
+
+#[test]
+fn squashfs_images_start_with_the_plugin_and_the_helper() {
+    let _g = shared();
+    let dir = user_dir("pyx-sqsh");
+    make_sqsh(&dir, OPENMPI, "MD_SQSH_VAR=from-environment", "md-openmpi.sqsh");
+    // the plugin, across nodes, with MPI; its variables from the file system's /etc/environment
+    let run = sh_in(
+        As::User,
+        &dir,
+        "srun --mpi=pmix -N2 -n2 -w node[1-2] --container-image=./md-openmpi.sqsh sh -c 'echo $MD_SQSH_VAR; mpi_hello'",
+    );
+    let mut lines = run.success().lines();
+    lines.sort();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(&lines[2..], ["from-environment", "from-environment"]);
+    assert!(
+        lines[0].starts_with("Hello from rank 0 of 2") && lines[1].starts_with("Hello from rank 1 of 2"),
+        "{lines:?}"
+    );
+    // the helper, and what the step wrote into the container is gone: each start is the file's own
+    let run = sh_in(As::User, &dir, "mpiexec_docker ./md-openmpi.sqsh -n 2 mpi_hello");
+    assert_eq!(run.success().lines().iter().filter(|l| l.starts_with("Hello from rank")).count(), 2);
+    let run = sh_in(
+        As::User,
+        &dir,
+        "srun -N1 -n1 -w node1 --container-image=./md-openmpi.sqsh sh -c 'touch /var/tmp/written' && \
+         srun -N1 -n1 -w node1 --container-image=./md-openmpi.sqsh sh -c 'test -e /var/tmp/written && echo kept || echo pristine'",
+    );
+    assert_eq!(run.success().lines(), ["pristine"]);
+    // a file that is neither an image archive nor squashfs is refused with one line
+    std::fs::write(format!("{dir}/not.sqsh"), "hsq").unwrap();
+    let run = sh_in(As::User, &dir, "srun -N1 -n1 --container-image=./not.sqsh true");
+    assert!(
+        !run.ok()
+            && run
+                .stderr
+                .contains("not a tar archive (an image file is a docker-archive, an oci-archive or a squashfs"),
+        "{run}"
+    );
+    sh(As::Root, &format!("rm -rf {dir}")).success();
+    assert_no_node_drained();
+}
