@@ -10,6 +10,7 @@
 //! | `--[no-]container-mount-home` | `…_MOUNT_HOME` | mount your home directory at its path |
 //! | `--container-readonly` / `--container-writable` | `…_READONLY` | read-only root file system |
 //! | `--container-name=NAME[:FLAG]` | `…_NAME` | keep the container for the job's later steps that name it (FLAG: pyxis's `auto`, `create`, `exec`, `no_exec`) |
+//! | `--container-save=PATH` | `…_SAVE` | save the container as an image file at PATH when the step ends |
 //! | `--[no-]container-entrypoint` | `…_ENTRYPOINT` | run the image's entrypoint before the task (site default: plugstack `execute_entrypoint=`) |
 //! | `--container-entrypoint-log` | `…_ENTRYPOINT_LOG` | show what the entrypoint prints (hidden otherwise, as with pyxis) |
 
@@ -85,6 +86,13 @@ pub const OPTIONS: &[OptionDef] = &[
                 (create: it must not exist yet; exec: it must)",
     },
     OptionDef {
+        name: "container-save",
+        arginfo: Some("PATH"),
+        usage:
+            "[mpiexec-docker] save the container as an image file at PATH when the step ends (relative to the job's \
+                directory; --container-image=PATH starts from it)",
+    },
+    OptionDef {
         name: "container-entrypoint",
         arginfo: None,
         usage: "[mpiexec-docker] run the image's entrypoint before each task (Slurm 23.11+)",
@@ -134,6 +142,7 @@ pub struct ContainerOptions {
     pub name_mode: NameMode,
     pub entrypoint: Option<bool>,
     pub entrypoint_log: Option<bool>,
+    pub save: Option<String>,
 }
 
 /// What `--container-name=NAME:FLAG` asks of an existing container of that name (pyxis's flags).
@@ -231,6 +240,10 @@ impl ContainerOptions {
                 }
                 self.name = Some(value.to_string());
             }
+            "container-save" => {
+                crate::container_save::check_target(value).map_err(|e| bad(e.to_string()))?;
+                self.save = Some(value.to_string());
+            }
             "container-entrypoint" => self.entrypoint = Some(true),
             "no-container-entrypoint" => self.entrypoint = Some(false),
             "container-entrypoint-log" => self.entrypoint_log = Some(true),
@@ -252,6 +265,7 @@ impl ContainerOptions {
             ("container-mount-home", true),
             ("container-readonly", true),
             ("container-name", false),
+            ("container-save", false),
             ("container-entrypoint", true),
             ("container-entrypoint-log", true),
         ] {
@@ -286,6 +300,7 @@ impl ContainerOptions {
             self.name_mode = defaults.name_mode;
         }
         self.entrypoint = self.entrypoint.or(defaults.entrypoint);
+        self.save = self.save.or(defaults.save);
         self.entrypoint_log = self.entrypoint_log.or(defaults.entrypoint_log);
         Ok(self)
     }

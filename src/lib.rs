@@ -7,6 +7,7 @@
 //! - [`config`]: the YAML configuration files.
 //! - [`confinement`]: the container process's seccomp filter and bounding set, for joining tasks.
 //! - [`container`]: one container run as data, and the engine command line for it.
+//! - [`container_save`]: `--container-save`: a step's container written out as an image file.
 //! - [`container_options`]: the plugin's `--container-*` options (pyxis syntax) and their env defaults.
 //! - [`devices`]: InfiniBand and GPU devices, limited to the job's allocation.
 //! - [`engine`]: every call to Podman or Docker (images, containers, each bounded in time).
@@ -34,6 +35,7 @@ pub mod config;
 pub mod confinement;
 pub mod container;
 pub mod container_options;
+pub mod container_save;
 pub mod device_choice;
 pub mod devices;
 pub mod doctor;

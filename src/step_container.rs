@@ -106,6 +106,17 @@ pub fn stop(a: &StopArgs) -> Result<(), StepError> {
     let engine = engine.for_cleanup();
     let me = whose(&a.user)?;
     let name = name(&a.job, &a.step, a.container_name.as_deref());
+    // the container written out first, while it is still there (its tasks have ended)
+    let saved = match &a.save {
+        Some(target) => {
+            let scope = (engine.kind == EngineKind::Docker && !me.is_root()).then_some(me.uid);
+            crate::container_save::save(&engine, &name, Path::new(target), &me, scope)
+        }
+        None => Ok(()),
+    };
+    if a.keep {
+        return saved.map_err(|e| StepError::Step(e.to_string()));
+    }
     // a named container stays for the job's later steps; the job's end removes it
     if a.container_name.is_none() {
         if let Some(pid) = a.pid.filter(|p| *p > 0) {
@@ -117,7 +128,7 @@ pub fn stop(a: &StopArgs) -> Result<(), StepError> {
     if let Ok(state) = runtime_dir::user_base() {
         runtime_dir::sweep(&state);
     }
-    Ok(())
+    saved.map_err(|e| StepError::Step(e.to_string()))
 }
 
 /// `step-container start`: `helper` is this program (mounted into the container, and the relay server).

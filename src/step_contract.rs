@@ -101,6 +101,12 @@ pub struct StopArgs {
     pub pid: Option<i32>,
     #[arg(long)]
     pub user: Option<UserIds>,
+    /// `--container-save`: the image file to write first (an absolute path).
+    #[arg(long)]
+    pub save: Option<String>,
+    /// Only save: the container stays (the step's exit removes it).
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// `step-container serve`: the relay of a step container, until its process is gone.
@@ -215,6 +221,8 @@ impl StopArgs {
         opt(&mut a, "name", self.container_name.as_ref());
         opt(&mut a, "pid", self.pid);
         opt(&mut a, "user", self.user.as_ref());
+        opt(&mut a, "save", self.save.as_ref());
+        flag(&mut a, "keep", self.keep);
         a
     }
 }
@@ -340,6 +348,8 @@ mod tests {
             container_name: None,
             pid: Some(77),
             user: None,
+            save: Some("/home/u/saved.tar".into()),
+            keep: true,
         };
         assert_eq!(parse(stop.to_argv()), StepAction::Stop(stop));
         let serve = ServeArgs {

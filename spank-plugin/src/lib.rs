@@ -73,6 +73,7 @@ pub enum Callback {
     UserInit,
     TaskInitPrivileged,
     TaskInit,
+    TaskExit,
     Exit,
     JobEpilog,
 }
@@ -86,6 +87,7 @@ pub enum Callback {
 /// | user_init | | `stepd::user_init` | |
 /// | task_init_privileged | | `stepd::task_init_privileged` | |
 /// | task_init | | `stepd::task_init` | |
+/// | task_exit | | `stepd::task_exit` | |
 /// | exit | | `stepd::exit` | |
 /// | job_epilog | | | `slurmd::job_epilog` |
 pub fn dispatch(callback: Callback, spank: &Spank, args: &[String]) -> anyhow::Result<()> {
@@ -100,6 +102,7 @@ pub fn dispatch(callback: Callback, spank: &Spank, args: &[String]) -> anyhow::R
         (UserInit, Remote) => stepd::user_init(spank, args),
         (TaskInitPrivileged, Remote) => stepd::task_init_privileged(spank, args),
         (TaskInit, Remote) => stepd::task_init(spank, args),
+        (TaskExit, Remote) => stepd::task_exit(spank, args),
         (Exit, Remote) => stepd::exit(spank, args),
         (Init, JobScript) => slurmd::init(spank, args),
         (JobEpilog, _) => slurmd::job_epilog(spank, args),
@@ -128,5 +131,6 @@ callback!(slurm_spank_init_post_opt, Callback::InitPostOpt);
 callback!(slurm_spank_user_init, Callback::UserInit);
 callback!(slurm_spank_task_init_privileged, Callback::TaskInitPrivileged);
 callback!(slurm_spank_task_init, Callback::TaskInit);
+callback!(slurm_spank_task_exit, Callback::TaskExit);
 callback!(slurm_spank_exit, Callback::Exit);
 callback!(slurm_spank_job_epilog, Callback::JobEpilog);

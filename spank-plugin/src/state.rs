@@ -33,6 +33,8 @@ pub struct StepContainer {
     pub rootful: bool,
     /// `--container-remap-root` with such a container: each task maps itself to root.
     pub remap_root: bool,
+    /// `--container-save`, on the step's first node: the image file to write when the step ends.
+    pub save: Option<String>,
 }
 
 /// The plugin's state in this process.
@@ -48,6 +50,8 @@ pub struct State {
     /// A task's process: the confinement of the step container's process, read as root in
     /// `task_init_privileged`, applied last in `task_init` or by the helper's `join`.
     pub confinement: Option<Result<Confinement, String>>,
+    /// slurmstepd: how many of the step's tasks on this node have exited.
+    pub exited_tasks: u32,
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);

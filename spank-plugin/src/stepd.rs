@@ -210,6 +210,14 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> anyhow::Result<
     let phases: Vec<String> = started.phases.iter().map(|(p, s)| format!("{p} {s:.3} s")).collect();
     log::info!("step {job}.{step}: container start on this node: {}", phases.join(", "));
     let (name, image) = (opts.name.clone(), image.to_string());
+    // saved by the step's first node only: the others hold the same image's containers
+    let save = match spank.get_u32(spank_item::S_JOB_NODEID).ok() {
+        Some(0) => opts
+            .save
+            .as_deref()
+            .map(|s| mpiexec_docker_core::container_save::target_in(s, Path::new(&workdir)).display().to_string()),
+        _ => None,
+    };
     let remap_root = rootful && opts.remap_root == Some(true);
     Ok(StepContainer {
         pid,
@@ -226,6 +234,7 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> anyhow::Result<
         gid,
         rootful,
         remap_root,
+        save,
     })
 }
 
@@ -386,6 +395,50 @@ fn task_env(c: &StepContainer, job_path: Option<String>) -> Vec<(String, String)
     env
 }
 
+/// `--container-save`: once the step's last task on its first node has exited, the container is
+/// saved (before Slurm ends what is left in the step, which a save in `exit` would be part of).
+pub fn task_exit(spank: &Spank, _args: &[String]) -> anyhow::Result<()> {
+    let Some(Ok(c)) = state::with(|s| s.step.clone()) else { return Ok(()) };
+    let Some(target) = c.save.clone() else { return Ok(()) };
+    let exited = state::with(|s| {
+        s.exited_tasks += 1;
+        s.exited_tasks
+    });
+    let local = spank.get_u32(spank_item::S_JOB_LOCAL_TASK_COUNT).unwrap_or(1);
+    if exited < local {
+        return Ok(());
+    }
+    let args = plugin_args().map_err(anyhow::Error::msg)?;
+    let user = nix::unistd::User::from_uid(c.uid.into())
+        .ok()
+        .flatten()
+        .ok_or_else(|| anyhow::anyhow!("no passwd entry for uid {}", c.uid))?;
+    let mut cmd = match c.rootful {
+        true => helper_as_root(&args.helper),
+        false => helper_as(&args.helper, &user, c.gid),
+    };
+    let request = StopArgs {
+        job: c.job.to_string(),
+        step: c.step.to_string(),
+        engine: Some(args.engine),
+        container_name: c.name.clone(),
+        pid: Some(c.pid),
+        user: c.rootful.then(|| user_ids(&user, c.gid)),
+        save: Some(target),
+        keep: true,
+    };
+    cmd.args(request.to_argv());
+    let limit = mpiexec_docker_core::container_save::SAVE_LIMIT + mpiexec_docker_core::image_cache::ENGINE_LIMIT;
+    let out = mpiexec_docker_core::engine::output_within(&mut cmd, limit)
+        .with_context(|| format!("cannot run {}", args.helper.display()))?;
+    if !out.status.success() {
+        let said = mpiexec_docker_core::engine::last_line(&String::from_utf8_lossy(&out.stderr));
+        // (Slurm shows the callback's error to the user; since 23.11 it also fails the step)
+        anyhow::bail!(said.trim_start_matches("mpiexec_docker: error: ").to_string());
+    }
+    Ok(())
+}
+
 /// Removes the step's container (as its user: rootless stores are per user).
 pub fn exit(_spank: &Spank, _args: &[String]) -> anyhow::Result<()> {
     let step = state::with(|s| s.step.take());
@@ -403,18 +456,18 @@ pub fn exit(_spank: &Spank, _args: &[String]) -> anyhow::Result<()> {
         container_name: c.name.clone(),
         pid: Some(c.pid),
         user: c.rootful.then(|| user_ids(&user, c.gid)),
+        save: None,
+        keep: false,
     };
     cmd.args(request.to_argv());
     // bounded: the helper's engine calls are, and so is this wait (slurmstepd waits on it)
     let limit = 3 * mpiexec_docker_core::image_cache::ENGINE_LIMIT;
     match mpiexec_docker_core::engine::output_within(&mut cmd, limit) {
         Ok(out) if out.status.success() => {}
-        Ok(out) => log::error!(
-            "removing the container of step {}.{}: {}",
-            c.job,
-            c.step,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
+        Ok(out) => {
+            let said = mpiexec_docker_core::engine::last_line(&String::from_utf8_lossy(&out.stderr));
+            log::error!("removing the container of step {}.{}: {said}", c.job, c.step);
+        }
         Err(e) => log::error!("removing the container of step {}.{}: {e}", c.job, c.step),
     }
     Ok(())

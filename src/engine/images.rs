@@ -198,6 +198,32 @@ impl Engine {
         }
     }
 
+    /// Commits container `container` as image `name`, within `limit`.
+    pub fn commit(&self, limit: Duration, container: &str, name: &str) -> Result<(), String> {
+        let mut cmd = self.command();
+        cmd.args(["commit", container, name]).stdin(Stdio::null());
+        let out = output_within(&mut cmd, limit).map_err(|e| e.to_string())?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(shorten(&last_line(&String::from_utf8_lossy(&out.stderr))))
+    }
+
+    /// Writes image `name` as a docker-archive into `into` (an open file), within `limit`.
+    pub fn save_into(&self, limit: Duration, name: &str, into: std::fs::File) -> Result<(), String> {
+        let mut cmd = self.command();
+        cmd.arg("save");
+        if self.kind == EngineKind::Podman {
+            cmd.args(["--format", "docker-archive"]);
+        }
+        cmd.arg(name).stdin(Stdio::null());
+        let out = super::run::status_within(&mut cmd, limit, into).map_err(|e| e.to_string())?;
+        match out {
+            (status, _) if status.success() => Ok(()),
+            (_, stderr) => Err(shorten(&last_line(&stderr))),
+        }
+    }
+
     /// The image's entrypoint (the engine's JSON, one line) and environment (`NAME=VALUE` lines);
     /// `None` when the image is not in the store.
     pub fn image_config(&self, image: &str) -> Result<Option<String>, String> {

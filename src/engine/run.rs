@@ -96,3 +96,40 @@ pub fn output_within_feeding(
         .map(|f| f.recv_timeout(Duration::from_secs(1)).unwrap_or_else(|_| Err("the command stopped reading".into())));
     Ok(Fed { output: std::process::Output { status, stdout, stderr }, fed })
 }
+
+/// Runs `cmd` with its standard output into `out` (a file), within `limit` (then its process group
+/// is killed); returns its status and its standard error.
+pub fn status_within(
+    cmd: &mut Command,
+    limit: Duration,
+    out: std::fs::File,
+) -> std::io::Result<(std::process::ExitStatus, String)> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let mut child = cmd.stdout(out).stderr(Stdio::piped()).process_group(0).spawn()?;
+    let pgid = child.id() as i32;
+    let mut stderr = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut v = String::new();
+        if let Some(e) = stderr.as_mut() {
+            let _ = e.read_to_string(&mut v);
+        }
+        v
+    });
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {} s", limit.as_secs()),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Ok((status, reader.join().unwrap_or_default()))
+}

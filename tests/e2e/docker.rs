@@ -515,6 +515,9 @@ fn squashfs_images_with_docker_are_the_users_own_import() {
     let _g = docker();
     let dir = format!("{SHARED}/pyx-docker-sqsh");
     sh(As::Root, &format!("rm -rf {dir}; mkdir -p {dir}; chown {USER} {dir}")).success();
+    let forget = "docker images --format '{{.Repository}}:{{.Tag}}' | grep 'mpiexec-docker-cache/u1500/tiny:' \
+                  | xargs -r docker rmi >/dev/null; true";
+    on_node("node2", As::Root, forget).success();
     // busybox's root file system as a squashfs file, as enroot makes them
     sh_in(
         As::User,
@@ -537,6 +540,42 @@ fn squashfs_images_with_docker_are_the_users_own_import() {
         "docker images --format '{{.Repository}}' | grep -c 'mpiexec-docker-cache/u1500/tiny' || true",
     );
     assert_eq!(names.success().stdout.trim(), "1");
+    on_node("node2", As::Root, forget).success();
     sh(As::Root, &format!("rm -rf {dir}")).success();
     assert_no_node_drained();
+}
+
+#[test]
+fn container_save_with_docker_writes_the_users_file() {
+    let _g = docker();
+    let dir = format!("{SHARED}/pyx-docker-save");
+    sh(As::Root, &format!("rm -rf {dir}; mkdir -p {dir}; chown {USER} {dir}")).success();
+    let run = sh_in(
+        As::User,
+        &dir,
+        &format!(
+            "srun -N1 -n1 -w node1 --container-image={OPENMPI} --container-save=mdt-dsaved.tar \
+             sh -c 'echo kept > /var/tmp/saved-marker'"
+        ),
+    );
+    run.success();
+    // written through the user's own descriptor: theirs, and complete
+    let listing = sh_in(As::User, &dir, "stat -c '%U %n' * .[!.]* 2>/dev/null; true").success();
+    assert_eq!(listing.lines(), [format!("{USER} mdt-dsaved.tar")], "{listing}");
+    let run =
+        sh_in(As::User, &dir, "srun -N1 -n1 -w node2 --container-image=./mdt-dsaved.tar cat /var/tmp/saved-marker");
+    assert_eq!(run.success().lines(), ["kept"]);
+    // nothing committed on the way stays in the shared store
+    for node in ["node1", "node2"] {
+        let left = on_node(
+            node,
+            As::Root,
+            "docker images --format '{{.Repository}}:{{.Tag}}' | grep -E 'saved-|mdt-dsaved' | xargs -r docker rmi >/dev/null; \
+             docker images --format '{{.Repository}}:{{.Tag}}' | grep -c ':partial' || true",
+        );
+        assert_eq!(left.success().stdout.trim(), "0", "{node}");
+    }
+    sh(As::Root, &format!("rm -rf {dir}")).success();
+    assert_no_node_drained();
+    assert_clean_within(30);
 }

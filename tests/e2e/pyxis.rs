@@ -137,6 +137,7 @@ fn pytorch_images_get_the_variables_of_enroots_hook() {
         &format!("MASTER_PORT=999 srun -N1 -n1 --container-image={dir}/md-pytorch.tar sh -c 'echo $MASTER_PORT'"),
     );
     assert_eq!(run.success().lines(), ["999"]);
+    forget_cached("md-pytorch", &["node1", "node2", "node3"]);
     sh(As::Root, &format!("rm -rf {dir}")).success();
 }
 
@@ -211,6 +212,19 @@ fn sbatch_support_0_and_config_keep_pyxis_meaning() {
     assert_clean_within(20);
 }
 
+/// Removes what the tool cached from image files named `stem` (login node and `nodes`): every test
+/// run makes new files, each a new cache entry of its own.
+fn forget_cached(stem: &str, nodes: &[&str]) {
+    let script = format!(
+        "podman images --format '{{{{.Repository}}}}:{{{{.Tag}}}}' | grep '^localhost/mpiexec-docker-cache/{stem}:' \
+         | xargs -r podman rmi -f >/dev/null; true"
+    );
+    sh(As::User, &script).success();
+    for node in nodes {
+        on_node(node, As::User, &script).success();
+    }
+}
+
 /// A squashfs image as `enroot import` makes them: the root file system of `image`, with `env` in its
 /// /etc/environment (where enroot keeps an image's variables), made with mksquashfs into `dir`.
 fn make_sqsh(dir: &str, image: &str, env: &str, file: &str) {
@@ -232,12 +246,12 @@ fn make_sqsh(dir: &str, image: &str, env: &str, file: &str) {
 fn squashfs_images_start_with_the_plugin_and_the_helper() {
     let _g = shared();
     let dir = user_dir("pyx-sqsh");
-    make_sqsh(&dir, OPENMPI, "MD_SQSH_VAR=from-environment", "md-openmpi.sqsh");
+    make_sqsh(&dir, OPENMPI, "MD_SQSH_VAR=from-environment", "mdt-sqsh.sqsh");
     // the plugin, across nodes, with MPI; its variables from the file system's /etc/environment
     let run = sh_in(
         As::User,
         &dir,
-        "srun --mpi=pmix -N2 -n2 -w node[1-2] --container-image=./md-openmpi.sqsh sh -c 'echo $MD_SQSH_VAR; mpi_hello'",
+        "srun --mpi=pmix -N2 -n2 -w node[1-2] --container-image=./mdt-sqsh.sqsh sh -c 'echo $MD_SQSH_VAR; mpi_hello'",
     );
     let mut lines = run.success().lines();
     lines.sort();
@@ -248,13 +262,13 @@ fn squashfs_images_start_with_the_plugin_and_the_helper() {
         "{lines:?}"
     );
     // the helper, and what the step wrote into the container is gone: each start is the file's own
-    let run = sh_in(As::User, &dir, "mpiexec_docker ./md-openmpi.sqsh -n 2 mpi_hello");
+    let run = sh_in(As::User, &dir, "mpiexec_docker ./mdt-sqsh.sqsh -n 2 mpi_hello");
     assert_eq!(run.success().lines().iter().filter(|l| l.starts_with("Hello from rank")).count(), 2);
     let run = sh_in(
         As::User,
         &dir,
-        "srun -N1 -n1 -w node1 --container-image=./md-openmpi.sqsh sh -c 'touch /var/tmp/written' && \
-         srun -N1 -n1 -w node1 --container-image=./md-openmpi.sqsh sh -c 'test -e /var/tmp/written && echo kept || echo pristine'",
+        "srun -N1 -n1 -w node1 --container-image=./mdt-sqsh.sqsh sh -c 'touch /var/tmp/written' && \
+         srun -N1 -n1 -w node1 --container-image=./mdt-sqsh.sqsh sh -c 'test -e /var/tmp/written && echo kept || echo pristine'",
     );
     assert_eq!(run.success().lines(), ["pristine"]);
     // a file that is neither an image archive nor squashfs is refused with one line
@@ -267,6 +281,45 @@ fn squashfs_images_start_with_the_plugin_and_the_helper() {
                 .contains("not a tar archive (an image file is a docker-archive, an oci-archive or a squashfs"),
         "{run}"
     );
+    forget_cached("mdt-sqsh", &["node1", "node2"]);
     sh(As::Root, &format!("rm -rf {dir}")).success();
     assert_no_node_drained();
+}
+
+#[test]
+fn container_save_writes_an_image_file_the_next_step_starts_from() {
+    let _g = shared();
+    let dir = user_dir("pyx-save");
+    let run = sh_in(
+        As::User,
+        &dir,
+        &format!(
+            "srun -N2 -n2 -w node[1-2] --container-image={OPENMPI} --container-save=./mdt-saved.tar \
+             sh -c 'echo kept > /var/tmp/saved-marker'"
+        ),
+    );
+    run.success();
+    // the user's file, complete (nothing partial beside it), and what the step wrote is in it
+    let listing = sh_in(As::User, &dir, "stat -c '%U %n' * .[!.]* 2>/dev/null; true").success();
+    assert_eq!(listing.lines(), [format!("{USER} mdt-saved.tar")], "{listing}");
+    let run =
+        sh_in(As::User, &dir, "srun -N1 -n1 -w node3 --container-image=./mdt-saved.tar cat /var/tmp/saved-marker");
+    assert_eq!(run.success().lines(), ["kept"]);
+    let run = sh_in(As::User, &dir, "run_in_docker ./mdt-saved.tar cat /var/tmp/saved-marker");
+    assert_eq!(run.success().lines(), ["kept"]);
+    // a directory is refused before anything runs; a place the user cannot write is said in one
+    // line and leaves nothing
+    let run = sh_in(As::User, &dir, &format!("srun -n1 --container-image={OPENMPI} --container-save=out/ true"));
+    assert!(!run.ok() && run.stderr.contains("give a file path, not a directory"), "{run}");
+    let run =
+        sh_in(As::User, &dir, &format!("srun -n1 --container-image={OPENMPI} --container-save=/etc/saved.tar true"));
+    let said =
+        run.stderr.lines().filter(|l| l.contains("--container-save=/etc/saved.tar: cannot write in /etc")).count();
+    assert_eq!(said, 1, "{run}");
+    // (the tasks' exit codes stay theirs: Slurm reports a failed task_exit without changing them)
+    assert!(!std::path::Path::new("/etc/saved.tar").exists());
+    forget_cached("mdt-saved", &["node3"]);
+    sh(As::Root, &format!("rm -rf {dir}")).success();
+    assert_no_node_drained();
+    assert_clean_within(20);
 }
