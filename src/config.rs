@@ -21,6 +21,7 @@
 //! relay_commands: [srun, ssh, rsh]                  # what the in-container relay may run on the host
 //! cache_max_size: 50G       # images the tool fetched, per node and user: oldest removed beyond this
 //! policy: { allowed_images: [...], default_image: IMAGE, forced_images: { PARTITION: IMAGE } }  # site only
+//! registry_auth: /etc/mpiexec-docker/auth.json   # site only: logins for the pulls root makes for users (Docker)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -103,6 +104,7 @@ struct ConfigFile {
     relay_commands: Option<Vec<String>>,
     cache_max_size: Option<String>,
     policy: Option<crate::policy::Policy>,
+    registry_auth: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -125,6 +127,9 @@ pub struct Config {
     pub cache_max_size: Option<u64>,
     /// The site's policy (see [`crate::policy`]).
     pub policy: crate::policy::Policy,
+    /// The site's registry logins (an auth file, root's alone), for the pulls root makes for users
+    /// (Docker): under each user's own (see [`crate::registry_auth`]).
+    pub registry_auth: Option<PathBuf>,
     /// The site's file, for messages that name a site rule.
     pub site_file: PathBuf,
 }
@@ -139,6 +144,7 @@ impl Default for Config {
             devices: DeviceSettings::default(),
             relay_commands: vec!["srun".into(), "ssh".into(), "rsh".into()],
             cache_max_size: None,
+            registry_auth: None,
             policy: crate::policy::Policy::default(),
             site_file: PathBuf::from(SYSTEM_CONFIG),
         }
@@ -262,6 +268,18 @@ impl Config {
                 (false, Some(cap)) => Some(size.min(cap)),
                 _ => Some(size),
             };
+        }
+        if let Some(auth) = file.registry_auth {
+            if !site {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "registry_auth is the site's setting ({}), not a user's",
+                        self.site_file.display()
+                    ),
+                });
+            }
+            self.registry_auth = Some(auth);
         }
         if let Some(policy) = file.policy {
             if !site {

@@ -369,30 +369,17 @@ fn short_hash(text: &str) -> String {
     sha2::Sha256::digest(text.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-/// A user's registry logins for root's pulls: the `auths` of their `~/.docker/config.json` (read
-/// with their rights; credential helpers and every other setting left out: root would run them),
-/// copied into a directory of root's for `DOCKER_CONFIG`. Removed when dropped.
+/// A user's registry logins for root's pulls (gathered by [`crate::registry_auth`]: logins only, no
+/// helper or other setting root would act on), in a directory of root's for `DOCKER_CONFIG`.
+/// Removed when dropped.
 #[derive(Debug)]
 pub struct Credentials {
     dir: PathBuf,
 }
 
 impl Credentials {
-    /// Reads `home/.docker/config.json`; call it acting as the user. `None` when they have none.
-    pub fn read(home: &Path) -> Option<serde_json::Value> {
-        use std::io::Read;
-        let file = std::fs::File::open(home.join(".docker/config.json")).ok()?;
-        if !file.metadata().ok()?.is_file() {
-            return None;
-        }
-        let mut text = String::new();
-        file.take(1 << 20).read_to_string(&mut text).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        let auths = v.get("auths")?.clone();
-        Some(serde_json::json!({ "auths": auths }))
-    }
-
-    /// Writes `config` (from [`Credentials::read`]) into a new private directory of `base`.
+    /// Writes `config` (from [`crate::registry_auth::Logins::for_registry`]) into a new private
+    /// directory of `base`.
     pub fn write(base: &Path, config: &serde_json::Value) -> Result<Credentials, CacheError> {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         let dir = base.join(format!("docker-config-{}", runtime_dir::random_hex()));

@@ -23,6 +23,7 @@
 //! - [`plugstack`]: the SPANK plugin's `plugstack.conf` arguments (`key=value`).
 //! - [`process`]: supervising a child with signal forwarding and shell-style exit codes.
 //! - [`pytorch`]: the variables enroot's PyTorch hook gives tasks of PyTorch images.
+//! - [`registry_auth`]: a user's registry logins for the pulls root makes for them.
 //! - [`relay`]: the in-container srun/ssh relay to the host (protocol, rewrite, server, client).
 //! - [`runtime_dir`]: node-local state (locks, per-run directories) no other user can squat or swap.
 //! - [`step_container`]: a step's container on a node: start, stop, its relay, joining it.
@@ -54,6 +55,7 @@ pub mod plugstack;
 pub mod policy;
 pub mod process;
 pub mod pytorch;
+pub mod registry_auth;
 pub mod relay;
 pub mod runtime_dir;
 pub mod slurm_version;

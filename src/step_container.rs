@@ -183,8 +183,9 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
     for dir in std::iter::once(&a.workdir).chain(&a.mount_home) {
         crate::container::Mount::parse_existing(dir)?;
     }
+    // (root pulls for the user: their logins, read with their rights)
     let logins = match (scope, &home) {
-        (Some(_), Some(home)) => image_cache::Credentials::read(home),
+        (Some(_), Some(home)) => Some(crate::registry_auth::Logins::read_user(home, me.uid)),
         _ => None,
     };
     drop(acting);
@@ -206,7 +207,13 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
         None => {
             // the user's registry logins are written for the engine only when it fetches
             let credentials = match logins {
-                Some(c) => Some(image_cache::Credentials::write(&state, &c)?),
+                Some(mut logins) => {
+                    if let Some(site) = &config.registry_auth {
+                        logins.add_site(site);
+                    }
+                    let registry = crate::registry_auth::registry_of(&image.local);
+                    Some(image_cache::Credentials::write(&state, &logins.for_registry(&registry, &me))?)
+                }
                 None => None,
             };
             let local = image_cache::ensure(&engine, &mut image, config.pull, credentials.as_ref().map(|c| c.dir()))?;

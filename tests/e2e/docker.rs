@@ -579,3 +579,38 @@ fn container_save_with_docker_writes_the_users_file() {
     assert_no_node_drained();
     assert_clean_within(30);
 }
+
+#[test]
+fn a_users_credential_helper_runs_as_the_user_for_roots_pull() {
+    let _g = docker_alone();
+    // the user's Docker configuration names a credential helper for the test registry; root pulls
+    // for them with what the helper says, and the helper runs as the user, never as root
+    let helper = "/usr/local/bin/docker-credential-mdt";
+    std::fs::write(
+        helper,
+        "#!/bin/sh\nread server\necho \"$(id -u) $server\" >> \"$HOME/mdt-cred.log\"\n\
+         printf '{\"ServerURL\":\"%s\",\"Username\":\"mdt\",\"Secret\":\"s3cr3t-mdt\"}' \"$server\"\n",
+    )
+    .unwrap();
+    sh(As::Root, &format!("chmod 0755 {helper}")).success();
+    sh(
+        As::User,
+        "mkdir -p ~/.docker && rm -f ~/mdt-cred.log && \
+         echo '{\"credHelpers\":{\"10.77.0.1:5000\":\"mdt\"}}' > ~/.docker/config.json",
+    )
+    .success();
+    let forget = "docker images --format '{{.Repository}}:{{.Tag}}' | grep -E 'md/tiny|md-tiny-latest' \
+                  | xargs -r docker rmi >/dev/null 2>&1; true";
+    on_node("node1", As::Root, forget);
+    let run = sh(As::User, "srun -w node1 -n1 --container-image=10.77.0.1:5000/md/tiny sh -c 'echo $MD_IMAGE_FLAVOUR'");
+    let log = sh(As::User, "cat ~/mdt-cred.log; rm -f ~/mdt-cred.log ~/.docker/config.json").success();
+    let _ = std::fs::remove_file(helper);
+    on_node("node1", As::Root, forget);
+    assert!(!run.stderr.contains("s3cr3t") && !run.stdout.contains("s3cr3t"), "{run}");
+    assert_eq!(run.success().lines(), ["tiny"]);
+    assert_eq!(log.lines(), ["1500 10.77.0.1:5000"], "the helper ran once, as the user: {log}");
+    // root's copy of the login is gone with the pull
+    let left = on_node("node1", As::Root, "ls -d /run/mpiexec-docker/*/docker-config-* 2>/dev/null | wc -l").success();
+    assert_eq!(left.stdout.trim(), "0", "{left}");
+    assert_no_node_drained();
+}

@@ -323,3 +323,36 @@ fn container_save_writes_an_image_file_the_next_step_starts_from() {
     assert_no_node_drained();
     assert_clean_within(20);
 }
+
+#[test]
+fn a_running_jobs_named_container_can_be_entered_from_outside() {
+    let _g = shared();
+    // what pyxis's users ask for (its issues 31, 115): a step of a running job, started from another
+    // shell with --overlap, enters the job's named container and sees what its steps made there
+    let job = sh(
+        As::User,
+        &format!(
+            "sbatch --parsable -N1 -n1 -w node3 -t 5 --wrap \"srun --container-image={OPENMPI} --container-name=live \
+             sh -c 'echo made-inside > /var/tmp/live-marker; sleep 120'\""
+        ),
+    )
+    .success()
+    .stdout
+    .trim()
+    .to_string();
+    let attach =
+        format!("srun --overlap --jobid {job} -w node3 -n1 --container-name=live:exec cat /var/tmp/live-marker");
+    let mut seen = String::new();
+    let entered = wait_for(60, || {
+        let run = sh(As::User, &attach);
+        seen = format!("{run}");
+        run.ok() && run.stdout.trim() == "made-inside"
+    });
+    sh(As::User, &format!("scancel {job}")).success();
+    assert!(entered, "{seen}");
+    // another user cannot
+    let run = sh(As::User2, &attach);
+    assert!(!run.ok(), "{run}");
+    assert_clean_within(30);
+    assert_no_node_drained();
+}
