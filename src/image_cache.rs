@@ -50,6 +50,10 @@ pub enum CacheError {
     NotYours(String, &'static str),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+    #[error("image '{image}' names another store than this site's engine ({engine}): give the image by its registry reference or as an image file")]
+    OtherStore { image: String, engine: &'static str },
+    #[error("image '{image}' is not in {engine}'s images on this node (these are never pulled: load or pull it there first)")]
+    NotInStore { image: String, engine: &'static str },
 }
 
 /// The longest a quick engine call (inspect, tag, remove) may take.
@@ -119,7 +123,7 @@ impl Named {
 pub fn name_image(image: &str, base: &Path) -> Result<Named, CacheError> {
     let source = ImageSource::parse(image)?;
     let file = match &source {
-        ImageSource::Registry(_) => None,
+        ImageSource::Registry(_) | ImageSource::Store { .. } => None,
         ImageSource::Archive { path, .. } => Some(ImageFile::open(&absolute(path, base))?),
     };
     Ok(Named { text: image.to_string(), source, file })
@@ -134,6 +138,8 @@ pub struct Resolved {
     /// The user whose names these are, in a store shared by users (Docker's): None otherwise.
     scope: Option<u32>,
     file: Option<(ImageFile, ArchiveInfo)>,
+    /// `dockerd://` or `podman://`: the image must be in that store, which must be the engine's.
+    store: Option<crate::image_source::LocalStore>,
 }
 
 impl Resolved {
@@ -141,6 +147,10 @@ impl Resolved {
     /// looks): a file's cache name; a registry reference, or in a shared store the user's own name
     /// for it first.
     pub fn cached_names(&self) -> Vec<String> {
+        if self.store.is_some() {
+            // which store it names is checked by `ensure`
+            return Vec::new();
+        }
         match (&self.file, self.scope) {
             (None, Some(uid)) => vec![user_pulled_name(uid, &self.local), self.local.clone()],
             _ => vec![self.local.clone()],
@@ -158,13 +168,19 @@ pub fn resolve(named: Named, scope: Option<u32>, memo: Option<&Path>) -> Result<
             let info = ArchiveInfo::of(&mut file, format)?;
             let sha = memo_sha256(&mut file, memo)?;
             let local = ArchiveInfo::cache_name(&file.path, &sha, scope);
-            Ok(Resolved { local, scope, file: Some((file, info)) })
+            Ok(Resolved { local, scope, file: Some((file, info)), store: None })
         }
         (ImageSource::Registry(reference), _) => {
             if scope.is_some() {
                 check_reachable(&reference).map_err(|why| CacheError::NotYours(text.clone(), why))?;
             }
-            Ok(Resolved { local: reference, scope, file: None })
+            Ok(Resolved { local: reference, scope, file: None, store: None })
+        }
+        (ImageSource::Store { store, reference }, _) => {
+            if scope.is_some() {
+                check_reachable(&reference).map_err(|why| CacheError::NotYours(text.clone(), why))?;
+            }
+            Ok(Resolved { local: reference, scope, file: None, store: Some(store) })
         }
         (ImageSource::Archive { .. }, None) => unreachable!("name_image opens every file"),
     }
@@ -242,6 +258,23 @@ pub fn ensure(
     policy: PullPolicy,
     credentials: Option<&Path>,
 ) -> Result<String, CacheError> {
+    if let Some(store) = image.store {
+        use crate::image_source::LocalStore;
+        let reference = image.local.clone();
+        let named = format!("{}{reference}", store.scheme());
+        let ours = matches!(
+            (store, engine.kind),
+            (LocalStore::Docker, crate::engine::EngineKind::Docker)
+                | (LocalStore::Podman, crate::engine::EngineKind::Podman)
+        );
+        if !ours {
+            return Err(CacheError::OtherStore { image: named, engine: engine.name() });
+        }
+        if !engine.image_present(&reference)? {
+            return Err(CacheError::NotInStore { image: named, engine: engine.name() });
+        }
+        return Ok(reference);
+    }
     match &mut image.file {
         None => {
             let reference = image.local.clone();

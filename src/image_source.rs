@@ -5,7 +5,9 @@
 //! - a path to an image archive written by `podman save`/`docker save` (docker-archive or
 //!   oci-archive), or to a squashfs root file system as enroot and pyxis use (`.sqsh`), told apart by
 //!   their content: it starts with `/` or `.`;
-//! - the engine transports `docker-archive:FILE[:NAME]` and `oci-archive:FILE[:NAME]`.
+//! - the engine transports `docker-archive:FILE[:NAME]` and `oci-archive:FILE[:NAME]`;
+//! - enroot's `dockerd://IMAGE` and `podman://IMAGE`: an image already in the node's Docker store or
+//!   the user's Podman store, for the engine that has that store (never pulled).
 //!
 //! A file is loaded into the engine's store once and kept under a name of ours,
 //! [`CACHE_REPOSITORY`]`/NAME:KEY`, where KEY comes from the archive's content (the image's config
@@ -64,6 +66,25 @@ pub enum ImageSource {
     Registry(String),
     /// An image file; `format` when the user named the transport.
     Archive { path: PathBuf, format: Option<ArchiveFormat> },
+    /// An image already in a local store, as enroot names them: `dockerd://IMAGE` (the node's Docker
+    /// daemon) or `podman://IMAGE` (the user's Podman store). Used as it is there, never pulled.
+    Store { store: LocalStore, reference: String },
+}
+
+/// The local stores enroot's URIs name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalStore {
+    Docker,
+    Podman,
+}
+
+impl LocalStore {
+    pub fn scheme(self) -> &'static str {
+        match self {
+            LocalStore::Docker => "dockerd://",
+            LocalStore::Podman => "podman://",
+        }
+    }
 }
 
 impl ImageSource {
@@ -84,6 +105,14 @@ impl ImageSource {
         }
         if text.starts_with('/') || text.starts_with('.') {
             return Ok(ImageSource::Archive { path: text.into(), format: None });
+        }
+        for store in [LocalStore::Docker, LocalStore::Podman] {
+            if let Some(reference) = text.strip_prefix(store.scheme()) {
+                if reference.is_empty() || reference.contains("://") {
+                    return Err(ImageError::BadName(text.into()));
+                }
+                return Ok(ImageSource::Store { store, reference: reference.to_string() });
+            }
         }
         let reference = text.strip_prefix("docker://").unwrap_or(text);
         let reference = match reference.split_once('#') {
@@ -530,6 +559,16 @@ mod tests {
 
     #[test]
     fn file_forms() {
+        assert_eq!(
+            ImageSource::parse("dockerd://ubuntu:24.04").unwrap(),
+            ImageSource::Store { store: LocalStore::Docker, reference: "ubuntu:24.04".into() }
+        );
+        assert_eq!(
+            ImageSource::parse("podman://localhost/mine").unwrap(),
+            ImageSource::Store { store: LocalStore::Podman, reference: "localhost/mine".into() }
+        );
+        assert!(ImageSource::parse("podman://").is_err());
+        assert!(ImageSource::parse("dockerd://x://y").is_err());
         let file = |p: &str, f| ImageSource::Archive { path: p.into(), format: f };
         assert_eq!(ImageSource::parse("/shared/img.tar").unwrap(), file("/shared/img.tar", None));
         assert_eq!(ImageSource::parse("./img.tar").unwrap(), file("./img.tar", None));
@@ -707,7 +746,7 @@ mod tests {
         assert!(err.contains("not a tar archive"), "{err}");
         let plain = write("plain.tar", &tar(&[("hello.txt", b"hi")]));
         let err = ArchiveInfo::read(&plain, None).unwrap_err().to_string();
-        assert!(err.contains("not an image archive"), "{err}");
+        assert!(err.contains("not an image file"), "{err}");
         let err = ArchiveInfo::read(Path::new("/no/such/file.tar"), None).unwrap_err().to_string();
         assert!(err.contains("/no/such/file.tar"), "{err}");
     }

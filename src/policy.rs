@@ -102,6 +102,11 @@ impl Policy {
                 let completed = completed_reference(&reference);
                 vec![reference, completed]
             }
+            // an image of a local store: its name there, and the URI as written
+            Ok(ImageSource::Store { reference, .. }) => {
+                let completed = completed_reference(&reference);
+                vec![image.to_string(), reference, completed]
+            }
             // a name no engine takes is refused with its own reason later
             Err(_) => return Ok(()),
         };

@@ -614,3 +614,16 @@ fn a_users_credential_helper_runs_as_the_user_for_roots_pull() {
     assert_eq!(left.stdout.trim(), "0", "{left}");
     assert_no_node_drained();
 }
+
+#[test]
+fn dockerd_uris_name_the_nodes_docker_images() {
+    let _g = docker();
+    let run = sh(
+        As::User,
+        &format!("srun -w node2 -n1 --container-image=dockerd://{OPENMPI} sh -c 'echo $MD_IMAGE_FLAVOUR'"),
+    );
+    assert_eq!(run.success().lines(), ["openmpi"]);
+    let run = sh(As::User, "srun -w node2 -n1 --container-image=podman://localhost/mine true");
+    assert!(!run.ok() && run.stderr.contains("names another store than this site's engine (docker)"), "{run}");
+    assert_no_node_drained();
+}

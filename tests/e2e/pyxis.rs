@@ -356,3 +356,22 @@ fn a_running_jobs_named_container_can_be_entered_from_outside() {
     assert_clean_within(30);
     assert_no_node_drained();
 }
+
+#[test]
+fn enroots_local_store_uris_name_the_engines_own_images() {
+    let _g = shared();
+    // podman://IMAGE: the user's own Podman images on the node, used as they are, never pulled
+    on_node("node1", As::User, &format!("podman tag {OPENMPI} localhost/mdt-mine:1")).success();
+    let run = sh(
+        As::User,
+        "srun -w node1 -n1 --container-image=podman://localhost/mdt-mine:1 sh -c 'echo $MD_IMAGE_FLAVOUR'",
+    );
+    on_node("node1", As::User, "podman untag localhost/mdt-mine:1 localhost/mdt-mine:1; true");
+    assert_eq!(run.success().lines(), ["openmpi"]);
+    let run = sh(As::User, "srun -w node1 -n1 --container-image=podman://localhost/mdt-absent:1 true");
+    assert!(!run.ok() && run.stderr.contains("is not in podman's images on this node"), "{run}");
+    // dockerd://IMAGE is the node's Docker store: not this engine's
+    let run = sh(As::User, &format!("srun -w node1 -n1 --container-image=dockerd://{OPENMPI} true"));
+    assert!(!run.ok() && run.stderr.contains("names another store than this site's engine (podman)"), "{run}");
+    assert_no_node_drained();
+}
