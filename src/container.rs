@@ -253,6 +253,9 @@ pub struct ContainerSpec {
     pub user: UserMode,
     /// Share the host's network, IPC and PID namespaces (what MPI needs between ranks and nodes).
     pub host_namespaces: bool,
+    /// Namespaces the container has of its own nonetheless (`--container-unshare`): `net` (only
+    /// loopback), `ipc`, `uts` (its own host name).
+    pub unshare: Vec<String>,
     /// `--ulimit` values, e.g. ("memlock", "-1:-1"), or ("host", "") for Podman's copy of ours.
     pub ulimits: Vec<(String, String)>,
     pub interactive: bool,
@@ -292,6 +295,7 @@ impl ContainerSpec {
             device_notice: None,
             user: UserMode::Default,
             host_namespaces: true,
+            unshare: Vec::new(),
             ulimits: Vec::new(),
             interactive: false,
             tty: false,

@@ -10,6 +10,7 @@
 //! | `--[no-]container-mount-home` | `…_MOUNT_HOME` | mount your home directory at its path |
 //! | `--container-readonly` / `--container-writable` | `…_READONLY` | read-only root file system |
 //! | `--container-name=NAME[:FLAG]` | `…_NAME` | keep the container for the job's later steps that name it (FLAG: pyxis's `auto`, `create`, `exec`, `no_exec`) |
+//! | `--container-unshare=net,ipc,uts` | `…_UNSHARE` | namespaces the step's container has of its own (default: the host's, as MPI needs) |
 //! | `--container-save=PATH` | `…_SAVE` | save the container as an image file at PATH when the step ends |
 //! | `--[no-]container-entrypoint` | `…_ENTRYPOINT` | run the image's entrypoint before the task (site default: plugstack `execute_entrypoint=`) |
 //! | `--container-entrypoint-log` | `…_ENTRYPOINT_LOG` | show what the entrypoint prints (hidden otherwise, as with pyxis) |
@@ -86,6 +87,12 @@ pub const OPTIONS: &[OptionDef] = &[
                 (create: it must not exist yet; exec: it must)",
     },
     OptionDef {
+        name: "container-unshare",
+        arginfo: Some("net,ipc,uts"),
+        usage: "[mpiexec-docker] give the container these namespaces of its own (default: the host's, which MPI \
+                needs across nodes)",
+    },
+    OptionDef {
         name: "container-save",
         arginfo: Some("PATH"),
         usage:
@@ -143,6 +150,7 @@ pub struct ContainerOptions {
     pub entrypoint: Option<bool>,
     pub entrypoint_log: Option<bool>,
     pub save: Option<String>,
+    pub unshare: Option<Vec<String>>,
 }
 
 /// What `--container-name=NAME:FLAG` asks of an existing container of that name (pyxis's flags).
@@ -240,6 +248,16 @@ impl ContainerOptions {
                 }
                 self.name = Some(value.to_string());
             }
+            "container-unshare" => {
+                let names = list(value);
+                if names.is_empty() {
+                    return Err(bad("name one or more of net, ipc, uts".into()));
+                }
+                if let Some(n) = names.iter().find(|n| !["net", "ipc", "uts"].contains(&n.as_str())) {
+                    return Err(bad(format!("'{n}' is not a namespace that can be unshared (net, ipc, uts)")));
+                }
+                self.unshare = Some(names);
+            }
             "container-save" => {
                 crate::container_save::check_target(value).map_err(|e| bad(e.to_string()))?;
                 self.save = Some(value.to_string());
@@ -266,6 +284,7 @@ impl ContainerOptions {
             ("container-readonly", true),
             ("container-name", false),
             ("container-save", false),
+            ("container-unshare", false),
             ("container-entrypoint", true),
             ("container-entrypoint-log", true),
         ] {
@@ -301,6 +320,7 @@ impl ContainerOptions {
         }
         self.entrypoint = self.entrypoint.or(defaults.entrypoint);
         self.save = self.save.or(defaults.save);
+        self.unshare = self.unshare.or(defaults.unshare);
         self.entrypoint_log = self.entrypoint_log.or(defaults.entrypoint_log);
         Ok(self)
     }

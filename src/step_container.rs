@@ -446,6 +446,7 @@ fn step_spec(
     }
     spec.workdir = Some(a.container_workdir.clone().unwrap_or_else(|| a.workdir.clone()).into());
     spec.read_only = a.readonly;
+    spec.unshare = a.unshare.clone();
     if a.remap_root && engine.kind == EngineKind::Podman {
         // root inside; with rootless Podman that root is the caller on the host, no more. (With
         // Docker the container stays the user's: each task maps itself to root in a user namespace
@@ -605,7 +606,7 @@ pub fn join(a: &JoinArgs) -> Result<(), StepError> {
         Some(word) => Some(Confinement::from_word(word)?),
         None => None,
     };
-    crate::step_join::enter(a.pid, std::path::Path::new(workdir))?;
+    crate::step_join::enter(a.pid, std::path::Path::new(workdir), &a.unshare)?;
     if let Some(c) = confinement {
         c.apply()?;
     }

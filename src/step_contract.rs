@@ -74,6 +74,9 @@ pub struct StartArgs {
     /// `--container-name`: the container is kept for the job's later steps that name it.
     #[arg(long = "name")]
     pub container_name: Option<String>,
+    /// Namespaces the container has of its own (`--container-unshare`: net, ipc, uts).
+    #[arg(long)]
+    pub unshare: Vec<String>,
     /// What the name's flag asks of an existing container of that name.
     #[arg(long, default_value = "auto")]
     pub name_mode: NameMode,
@@ -148,6 +151,9 @@ pub struct JoinArgs {
     /// The container process's confinement (see `Confinement::to_word`), applied before exec.
     #[arg(long)]
     pub confinement: Option<String>,
+    /// The container's own namespaces to join besides its user and mount ones (net, ipc, uts).
+    #[arg(long)]
+    pub unshare: Vec<String>,
     /// The task's program and arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -202,6 +208,9 @@ impl StartArgs {
         flag(&mut a, "readonly", self.readonly);
         opt(&mut a, "gpus", self.gpus.as_ref());
         opt(&mut a, "name", self.container_name.as_ref());
+        for u in &self.unshare {
+            opt(&mut a, "unshare", Some(u));
+        }
         if self.name_mode != NameMode::Auto {
             opt(&mut a, "name-mode", Some(self.name_mode));
         }
@@ -255,6 +264,9 @@ impl JoinArgs {
         opt(&mut a, "pid", Some(self.pid));
         opt(&mut a, "workdir", self.workdir.as_ref());
         opt(&mut a, "confinement", self.confinement.as_ref());
+        for u in &self.unshare {
+            opt(&mut a, "unshare", Some(u));
+        }
         a.push("--".into());
         a
     }
@@ -336,6 +348,7 @@ mod tests {
             readonly: false,
             gpus: Some(String::new()),
             container_name: Some("dev".into()),
+            unshare: vec!["net".into(), "uts".into()],
             name_mode: NameMode::Create,
             user: Some("1500:1500:27".parse().unwrap()),
             step_cgroup: Some("/slurm/uid_1500/job_5/step_0".into()),
@@ -365,8 +378,13 @@ mod tests {
             listen_fd: 4,
         };
         assert_eq!(parse(serve.to_argv()), StepAction::Serve(serve));
-        let join =
-            JoinArgs { pid: 9, workdir: Some("/w".into()), confinement: Some("seccomp".into()), command: vec![] };
+        let join = JoinArgs {
+            pid: 9,
+            workdir: Some("/w".into()),
+            confinement: Some("seccomp".into()),
+            unshare: vec!["net".into()],
+            command: vec![],
+        };
         let mut argv = join.to_argv_prefix();
         argv.extend(["prog".to_string(), "--pid".to_string(), "-x".to_string()]);
         let want = JoinArgs { command: vec!["prog".into(), "--pid".into(), "-x".into()], ..join };

@@ -33,10 +33,11 @@ pub enum JoinError {
 /// to the user. The process must be our pause (checked, so that a reused pid is never joined) in the
 /// host's user namespace. The task also gets `no_new_privs`: the image's files belong to the real
 /// root here, and a setuid program in a user's image must not make its user root.
-pub fn enter_privileged(pid: i32) -> Result<(), JoinError> {
+pub fn enter_privileged(pid: i32, unshared: &[String]) -> Result<(), JoinError> {
     use nix::sched::{setns, CloneFlags};
     let gone = |source| JoinError::Gone { pid, source };
     let mnt_ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt")).map_err(gone)?;
+    let own = own_namespaces(pid, unshared)?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).map_err(gone)?;
     let own_user = std::fs::read_link("/proc/self/ns/user").map_err(gone)?;
     let their_user = std::fs::read_link(format!("/proc/{pid}/ns/user")).map_err(gone)?;
@@ -44,6 +45,7 @@ pub fn enter_privileged(pid: i32) -> Result<(), JoinError> {
         return Err(JoinError::NotOurs { pid });
     }
     crate::confinement::no_new_privileges().map_err(|source| JoinError::Sys { what: "set no_new_privs", source })?;
+    join_own(own)?;
     setns(&mnt_ns, CloneFlags::CLONE_NEWNS).map_err(|source| JoinError::Setns { ns: "mount", source })
 }
 
@@ -150,27 +152,55 @@ pub fn step_cgroup(proc_self_cgroup: &str) -> Option<String> {
 
 /// Joins the namespaces of the container whose main process is `pid`, then `workdir` inside it. The
 /// caller must be single-threaded (the kernel refuses a user namespace change otherwise).
-pub fn enter(pid: i32, workdir: &Path) -> Result<(), JoinError> {
+pub fn enter(pid: i32, workdir: &Path, unshared: &[String]) -> Result<(), JoinError> {
     use nix::sched::{setns, CloneFlags};
     let gone = |source| JoinError::Gone { pid, source };
     let open = |ns: &str| std::fs::File::open(format!("/proc/{pid}/ns/{ns}"));
     let user_ns = open("user").map_err(gone)?;
     let mnt_ns = open("mnt").map_err(gone)?;
+    let own = own_namespaces(pid, unshared)?;
     let own_user = std::fs::read_link("/proc/self/ns/user").map_err(gone)?;
     let their_user = std::fs::read_link(format!("/proc/{pid}/ns/user")).map_err(gone)?;
     if own_user != their_user {
         setns(&user_ns, CloneFlags::CLONE_NEWUSER).map_err(|source| JoinError::Setns { ns: "user", source })?;
     }
+    join_own(own)?;
     setns(&mnt_ns, CloneFlags::CLONE_NEWNS).map_err(|source| JoinError::Setns { ns: "mount", source })?;
     std::env::set_current_dir(workdir).map_err(|source| JoinError::Workdir { dir: workdir.into(), source })
 }
 
+/// The container's own namespaces among `unshared` (net, ipc, uts), opened before any is joined.
+fn own_namespaces(pid: i32, unshared: &[String]) -> Result<Vec<(std::fs::File, &'static str)>, JoinError> {
+    let gone = |source| JoinError::Gone { pid, source };
+    [("net", "network"), ("ipc", "IPC"), ("uts", "UTS")]
+        .into_iter()
+        .filter(|(ns, _)| unshared.iter().any(|u| u == ns))
+        .map(|(ns, what)| Ok((std::fs::File::open(format!("/proc/{pid}/ns/{ns}")).map_err(gone)?, what)))
+        .collect()
+}
+
+/// Joins the namespaces [`own_namespaces`] opened (after the user namespace, which owns them).
+fn join_own(own: Vec<(std::fs::File, &'static str)>) -> Result<(), JoinError> {
+    for (file, what) in own {
+        nix::sched::setns(&file, nix::sched::CloneFlags::empty())
+            .map_err(|source| JoinError::Setns { ns: what, source })?;
+    }
+    Ok(())
+}
+
 /// The words prepended to a task's argv on Slurm versions with `spank_prepend_task_argv`.
-pub fn prepend_argv(helper: &Path, pid: i32, workdir: &Path, confinement: &Confinement) -> Vec<String> {
+pub fn prepend_argv(
+    helper: &Path,
+    pid: i32,
+    workdir: &Path,
+    confinement: &Confinement,
+    unshared: &[String],
+) -> Vec<String> {
     let join = crate::step_contract::JoinArgs {
         pid,
         workdir: Some(workdir.display().to_string()),
         confinement: Some(confinement.to_word()),
+        unshare: unshared.to_vec(),
         command: Vec::new(),
     };
     std::iter::once(helper.display().to_string()).chain(join.to_argv_prefix()).collect()
@@ -242,17 +272,24 @@ mod tests {
 
     #[test]
     fn a_gone_container_is_named() {
-        assert!(enter_privileged(i32::MAX).unwrap_err().to_string().contains("is gone"));
-        let err = enter(i32::MAX, Path::new("/")).unwrap_err();
+        assert!(enter_privileged(i32::MAX, &[]).unwrap_err().to_string().contains("is gone"));
+        let err = enter(i32::MAX, Path::new("/"), &[]).unwrap_err();
         assert!(err.to_string().contains("is gone"), "{err}");
     }
 
     #[test]
     fn prepended_words_end_with_a_separator() {
-        let argv =
-            prepend_argv(Path::new("/usr/local/bin/mpiexec_docker"), 42, Path::new("/home/u"), &Confinement::default());
+        let unshared = ["net".to_string()];
+        let argv = prepend_argv(
+            Path::new("/usr/local/bin/mpiexec_docker"),
+            42,
+            Path::new("/home/u"),
+            &Confinement::default(),
+            &unshared,
+        );
         assert_eq!(argv.first().unwrap(), "/usr/local/bin/mpiexec_docker");
         assert_eq!(&argv[1..5], ["step-container", "join", "--pid", "42"]);
+        assert_eq!(&argv[argv.len() - 3..], ["--unshare", "net", "--"]);
         assert_eq!(argv.last().unwrap(), "--");
     }
 }

@@ -35,6 +35,8 @@ pub struct StepContainer {
     pub remap_root: bool,
     /// `--container-save`, on the step's first node: the image file to write when the step ends.
     pub save: Option<String>,
+    /// `--container-unshare`: the container's own namespaces, which tasks join too.
+    pub unshare: Vec<String>,
 }
 
 /// The plugin's state in this process.

@@ -155,6 +155,7 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> anyhow::Result<
         gpus: Some(["SLURM_STEP_GPUS", "SLURM_JOB_GPUS"].iter().find_map(|v| spank.getenv(v)).unwrap_or_default()),
         container_name: opts.name.clone(),
         name_mode: opts.name_mode,
+        unshare: opts.unshare.clone().unwrap_or_default(),
         user: rootful.then(|| user_ids(&user, gid)),
         step_cgroup,
     };
@@ -235,6 +236,7 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> anyhow::Result<
         rootful,
         remap_root,
         save,
+        unshare: opts.unshare.clone().unwrap_or_default(),
     })
 }
 
@@ -249,7 +251,7 @@ pub fn task_init_privileged(_spank: &Spank, _args: &[String]) -> anyhow::Result<
         .map_err(|e| e.to_string())
         .and_then(|()| Confinement::of_process(c.pid).map_err(|e| e.to_string()));
     if c.rootful {
-        step_join::enter_privileged(c.pid)?;
+        step_join::enter_privileged(c.pid, &c.unshare)?;
         // root can drop from the bounding set; the user in task_init cannot
         if let Ok(conf) = &confinement {
             conf.drop_bounding()?;
@@ -357,12 +359,13 @@ pub fn task_init(spank: &Spank, _args: &[String]) -> anyhow::Result<()> {
                 c.pid,
                 Path::new(&c.workdir),
                 &confinement,
+                &c.unshare,
             );
             prepend.extend(c.entrypoint.iter().cloned());
             match spank.prepend_task_argv(&prepend) {
                 Some(result) => result.context("cannot prepend the container's entry to the task"),
                 None => {
-                    step_join::enter(c.pid, Path::new(&c.workdir))?;
+                    step_join::enter(c.pid, Path::new(&c.workdir), &c.unshare)?;
                     Ok(confinement.apply()?)
                 }
             }

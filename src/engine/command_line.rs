@@ -20,9 +20,14 @@ pub fn run_args(engine: EngineKind, spec: &ContainerSpec) -> Vec<String> {
         push("--label", format!("{k}={v}"));
     }
     if spec.host_namespaces {
-        push("--network", "host".into());
-        push("--ipc", "host".into());
+        let own = |ns: &str| spec.unshare.iter().any(|u| u == ns);
+        push("--network", if own("net") { "none" } else { "host" }.into());
+        push("--ipc", if own("ipc") { "private" } else { "host" }.into());
         push("--pid", "host".into());
+        // (Docker's containers have a UTS namespace of their own unless told `--uts host`)
+        if own("uts") && engine == EngineKind::Podman {
+            push("--uts", "private".into());
+        }
     }
     match &spec.user {
         UserMode::Default => {}

@@ -627,3 +627,22 @@ fn dockerd_uris_name_the_nodes_docker_images() {
     assert!(!run.ok() && run.stderr.contains("names another store than this site's engine (docker)"), "{run}");
     assert_no_node_drained();
 }
+
+#[test]
+fn container_unshare_with_docker() {
+    let _g = docker();
+    let show = "sh -c 'readlink /proc/self/ns/net /proc/self/ns/ipc /proc/self/ns/uts | tr \"\\n\" \" \"; grep -c : /proc/net/dev'";
+    let words = |opts: &str| -> Vec<String> {
+        let run = sh(As::User, &format!("srun -w node3 -n1 {opts} {show}")).success();
+        run.stdout.split_whitespace().map(String::from).collect()
+    };
+    let bare = words("");
+    assert_eq!(words(&format!("--container-image={OPENMPI}")), bare);
+    let own = words(&format!("--container-image={OPENMPI} --container-unshare=net,ipc,uts"));
+    assert_eq!(own.len(), 4, "{own:?}");
+    for i in 0..3 {
+        assert_ne!(own[i], bare[i], "{own:?} {bare:?}");
+    }
+    assert_eq!(own[3], "1", "{own:?}");
+    assert_no_node_drained();
+}

@@ -375,3 +375,29 @@ fn enroots_local_store_uris_name_the_engines_own_images() {
     assert!(!run.ok() && run.stderr.contains("names another store than this site's engine (podman)"), "{run}");
     assert_no_node_drained();
 }
+
+#[test]
+fn container_unshare_gives_the_container_namespaces_of_its_own() {
+    let _g = shared();
+    let show = "sh -c 'readlink /proc/self/ns/net /proc/self/ns/ipc /proc/self/ns/uts | tr \"\\n\" \" \"; grep -c : /proc/net/dev'";
+    let run = |opts: &str| {
+        let run = sh(As::User, &format!("srun -w node1 -n1 {opts} {show}")).success();
+        let words: Vec<String> = run.stdout.split_whitespace().map(String::from).collect();
+        assert_eq!(words.len(), 4, "{run}");
+        words
+    };
+    let bare = run("");
+    // by default the host's (MPI across nodes needs its network)
+    assert_eq!(run(&format!("--container-image={OPENMPI}")), bare);
+    let own = run(&format!("--container-image={OPENMPI} --container-unshare=net,ipc,uts"));
+    for i in 0..3 {
+        assert_ne!(own[i], bare[i], "namespace {i} of its own: {own:?} {bare:?}");
+    }
+    assert_eq!(own[3], "1", "only loopback in a network namespace of its own: {own:?}");
+    let uts = run(&format!("--container-image={OPENMPI} --container-unshare=uts"));
+    assert_eq!((&uts[0], &uts[1]), (&bare[0], &bare[1]));
+    assert_ne!(uts[2], bare[2]);
+    let run = sh(As::User, &format!("srun -n1 --container-image={OPENMPI} --container-unshare=pid true"));
+    assert!(!run.ok() && run.stderr.contains("'pid' is not a namespace that can be unshared"), "{run}");
+    assert_no_node_drained();
+}
