@@ -398,6 +398,29 @@ fn task_env(c: &StepContainer, job_path: Option<String>) -> Vec<(String, String)
     env
 }
 
+/// The helper's `step-container stop` for `c`, as the container's user (or root, for Docker): with
+/// `save`, it only saves the container there and keeps it (the step's exit removes it). `None` when
+/// the user has no passwd entry.
+fn stop_command(c: &StepContainer, args: &PluginArgs, save: Option<String>) -> Option<std::process::Command> {
+    let user = nix::unistd::User::from_uid(c.uid.into()).ok().flatten()?;
+    let mut cmd = match c.rootful {
+        true => helper_as_root(&args.helper),
+        false => helper_as(&args.helper, &user, c.gid),
+    };
+    let request = StopArgs {
+        job: c.job.to_string(),
+        step: c.step.to_string(),
+        engine: Some(args.engine),
+        container_name: c.name.clone(),
+        pid: Some(c.pid),
+        user: c.rootful.then(|| user_ids(&user, c.gid)),
+        keep: save.is_some(),
+        save,
+    };
+    cmd.args(request.to_argv());
+    Some(cmd)
+}
+
 /// `--container-save`: once the step's last task on its first node has exited, the container is
 /// saved (before Slurm ends what is left in the step, which a save in `exit` would be part of).
 pub fn task_exit(spank: &Spank, _args: &[String]) -> anyhow::Result<()> {
@@ -412,31 +435,14 @@ pub fn task_exit(spank: &Spank, _args: &[String]) -> anyhow::Result<()> {
         return Ok(());
     }
     let args = plugin_args().map_err(anyhow::Error::msg)?;
-    let user = nix::unistd::User::from_uid(c.uid.into())
-        .ok()
-        .flatten()
-        .ok_or_else(|| anyhow::anyhow!("no passwd entry for uid {}", c.uid))?;
-    let mut cmd = match c.rootful {
-        true => helper_as_root(&args.helper),
-        false => helper_as(&args.helper, &user, c.gid),
-    };
-    let request = StopArgs {
-        job: c.job.to_string(),
-        step: c.step.to_string(),
-        engine: Some(args.engine),
-        container_name: c.name.clone(),
-        pid: Some(c.pid),
-        user: c.rootful.then(|| user_ids(&user, c.gid)),
-        save: Some(target),
-        keep: true,
-    };
-    cmd.args(request.to_argv());
+    let mut cmd =
+        stop_command(&c, &args, Some(target)).ok_or_else(|| anyhow::anyhow!("no passwd entry for uid {}", c.uid))?;
     let limit = mpiexec_docker_core::container_save::SAVE_LIMIT + mpiexec_docker_core::image_cache::ENGINE_LIMIT;
     let out = mpiexec_docker_core::engine::output_within(&mut cmd, limit)
         .with_context(|| format!("cannot run {}", args.helper.display()))?;
     if !out.status.success() {
         let said = mpiexec_docker_core::engine::last_line(&String::from_utf8_lossy(&out.stderr));
-        // (Slurm shows the callback's error to the user; since 23.11 it also fails the step)
+        // (Slurm shows the callback's error to the user; the tasks' exit codes stay theirs)
         anyhow::bail!(said.trim_start_matches("mpiexec_docker: error: ").to_string());
     }
     Ok(())
@@ -447,22 +453,7 @@ pub fn exit(_spank: &Spank, _args: &[String]) -> anyhow::Result<()> {
     let step = state::with(|s| s.step.take());
     let Some(Ok(c)) = step else { return Ok(()) };
     let args = plugin_args().unwrap_or_default();
-    let Some(user) = nix::unistd::User::from_uid(c.uid.into()).ok().flatten() else { return Ok(()) };
-    let mut cmd = match c.rootful {
-        true => helper_as_root(&args.helper),
-        false => helper_as(&args.helper, &user, c.gid),
-    };
-    let request = StopArgs {
-        job: c.job.to_string(),
-        step: c.step.to_string(),
-        engine: Some(args.engine),
-        container_name: c.name.clone(),
-        pid: Some(c.pid),
-        user: c.rootful.then(|| user_ids(&user, c.gid)),
-        save: None,
-        keep: false,
-    };
-    cmd.args(request.to_argv());
+    let Some(mut cmd) = stop_command(&c, &args, None) else { return Ok(()) };
     // bounded: the helper's engine calls are, and so is this wait (slurmstepd waits on it)
     let limit = 3 * mpiexec_docker_core::image_cache::ENGINE_LIMIT;
     match mpiexec_docker_core::engine::output_within(&mut cmd, limit) {

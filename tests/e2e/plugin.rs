@@ -498,13 +498,6 @@ fn named_containers_are_kept_for_the_jobs_later_steps() {
     assert_clean_within(20);
 }
 
-/// Whether the running Slurm has `spank_prepend_task_argv` (23.11 and later).
-fn slurm_can_prepend() -> bool {
-    let version = sh(As::User, "srun --version").success();
-    let v = mpiexec_docker_core::slurm_version::SlurmVersion::parse(&version.stdout).expect("srun --version");
-    v >= mpiexec_docker_core::slurm_version::PREPEND_TASK_ARGV_SINCE
-}
-
 #[test]
 fn the_image_entrypoint_runs_where_slurm_allows_and_is_refused_with_a_line_where_not() {
     let _g = shared();

@@ -141,26 +141,6 @@ fn pytorch_images_get_the_variables_of_enroots_hook() {
     sh(As::Root, &format!("rm -rf {dir}")).success();
 }
 
-/// Whether the running Slurm has `spank_prepend_task_argv` (23.11 and later).
-fn slurm_can_prepend() -> bool {
-    let version = sh(As::User, "srun --version").success();
-    let v = mpiexec_docker_core::slurm_version::SlurmVersion::parse(&version.stdout).expect("srun --version");
-    v >= mpiexec_docker_core::slurm_version::PREPEND_TASK_ARGV_SINCE
-}
-
-/// Restores a file's content when dropped (also when the test fails).
-struct Restore(&'static str, Option<Vec<u8>>);
-impl Drop for Restore {
-    fn drop(&mut self) {
-        match &self.1 {
-            Some(bytes) => std::fs::write(self.0, bytes).unwrap(),
-            None => {
-                let _ = std::fs::remove_file(self.0);
-            }
-        }
-    }
-}
-
 #[test]
 fn sbatch_support_0_and_config_keep_pyxis_meaning() {
     let _g = exclusive();

@@ -115,19 +115,6 @@ fn doctor_fails(who: As, env: &str, args: &str, check: &str) -> Vec<String> {
     lines
 }
 
-/// Restores a file's content when dropped (also when the test fails).
-struct Restore(&'static str, Option<Vec<u8>>);
-impl Drop for Restore {
-    fn drop(&mut self) {
-        match &self.1 {
-            Some(bytes) => std::fs::write(self.0, bytes).unwrap(),
-            None => {
-                let _ = std::fs::remove_file(self.0);
-            }
-        }
-    }
-}
-
 #[test]
 fn doctor_names_each_fault_and_its_fix() {
     let _g = exclusive();

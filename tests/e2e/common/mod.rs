@@ -313,3 +313,23 @@ pub fn assert_no_node_drained() {
     let bad = |l: &str| ["drain", "drng", "down", "fail"].iter().any(|b| l.contains(b));
     assert!(run.lines().iter().all(|l| !bad(l)), "no node may be drained: {run}");
 }
+
+/// Restores a file's content when dropped (also when the test fails).
+pub struct Restore(pub &'static str, pub Option<Vec<u8>>);
+impl Drop for Restore {
+    fn drop(&mut self) {
+        match &self.1 {
+            Some(bytes) => std::fs::write(self.0, bytes).unwrap(),
+            None => {
+                let _ = std::fs::remove_file(self.0);
+            }
+        }
+    }
+}
+
+/// Whether the running Slurm has `spank_prepend_task_argv` (23.11 and later).
+pub fn slurm_can_prepend() -> bool {
+    let version = sh(As::User, "srun --version").success();
+    let v = mpiexec_docker_core::slurm_version::SlurmVersion::parse(&version.stdout).expect("srun --version");
+    v >= mpiexec_docker_core::slurm_version::PREPEND_TASK_ARGV_SINCE
+}
