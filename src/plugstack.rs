@@ -51,7 +51,8 @@ impl Default for PluginArgs {
 }
 
 /// The keys `plugstack.conf` may set, for error messages and documentation.
-pub const KNOWN_KEYS: &[&str] = &["engine", "helper", "config", "mounts", "sbatch_support", "execute_entrypoint"];
+pub const KNOWN_KEYS: &[&str] =
+    &["engine", "helper", "config", "mounts", "sbatch_support", "execute_entrypoint", "container_scope"];
 
 /// Each key's value and meaning (the manual page, spank_mpiexec_docker(8), is made from this).
 pub const KEY_DOCS: &[(&str, &str, &str)] = &[
@@ -61,6 +62,7 @@ pub const KEY_DOCS: &[(&str, &str, &str)] = &[
     ("mounts", "SRC:DST[:FLAGS][,...]", "mounts added to every container of every job"),
     ("sbatch_support", "0|1", "whether sbatch and salloc have the --container-* options (default 1); with 0 batch scripts and salloc's shell run on the host, their steps may still use images"),
     ("execute_entrypoint", "0|1", "whether steps run the image's entrypoint when the user says neither --container-entrypoint nor --no-container-entrypoint (default 0)"),
+    ("container_scope", "job", "pyxis's key: named containers last for their job (the only scope here; global is refused)"),
 ];
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -90,6 +92,14 @@ impl PluginArgs {
                 "mounts" => args.mounts = value.split(',').filter(|m| !m.is_empty()).map(str::to_string).collect(),
                 "sbatch_support" => args.sbatch_support = parse_bool(value).map_err(bad)?,
                 "execute_entrypoint" => args.execute_entrypoint = parse_bool(value).map_err(bad)?,
+                // pyxis's key: our named containers are the job's (what pyxis calls job scope)
+                "container_scope" if value == "job" => {}
+                "container_scope" => {
+                    return Err(bad(
+                        "named containers last for their job here (container_scope=job); write that or drop the key"
+                            .into(),
+                    ))
+                }
                 _ => return Err(PlugstackError::UnknownKey { key: key.to_string() }),
             }
         }
@@ -140,6 +150,7 @@ mod tests {
             "mounts=/scratch:/scratch,/apps:/apps:ro",
             "sbatch_support=0",
             "execute_entrypoint=yes",
+            "container_scope=job",
         ])
         .unwrap();
         assert_eq!(args.engine, EngineKind::Docker);
@@ -167,5 +178,7 @@ mod tests {
         let err = PluginArgs::parse(&["podman"]).unwrap_err();
         assert_eq!(err, PlugstackError::NotKeyValue { word: "podman".into() });
         assert!(PluginArgs::parse(&["sbatch_support=maybe"]).is_err());
+        let e = PluginArgs::parse(&["container_scope=global"]).unwrap_err().to_string();
+        assert!(e.contains("named containers last for their job here"), "{e}");
     }
 }
