@@ -141,7 +141,7 @@ pub fn parse_index_list(text: &str) -> BTreeSet<u32> {
         match part.split_once('-') {
             Some((a, b)) => {
                 if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
-                    set.extend(a..=b.min(a + 4096));
+                    set.extend(a..=b.min(a.saturating_add(4096)));
                 }
             }
             None => {

@@ -97,7 +97,7 @@ impl Drop for ActingAs {
                 .and_then(|_| nix::unistd::setgroups(&groups));
             if restored.is_err() {
                 // continuing with the wrong ids would be worse than stopping
-                eprintln!("mpiexec_docker: error: cannot return to root's ids");
+                crate::say_error!("cannot return to root's ids");
                 std::process::exit(125);
             }
         }

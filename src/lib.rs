@@ -29,6 +29,7 @@
 //! - [`step_container`]: a step's container on a node: start, stop, its relay, joining it.
 //! - [`step_contract`]: the plugin↔helper interface, typed once (arguments and the start answer).
 //! - [`step_join`]: how a task of a `--container-image` step enters its step's container.
+//! - [`user_text`]: users' text made one safe line for output and logs.
 //! - [`slurm_version`]: Slurm version numbers and the major.minor compatibility rule.
 
 pub mod cdi;
@@ -42,6 +43,8 @@ pub mod devices;
 pub mod doctor;
 pub mod engine;
 pub mod environment;
+#[cfg(test)]
+mod hostile_input;
 pub mod identity;
 pub mod image_cache;
 pub mod image_source;
@@ -64,3 +67,4 @@ pub mod step_contract;
 pub mod step_join;
 #[cfg(test)]
 mod test_scratch;
+pub mod user_text;

@@ -612,6 +612,6 @@ pub fn join(a: &JoinArgs) -> Result<(), StepError> {
     }
     let err = std::process::Command::new(&a.command[0]).args(&a.command[1..]).exec();
     // as a shell would: 127 for a program that is not there, 126 for one that cannot run
-    eprintln!("mpiexec_docker: error: cannot run {} in the container: {err}", a.command[0]);
+    crate::say_error!("cannot run {} in the container: {err}", a.command[0]);
     std::process::exit(if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 });
 }

@@ -22,7 +22,7 @@ const EXIT_ENGINE: i32 = 125;
 const EXIT_USAGE: i32 = 2;
 
 fn fail(code: i32, msg: impl std::fmt::Display) -> i32 {
-    eprintln!("mpiexec_docker: error: {msg}");
+    mpiexec_docker_core::say_error!("{msg}");
     code
 }
 

@@ -23,7 +23,7 @@ pub fn main(args: &[String]) -> i32 {
     match run(prune, engine) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("mpiexec_docker: error: {e:#}");
+            mpiexec_docker_core::say_error!("{e:#}");
             1
         }
     }
@@ -72,6 +72,6 @@ fn human(bytes: u64) -> String {
 }
 
 fn usage() -> i32 {
-    eprintln!("mpiexec_docker: error: usage: mpiexec_docker images [prune] [--engine podman|docker]");
+    mpiexec_docker_core::say_error!("usage: mpiexec_docker images [prune] [--engine podman|docker]");
     2
 }

@@ -64,7 +64,7 @@ fn in_container_main(mode: &str, args: &[String]) -> i32 {
             return 2;
         }
     };
-    eprintln!("mpiexec_docker: error: {err}");
+    mpiexec_docker_core::say_error!("{err}");
     err.exit_code()
 }
 

@@ -20,7 +20,7 @@ pub fn main(args: &[String]) -> i32 {
             for (name, section) in PAGES {
                 let path = std::path::Path::new(dir).join(format!("{name}.{section}"));
                 if let Err(e) = std::fs::write(&path, page(name)) {
-                    eprintln!("mpiexec_docker: error: cannot write {}: {e}", path.display());
+                    mpiexec_docker_core::say_error!("cannot write {}: {e}", path.display());
                     return 1;
                 }
             }
@@ -32,7 +32,7 @@ pub fn main(args: &[String]) -> i32 {
         }
         _ => {
             let names: Vec<&str> = PAGES.iter().map(|(n, _)| *n).collect();
-            eprintln!("mpiexec_docker: error: usage: mpiexec_docker man {} | --dir DIR", names.join("|"));
+            mpiexec_docker_core::say_error!("usage: mpiexec_docker man {} | --dir DIR", names.join("|"));
             2
         }
     }

@@ -10,14 +10,14 @@ pub fn main(args: &[String]) -> i32 {
     let command = match StepContainerCommand::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("mpiexec_docker: error: step-container: {}", e.to_string().lines().next().unwrap_or(""));
+            mpiexec_docker_core::say_error!("step-container: {}", e.to_string().lines().next().unwrap_or(""));
             return 2;
         }
     };
     let helper = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("mpiexec_docker: error: cannot find the helper binary itself: {e}");
+            mpiexec_docker_core::say_error!("cannot find the helper binary itself: {e}");
             return 1;
         }
     };
@@ -30,7 +30,7 @@ pub fn main(args: &[String]) -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("mpiexec_docker: error: {e}");
+            mpiexec_docker_core::say_error!("{e}");
             1
         }
     }

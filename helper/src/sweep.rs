@@ -12,7 +12,7 @@ pub fn main(args: &[String]) -> i32 {
     let a = match SweepArgs::try_parse_from(args) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("mpiexec_docker: error: sweep: {}", e.to_string().lines().next().unwrap_or(""));
+            mpiexec_docker_core::say_error!("sweep: {}", e.to_string().lines().next().unwrap_or(""));
             return usage();
         }
     };
@@ -42,7 +42,7 @@ pub fn main(args: &[String]) -> i32 {
                     break;
                 }
                 Err(e) => {
-                    eprintln!("mpiexec_docker: error: sweep of job {job}: {e}");
+                    mpiexec_docker_core::say_error!("sweep of job {job}: {e}");
                     failed = true;
                     break;
                 }
@@ -62,6 +62,6 @@ fn remove_stale_runtime_dirs() {
 }
 
 fn usage() -> i32 {
-    eprintln!("mpiexec_docker: error: usage: mpiexec_docker sweep --job JOBID [--engine podman|docker]");
+    mpiexec_docker_core::say_error!("usage: mpiexec_docker sweep --job JOBID [--engine podman|docker]");
     2
 }

@@ -25,9 +25,11 @@ impl Log for SlurmLogger {
     }
 
     fn log(&self, record: &Record) {
+        // one line whatever the message carries of users' text (see `user_text`)
+        let line = mpiexec_docker_core::user_text::one_line(&record.args().to_string());
         let text = match record.level() {
-            Level::Warn => format!("mpiexec_docker: warning: {}", record.args()),
-            _ => format!("mpiexec_docker: {}", record.args()),
+            Level::Warn => format!("mpiexec_docker: warning: {line}"),
+            _ => format!("mpiexec_docker: {line}"),
         };
         // Interior NULs cannot be passed to C; replace them rather than lose the message.
         let msg = CString::new(text.replace('\0', "\\0")).expect("NULs replaced");
@@ -49,7 +51,7 @@ impl Log for SlurmLogger {
 
 /// A line for the user's terminal (srun's stderr, the batch log), not Slurm's log.
 pub fn to_user(line: &str) {
-    let msg = CString::new(line.replace('\0', "\\0")).expect("NULs replaced");
+    let msg = CString::new(mpiexec_docker_core::user_text::one_line(line)).expect("NULs escaped");
     // SAFETY: printf-like with "%s" and a valid C string.
     unsafe { ffi::slurm_spank_log(c"%s".as_ptr(), msg.as_ptr()) };
 }

@@ -17,7 +17,10 @@ pub fn run(name: &str, args: &[String]) -> i32 {
     let sock = match UnixStream::connect(&path) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("mpiexec_docker: error: cannot reach the host to run {name} ({}: {e}); run the job with mpiexec_docker or run_in_docker", path.display());
+            crate::say_error!(
+                "cannot reach the host to run {name} ({}: {e}); run the job with mpiexec_docker or run_in_docker",
+                path.display()
+            );
             return 127;
         }
     };
@@ -36,7 +39,7 @@ pub fn run(name: &str, args: &[String]) -> i32 {
     }
     let _ = set.thread_block();
     if let Err(e) = send_request(&sock, &req, &[0, 1, 2]) {
-        eprintln!("mpiexec_docker: error: relay: {e}");
+        crate::say_error!("relay: {e}");
         return 127;
     }
     if let Ok(writer) = sock.try_clone() {
@@ -51,11 +54,11 @@ pub fn run(name: &str, args: &[String]) -> i32 {
     match recv_message(&sock) {
         Ok(Some(Message::Exit(code))) => code,
         Ok(Some(Message::Error(text))) => {
-            eprintln!("mpiexec_docker: error: {text}");
+            crate::say_error!("{text}");
             127
         }
         _ => {
-            eprintln!("mpiexec_docker: error: the host ended the relayed {name} without a status");
+            crate::say_error!("the host ended the relayed {name} without a status");
             255
         }
     }
