@@ -62,6 +62,49 @@ impl fmt::Display for Confinement {
     }
 }
 
+/// `CAP_DAC_OVERRIDE` (linux/capability.h).
+const CAP_DAC_OVERRIDE: u32 = 1;
+
+/// Puts `cap` into this thread's inheritable and ambient sets, so that it stays through the exec
+/// of a program of a non-root user. Needs `cap` in the permitted set (else `EPERM`).
+fn raise_ambient(cap: u32) -> std::io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header { version: VERSION_3, pid: 0 };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget/capset with a version-3 header and two data words, as the kernel expects.
+    unsafe {
+        if libc::syscall(libc::SYS_capget, &mut header as *mut Header, data.as_mut_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let (word, bit) = ((cap / 32) as usize, 1u32 << (cap % 32));
+        if data[word].permitted & bit == 0 {
+            return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+        }
+        data[word].inheritable |= bit;
+        if libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong, cap as libc::c_ulong, 0, 0)
+            != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// The `Name:\tvalue` fields of a `/proc/PID/status` text.
 fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
     status.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(str::trim))
@@ -96,6 +139,15 @@ impl Confinement {
     /// without `no_new_privs`, `CAP_SYS_ADMIN`) in its user namespace, which a task has as root or
     /// right after joining the container's user namespace.
     pub fn apply(&self) -> Result<(), ConfinementError> {
+        // enroot unpacks an image as its user, so pyxis's tasks may read and run every file of it;
+        // a task that joined the container's user namespace (rootless Podman keeps the user's uid
+        // there) keeps the one capability that gives the same: file permission checks passed, which
+        // counts only for files whose owners that namespace maps (the image's and the user's own,
+        // never another user's: theirs are unmapped there), and only where the container's own
+        // bounding set has it. Elsewhere (a task in the host's namespace) it cannot be raised.
+        if self.cap_bounding & (1 << CAP_DAC_OVERRIDE) != 0 {
+            let _ = raise_ambient(CAP_DAC_OVERRIDE);
+        }
         self.drop_bounding()?;
         if self.no_new_privs {
             no_new_privileges().map_err(|source| ConfinementError::Apply { what: "no_new_privs", source })?;

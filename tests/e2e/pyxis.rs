@@ -381,3 +381,22 @@ fn container_unshare_gives_the_container_namespaces_of_its_own() {
     assert!(!run.ok() && run.stderr.contains("'pid' is not a namespace that can be unshared"), "{run}");
     assert_no_node_drained();
 }
+
+#[test]
+fn the_images_files_are_the_users_to_use_as_with_pyxis() {
+    let _g = shared();
+    // enroot unpacks an image as its user: /root (0700) and root-only files of the image are theirs
+    // to read and run; another user's files on the host stay closed, and what a task creates on the
+    // host is the user's
+    let dir = user_dir("pyx-files");
+    on_node("node1", As::User2, "echo secret-of-user-2 > /tmp/mdt-u2-secret; chmod 0600 /tmp/mdt-u2-secret").success();
+    let script = "ls -d /root/. >/dev/null && echo root-dir-listed; \
+                  head -c0 /etc/shadow && echo shadow-read; \
+                  cat /tmp/mdt-u2-secret 2>/dev/null || echo other-users-file-closed; \
+                  touch made-here && stat -c %u made-here";
+    let run =
+        sh_in(As::User, &dir, &format!("srun -w node1 -n1 --container-image={OPENMPI} sh -c {}", shell_quote(script)));
+    on_node("node1", As::User2, "rm -f /tmp/mdt-u2-secret");
+    assert_eq!(run.success().lines(), ["root-dir-listed", "shadow-read", "other-users-file-closed", "1500"]);
+    sh(As::Root, &format!("rm -rf {dir}")).success();
+}
