@@ -158,6 +158,16 @@ impl Mount {
         Ok(m)
     }
 
+    /// Its mount options as the engines take them: `ro` when read-only, then the flags.
+    pub fn options(&self) -> Vec<&str> {
+        self.readonly.then_some("ro").into_iter().chain(self.flags.iter().map(String::as_str)).collect()
+    }
+
+    /// Whether it asks for mount propagation (`[r]shared`, `[r]slave`).
+    pub fn propagates(&self) -> bool {
+        self.flags.iter().any(|f| f.ends_with("shared") || f.ends_with("slave"))
+    }
+
     /// [`Mount::parse_in`] where relative sources are relative to the current directory.
     pub fn parse(spec: &str) -> Result<Mount, MountError> {
         let base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
@@ -203,10 +213,7 @@ impl std::fmt::Display for Mount {
             MountKind::Tmpfs => write!(f, "tmpfs:{}", self.dst.display())?,
             MountKind::Umount => return write!(f, "umount:{}", self.dst.display()),
         }
-        let mut flags: Vec<&str> = self.flags.iter().map(String::as_str).collect();
-        if self.readonly {
-            flags.insert(0, "ro");
-        }
+        let mut flags = self.options();
         if self.nofail {
             flags.push("nofail");
         }

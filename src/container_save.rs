@@ -41,11 +41,7 @@ pub fn check_target(value: &str) -> Result<(), SaveError> {
 
 /// The target made absolute against `base` (the job's directory).
 pub fn target_in(value: &str, base: &Path) -> PathBuf {
-    if value.starts_with('/') {
-        PathBuf::from(value)
-    } else {
-        base.join(value.strip_prefix("./").unwrap_or(value))
-    }
+    crate::image_cache::absolute(Path::new(value), base)
 }
 
 /// Saves `container` into `target` for `user` (see the module docs). `scope`: the user, where the

@@ -239,7 +239,7 @@ fn memo_sha256(file: &mut ImageFile, memo: Option<&Path>) -> Result<String, Cach
 }
 
 /// `path` from `base` when relative, without `.` components.
-fn absolute(path: &Path, base: &Path) -> PathBuf {
+pub(crate) fn absolute(path: &Path, base: &Path) -> PathBuf {
     let rel: PathBuf = path.components().filter(|c| *c != std::path::Component::CurDir).collect();
     if path.is_absolute() {
         rel

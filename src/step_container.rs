@@ -109,8 +109,7 @@ pub fn stop(a: &StopArgs) -> Result<(), StepError> {
     // the container written out first, while it is still there (its tasks have ended)
     let saved = match &a.save {
         Some(target) => {
-            let scope = (engine.kind == EngineKind::Docker && !me.is_root()).then_some(me.uid);
-            crate::container_save::save(&engine, &name, Path::new(target), &me, scope)
+            crate::container_save::save(&engine, &name, Path::new(target), &me, shared_store_scope(&engine, &me))
         }
         None => Ok(()),
     };
@@ -175,7 +174,7 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
     // mounted, their registry logins); root then uses only what was opened there
     let base = std::path::Path::new(&a.workdir);
     // a store shared by users (Docker's, driven by root for them): the user's own names only
-    let scope = (engine.kind == EngineKind::Docker && !me.is_root()).then_some(me.uid);
+    let scope = shared_store_scope(&engine, &me);
     let home = nix::unistd::User::from_uid(me.uid.into()).ok().flatten().map(|u| u.dir);
     let acting = me.act_as()?;
     let named = image_cache::name_image(&a.image, base)?;
@@ -274,8 +273,7 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
         for (m, fd) in mount_fds {
             let mut m = m.clone();
             if let Some(fd) = fd {
-                let propagates = m.flags.iter().any(|f| f.contains("shared") || f.contains("slave"));
-                m.src = if propagates { st.stage_shared(&fd, &m.src)? } else { st.stage(&fd, &m.src)? };
+                m.src = if m.propagates() { st.stage_shared(&fd, &m.src)? } else { st.stage(&fd, &m.src)? };
             }
             mounts.push(m.to_string());
         }
@@ -475,6 +473,12 @@ fn end_pause(pid: i32, uid: u32) {
         process.kill(nix::sys::signal::Signal::SIGKILL);
         process.wait(Some(Duration::from_secs(1)));
     }
+}
+
+/// The user whose names images get, when the engine's store is shared by users (Docker's, driven by
+/// root for them); `None` for a store of the user's own.
+fn shared_store_scope(engine: &Engine, me: &UserIds) -> Option<u32> {
+    (engine.kind == EngineKind::Docker && !me.is_root()).then_some(me.uid)
 }
 
 /// The step's mounts with relative sources made absolute against the job's working directory (what

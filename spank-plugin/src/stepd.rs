@@ -166,9 +166,7 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> anyhow::Result<
     }
     let out = output_forwarding_progress(cmd).with_context(|| format!("cannot run {}", args.helper.display()))?;
     if !out.status.success() {
-        let line = mpiexec_docker_core::engine::last_line(&String::from_utf8_lossy(&out.stderr));
-        let line = if line.is_empty() { "the helper failed".to_string() } else { line };
-        anyhow::bail!("--container-image={image}: {}", line.trim_start_matches("mpiexec_docker: error: "));
+        anyhow::bail!("--container-image={image}: {}", helper_said(&out.stderr));
     }
     let started = Started::from_json(&String::from_utf8_lossy(&out.stdout)).map_err(anyhow::Error::msg)?;
     let (pid, image_env, device_env) = (started.pid, started.env, started.device_env);
@@ -398,6 +396,17 @@ fn task_env(c: &StepContainer, job_path: Option<String>) -> Vec<(String, String)
     env
 }
 
+/// What a failed helper said: its last line, without its own `mpiexec_docker: error: ` (the plugin's
+/// log adds its own prefix).
+fn helper_said(stderr: &[u8]) -> String {
+    let line = mpiexec_docker_core::engine::last_line(&String::from_utf8_lossy(stderr));
+    match line.strip_prefix("mpiexec_docker: error: ") {
+        _ if line.is_empty() => "the helper failed".to_string(),
+        Some(rest) => rest.to_string(),
+        None => line,
+    }
+}
+
 /// The helper's `step-container stop` for `c`, as the container's user (or root, for Docker): with
 /// `save`, it only saves the container there and keeps it (the step's exit removes it). `None` when
 /// the user has no passwd entry.
@@ -441,9 +450,8 @@ pub fn task_exit(spank: &Spank, _args: &[String]) -> anyhow::Result<()> {
     let out = mpiexec_docker_core::engine::output_within(&mut cmd, limit)
         .with_context(|| format!("cannot run {}", args.helper.display()))?;
     if !out.status.success() {
-        let said = mpiexec_docker_core::engine::last_line(&String::from_utf8_lossy(&out.stderr));
         // (Slurm shows the callback's error to the user; the tasks' exit codes stay theirs)
-        anyhow::bail!(said.trim_start_matches("mpiexec_docker: error: ").to_string());
+        anyhow::bail!(helper_said(&out.stderr));
     }
     Ok(())
 }

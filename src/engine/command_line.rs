@@ -147,10 +147,7 @@ pub fn docker_refuses(m: &Mount) -> Option<&str> {
 
 fn volume_arg(m: &Mount) -> String {
     let mut s = format!("{}:{}", m.src.display(), m.dst.display());
-    let mut opts: Vec<&str> = m.flags.iter().map(String::as_str).collect();
-    if m.readonly {
-        opts.insert(0, "ro");
-    }
+    let opts = m.options();
     if !opts.is_empty() {
         s.push(':');
         s.push_str(&opts.join(","));
@@ -160,10 +157,7 @@ fn volume_arg(m: &Mount) -> String {
 
 /// `--tmpfs DST[:OPTIONS]` (both engines take mount(8)'s options there).
 fn tmpfs_arg(m: &Mount) -> String {
-    let mut opts: Vec<&str> = m.flags.iter().map(String::as_str).collect();
-    if m.readonly {
-        opts.insert(0, "ro");
-    }
+    let opts = m.options();
     if opts.is_empty() {
         m.dst.display().to_string()
     } else {

@@ -216,12 +216,12 @@ impl Engine {
         if self.kind == EngineKind::Podman {
             cmd.args(["--format", "docker-archive"]);
         }
-        cmd.arg(name).stdin(Stdio::null());
-        let out = super::run::status_within(&mut cmd, limit, into).map_err(|e| e.to_string())?;
-        match out {
-            (status, _) if status.success() => Ok(()),
-            (_, stderr) => Err(shorten(&last_line(&stderr))),
+        cmd.arg(name);
+        let out = super::run::output_into_within(&mut cmd, limit, into).map_err(|e| e.to_string())?.output;
+        if out.status.success() {
+            return Ok(());
         }
+        Err(shorten(&last_line(&String::from_utf8_lossy(&out.stderr))))
     }
 
     /// The image's entrypoint (the engine's JSON, one line) and environment (`NAME=VALUE` lines);

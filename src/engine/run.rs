@@ -30,10 +30,26 @@ pub fn output_within_feeding(
     limit: Duration,
     feed: impl FnOnce(&mut std::process::ChildStdin) -> Result<(), String> + Send + 'static,
 ) -> std::io::Result<Fed> {
+    run_within(cmd.stdout(Stdio::piped()), limit, feed)
+}
+
+/// [`output_within`] with the command's standard output going into `out` (a file), not captured:
+/// its status and standard error.
+pub fn output_into_within(cmd: &mut Command, limit: Duration, out: std::fs::File) -> std::io::Result<Fed> {
+    run_within(cmd.stdin(Stdio::null()).stdout(out), limit, |_| Ok(()))
+}
+
+/// The bounded run behind the functions above: standard error captured, standard output captured
+/// when `cmd` has it piped (else where `cmd` sends it), `feed` writing a piped standard input.
+fn run_within(
+    cmd: &mut Command,
+    limit: Duration,
+    feed: impl FnOnce(&mut std::process::ChildStdin) -> Result<(), String> + Send + 'static,
+) -> std::io::Result<Fed> {
     use std::io::Read;
     use std::os::unix::process::CommandExt;
     use std::sync::mpsc;
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).spawn()?;
+    let mut child = cmd.stderr(Stdio::piped()).process_group(0).spawn()?;
     let pgid = child.id() as i32;
     let (tx, rx) = mpsc::channel::<(u8, Vec<u8>)>();
     for (which, pipe) in [
@@ -95,41 +111,4 @@ pub fn output_within_feeding(
     let fed = feeder
         .map(|f| f.recv_timeout(Duration::from_secs(1)).unwrap_or_else(|_| Err("the command stopped reading".into())));
     Ok(Fed { output: std::process::Output { status, stdout, stderr }, fed })
-}
-
-/// Runs `cmd` with its standard output into `out` (a file), within `limit` (then its process group
-/// is killed); returns its status and its standard error.
-pub fn status_within(
-    cmd: &mut Command,
-    limit: Duration,
-    out: std::fs::File,
-) -> std::io::Result<(std::process::ExitStatus, String)> {
-    use std::io::Read;
-    use std::os::unix::process::CommandExt;
-    let mut child = cmd.stdout(out).stderr(Stdio::piped()).process_group(0).spawn()?;
-    let pgid = child.id() as i32;
-    let mut stderr = child.stderr.take();
-    let reader = std::thread::spawn(move || {
-        let mut v = String::new();
-        if let Some(e) = stderr.as_mut() {
-            let _ = e.read_to_string(&mut v);
-        }
-        v
-    });
-    let start = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if start.elapsed() > limit {
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL);
-            let _ = child.wait();
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer within {} s", limit.as_secs()),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Ok((status, reader.join().unwrap_or_default()))
 }
