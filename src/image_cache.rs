@@ -190,8 +190,9 @@ pub fn resolve(named: Named, scope: Option<u32>, memo: Option<&Path>) -> Result<
 /// ids (anything in the store, whoever fetched it).
 fn check_reachable(reference: &str) -> Result<(), &'static str> {
     let lower = reference.to_ascii_lowercase();
-    if lower.starts_with(CACHE_REPOSITORY) || lower.starts_with("mpiexec-docker-cache") {
-        return Err("names under localhost/mpiexec-docker-cache are the tool's own: name the image file or reference");
+    // (the cache and the named containers kept by container_scope=global, in every spelling)
+    if lower.starts_with("localhost/mpiexec-docker-") || lower.starts_with("mpiexec-docker-") {
+        return Err("names under localhost/mpiexec-docker-* are the tool's own: name the image file or reference");
     }
     let hex = lower.strip_prefix("sha256:").unwrap_or(&lower);
     if lower.starts_with("sha256:")
@@ -553,6 +554,23 @@ pub fn enforce_cap(engine: &Engine, max: u64, keep: &str) -> Result<Vec<String>,
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_shared_store_never_hands_out_the_tools_own_names_or_ids() {
+        use super::check_reachable;
+        for name in [
+            "localhost/mpiexec-docker-cache/u1500/abc:latest",
+            "localhost/mpiexec-docker-named/u1500:dev",
+            "LOCALHOST/MPIEXEC-DOCKER-NAMED:dev",
+            "mpiexec-docker-named/u1500:dev",
+            "sha256:0123456789abcdef",
+            "0123456789abcdef",
+        ] {
+            assert!(check_reachable(name).is_err(), "{name}");
+        }
+        assert!(check_reachable("localhost/myimage:1").is_ok());
+        assert!(check_reachable("docker.io/library/ubuntu:24.04").is_ok());
+    }
 
     #[test]
     fn progress_intervals_stay_within_bounds() {

@@ -35,6 +35,10 @@ pub struct PluginArgs {
     pub sbatch_support: bool,
     /// `execute_entrypoint=0|1`: the site's default for `--[no-]container-entrypoint` (pyxis's key).
     pub execute_entrypoint: bool,
+    /// `container_scope=job|global` (pyxis's key): with `global` a named container outlives its job,
+    /// kept on each node as an image of the user's, and a later job's `--container-name=NAME` starts
+    /// from it.
+    pub global_scope: bool,
 }
 
 impl Default for PluginArgs {
@@ -46,6 +50,7 @@ impl Default for PluginArgs {
             mounts: Vec::new(),
             sbatch_support: true,
             execute_entrypoint: false,
+            global_scope: false,
         }
     }
 }
@@ -62,7 +67,7 @@ pub const KEY_DOCS: &[(&str, &str, &str)] = &[
     ("mounts", "SRC:DST[:FLAGS][,...]", "mounts added to every container of every job"),
     ("sbatch_support", "0|1", "whether sbatch and salloc have the --container-* options (default 1); with 0 batch scripts and salloc's shell run on the host, their steps may still use images"),
     ("execute_entrypoint", "0|1", "whether steps run the image's entrypoint when the user says neither --container-entrypoint nor --no-container-entrypoint (default 0)"),
-    ("container_scope", "job", "pyxis's key: named containers last for their job (the only scope here; global is refused)"),
+    ("container_scope", "job|global", "pyxis's key: named containers (--container-name) last for their job (job, the default), or are kept on each node after it, as an image of the user's, for the user's later jobs (global)"),
 ];
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -92,13 +97,12 @@ impl PluginArgs {
                 "mounts" => args.mounts = value.split(',').filter(|m| !m.is_empty()).map(str::to_string).collect(),
                 "sbatch_support" => args.sbatch_support = parse_bool(value).map_err(bad)?,
                 "execute_entrypoint" => args.execute_entrypoint = parse_bool(value).map_err(bad)?,
-                // pyxis's key: our named containers are the job's (what pyxis calls job scope)
-                "container_scope" if value == "job" => {}
                 "container_scope" => {
-                    return Err(bad(
-                        "named containers last for their job here (container_scope=job); write that or drop the key"
-                            .into(),
-                    ))
+                    args.global_scope = match value {
+                        "job" => false,
+                        "global" => true,
+                        _ => return Err(bad("write job or global".into())),
+                    }
                 }
                 _ => return Err(PlugstackError::UnknownKey { key: key.to_string() }),
             }
@@ -178,7 +182,9 @@ mod tests {
         let err = PluginArgs::parse(&["podman"]).unwrap_err();
         assert_eq!(err, PlugstackError::NotKeyValue { word: "podman".into() });
         assert!(PluginArgs::parse(&["sbatch_support=maybe"]).is_err());
-        let e = PluginArgs::parse(&["container_scope=global"]).unwrap_err().to_string();
-        assert!(e.contains("named containers last for their job here"), "{e}");
+        let e = PluginArgs::parse(&["container_scope=node"]).unwrap_err().to_string();
+        assert!(e.contains("container_scope=node") && e.contains("job or global"), "{e}");
+        assert!(PluginArgs::parse(&["container_scope=global"]).unwrap().global_scope);
+        assert!(!PluginArgs::parse(&["container_scope=job"]).unwrap().global_scope);
     }
 }

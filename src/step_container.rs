@@ -71,6 +71,47 @@ impl From<&str> for StepError {
     }
 }
 
+/// Where `container_scope=global` keeps named containers: images of this repository, tagged with
+/// the container's name (a store shared by users, Docker's, has one repository per user).
+pub const KEPT_REPOSITORY: &str = "localhost/mpiexec-docker-named";
+
+/// The label that tells the job's end which image to commit a kept container to.
+pub const KEEP_AS_LABEL: &str = "mpiexec-docker.keep-as";
+
+/// The label with the image's own entrypoint and environment, as [`Engine::image_config`] gives
+/// them: an image committed from the container (`--container-save`, `container_scope=global`) has
+/// the container's instead (our entrypoint, the job's variables), and is read through this label.
+pub const IMAGE_CONFIG_LABEL: &str = crate::engine::IMAGE_CONFIG_LABEL;
+
+/// The image that keeps the named container `name` after its job (see [`KEPT_REPOSITORY`]).
+pub fn kept_image(name: &str, scope: Option<u32>) -> String {
+    match scope {
+        Some(uid) => format!("{KEPT_REPOSITORY}/u{uid}:{name}"),
+        None => format!("{KEPT_REPOSITORY}:{name}"),
+    }
+}
+
+/// The longest the job's end may take to keep a container (see [`keep_if_marked`]).
+pub const KEEP_LIMIT: Duration = Duration::from_secs(60);
+
+/// At the job's end (the sweep, before it removes the job's containers): commits a container marked
+/// to be kept (`container_scope=global`) as its image, which replaces the one an earlier job kept.
+/// Answers the image's name, `None` for a container not marked.
+pub fn keep_if_marked(engine: &Engine, container: &str) -> Result<Option<String>, String> {
+    let kept = engine.container_label(container, KEEP_AS_LABEL)?;
+    // (only a name of ours: the label is ours, and a commit never writes elsewhere)
+    if !kept.starts_with(&format!("{KEPT_REPOSITORY}:")) && !kept.starts_with(&format!("{KEPT_REPOSITORY}/")) {
+        return Ok(None);
+    }
+    let before = engine.image_id(&kept).ok();
+    engine.commit(KEEP_LIMIT, container, &kept)?;
+    // the earlier job's image, no longer named, is of no use
+    if let Some(old) = before.filter(|old| engine.image_id(&kept).ok().as_ref() != Some(old)) {
+        let _ = engine.remove_images(&[old]);
+    }
+    Ok(Some(kept))
+}
+
 /// The container's name: one per job, step and node; a named one (`--container-name`) per job, name
 /// and node.
 fn name(job: &str, step: &str, named: Option<&str>) -> String {
@@ -144,93 +185,54 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
     let mut clock = Phases::start();
     let _lock = image_cache::fetch_lock(me.uid)?;
     clock.done("lock");
+    // container_scope=global: a named container an earlier job kept on this node, as an image
+    let keep_as = match (&a.container_name, a.global_scope) {
+        (Some(n), true) => Some(kept_image(n, shared_store_scope(&engine, &me))),
+        _ => None,
+    };
+    let mut kept = None;
     if let Some(n) = &a.container_name {
         use crate::container_options::NameMode;
-        match (running(&engine, &name, me.uid)?, a.name_mode) {
-            (Some(_), NameMode::Create) => {
+        let running = running(&engine, &name, me.uid)?;
+        if running.is_none() {
+            if let Some(k) = &keep_as {
+                kept = engine.image_config(k)?.map(|info| (k.clone(), info));
+            }
+        }
+        match (running, a.name_mode, &kept) {
+            (Some(_), NameMode::Create, _) => {
                 return Err(StepError::Step(format!(
                     "--container-name={n}:create: a container named '{n}' already exists in this job on this node"
                 )))
             }
-            (Some((pid, image)), _) => {
+            (None, NameMode::Create, Some(_)) => {
+                return Err(StepError::Step(format!(
+                    "--container-name={n}:create: a container named '{n}' is kept on this node from an earlier job \
+                     (container_scope=global); use another name, or remove it with 'mpiexec_docker images remove-container {n}'"
+                )))
+            }
+            (Some((pid, image)), _, _) => {
                 let info =
                     engine.image_config(&image)?.ok_or_else(|| format!("the image of container '{n}' is gone"))?;
                 return Ok(Started { phases: clock.phases, ..Started::from_image_info(pid, &info)? });
             }
-            (None, NameMode::Exec) => {
+            (None, NameMode::Exec, None) => {
                 return Err(StepError::Step(format!(
                     "--container-name={n}:exec: no container named '{n}' is running in this job on this node"
                 )))
             }
-            (None, _) if a.image.is_empty() => {
+            (None, _, None) if a.image.is_empty() => {
                 return Err(StepError::Step(format!(
                     "no container named '{n}' in this job on this node: give --container-image too"
                 )))
             }
-            (None, _) => {}
+            (None, _, _) => {}
         }
     }
-    // what the user names is opened and read with the user's rights (an image file, the directories
-    // mounted, their registry logins); root then uses only what was opened there
-    let base = std::path::Path::new(&a.workdir);
-    // a store shared by users (Docker's, driven by root for them): the user's own names only
-    let scope = shared_store_scope(&engine, &me);
-    let home = nix::unistd::User::from_uid(me.uid.into()).ok().flatten().map(|u| u.dir);
-    let acting = me.act_as()?;
-    let named = image_cache::name_image(&a.image, base)?;
-    config.policy.check_named(&named, &a.image, &config.site_file)?;
-    for dir in std::iter::once(&a.workdir).chain(&a.mount_home) {
-        crate::container::Mount::parse_existing(dir)?;
-    }
-    // (root pulls for the user: their logins, read with their rights)
-    let logins = match (scope, &home) {
-        (Some(_), Some(home)) => Some(crate::registry_auth::Logins::read_user(home, me.uid)),
-        _ => None,
-    };
-    drop(acting);
     let state = runtime_dir::user_base()?;
-    let mut image = image_cache::resolve(named, scope, Some(&state))?;
-    // the common case first: the image is here and may be used as it is (one engine call, which also
-    // gives its entrypoint and environment)
-    let mut cached = None;
-    if matches!(config.pull, PullPolicy::Missing | PullPolicy::Never) {
-        for name in image.cached_names() {
-            if let Some(info) = engine.image_config(&name)? {
-                cached = Some((name, info));
-                break;
-            }
-        }
-    }
-    let (local, info) = match cached {
+    let (local, info) = match kept {
         Some(found) => found,
-        None => {
-            // the user's registry logins are written for the engine only when it fetches
-            let credentials = match logins {
-                Some(mut logins) => {
-                    if let Some(site) = &config.registry_auth {
-                        logins.add_site(site);
-                    }
-                    let registry = crate::registry_auth::registry_of(&image.local);
-                    Some(image_cache::Credentials::write(&state, &logins.for_registry(&registry, &me))?)
-                }
-                None => None,
-            };
-            let local = image_cache::ensure(&engine, &mut image, config.pull, credentials.as_ref().map(|c| c.dir()))?;
-            drop(credentials);
-            if let Some(max) = config.cache_max_size {
-                if let Ok(_store) = image_cache::store_lock() {
-                    for gone in image_cache::enforce_cap(&engine, max, &local).unwrap_or_default() {
-                        log::info!("cache over {max} bytes: removed {gone}");
-                    }
-                }
-            }
-            // the image's entrypoint and environment (for the tasks, which inherit the job's
-            // environment, not the image's)
-            let info = engine
-                .image_config(&local)?
-                .ok_or_else(|| format!("image '{}' is missing after its fetch", a.image))?;
-            (local, info)
-        }
+        None => fetch(a, &config, &engine, &me, &state)?,
     };
     clock.done("fetch");
     // the per-run directory is root's when root acts for the user: nothing in it is theirs to swap,
@@ -325,6 +327,8 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
         name: &name,
         sources: Sources { workdir: &workdir_src, home: home_src.as_deref().zip(home.as_deref()) },
         pidfile: (engine.kind == EngineKind::Podman).then(|| pidfile.clone()),
+        keep_as: keep_as.as_deref(),
+        image_config: &info,
     };
     let spec = step_spec(&engine, &config, a, &request, helper, &runtime, &host_env, &step)?;
     let (device_env, notice) = (spec.device_env.clone(), spec.device_notice.clone());
@@ -356,8 +360,11 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
         return Err(format!("the container for image '{}' did not start its process: {e}", a.image).into());
     }
     // a daemon's container is not our child: its process joins the step's cgroup, so that Slurm's
-    // limits, accounting and signals (scancel, time limit) reach it as they reach the tasks
-    if let Some(cgroup) = &a.step_cgroup {
+    // limits, accounting and signals (scancel, time limit) reach it as they reach the tasks. A named
+    // container outlives the step (the step's end would kill it there): its process, our idle
+    // placeholder, stays where the daemon put it, and the job's end removes it (the tasks that join
+    // it are each step's, in the step's cgroup)
+    if let Some(cgroup) = a.step_cgroup.as_ref().filter(|_| a.container_name.is_none()) {
         // only our placeholder, running as the job's user, is ever moved
         let moved = crate::step_join::check_pause(pid, me.uid).map_err(StepError::from).and_then(|()| {
             match crate::step_join::move_into_cgroup(pid, Path::new("/sys/fs/cgroup"), cgroup)? {
@@ -379,6 +386,79 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
     }
     clock.done("relay");
     Ok(Started { phases: clock.phases, device_env, notice, ..Started::from_image_info(pid, &info)? })
+}
+
+/// The step's image in the engine's store, fetched if need be (once per node and user): its local
+/// name and its configuration (entrypoint and environment, see [`Started::from_image_info`]).
+fn fetch(
+    a: &StartArgs,
+    config: &Config,
+    engine: &Engine,
+    me: &UserIds,
+    state: &Path,
+) -> Result<(String, String), StepError> {
+    // what the user names is opened and read with the user's rights (an image file, the directories
+    // mounted, their registry logins); root then uses only what was opened there
+    let base = std::path::Path::new(&a.workdir);
+    // a store shared by users (Docker's, driven by root for them): the user's own names only
+    let scope = shared_store_scope(engine, me);
+    let home = nix::unistd::User::from_uid(me.uid.into()).ok().flatten().map(|u| u.dir);
+    let acting = me.act_as()?;
+    let named = image_cache::name_image(&a.image, base)?;
+    config.policy.check_named(&named, &a.image, &config.site_file)?;
+    for dir in std::iter::once(&a.workdir).chain(&a.mount_home) {
+        crate::container::Mount::parse_existing(dir)?;
+    }
+    // (root pulls for the user: their logins, read with their rights)
+    let logins = match (scope, &home) {
+        (Some(_), Some(home)) => Some(crate::registry_auth::Logins::read_user(home, me.uid)),
+        _ => None,
+    };
+    drop(acting);
+    let mut image = image_cache::resolve(named, scope, Some(state))?;
+    // the common case first: the image is here and may be used as it is (one engine call, which also
+    // gives its entrypoint and environment)
+    let mut cached = None;
+    if matches!(config.pull, PullPolicy::Missing | PullPolicy::Never) {
+        for name in image.cached_names() {
+            if let Some(info) = engine.image_config(&name)? {
+                cached = Some((name, info));
+                break;
+            }
+        }
+    }
+    let found = match cached {
+        Some(found) => found,
+        None => {
+            // the user's registry logins are written for the engine only when it fetches
+            let credentials = match logins {
+                Some(mut logins) => {
+                    if let Some(site) = &config.registry_auth {
+                        logins.add_site(site);
+                    }
+                    let registry = crate::registry_auth::registry_of(&image.local);
+                    Some(image_cache::Credentials::write(state, &logins.for_registry(&registry, me))?)
+                }
+                None => None,
+            };
+            let local = image_cache::ensure(engine, &mut image, config.pull, credentials.as_ref().map(|c| c.dir()))?;
+            drop(credentials);
+            if let Some(max) = config.cache_max_size {
+                if let Ok(_store) = image_cache::store_lock() {
+                    for gone in image_cache::enforce_cap(engine, max, &local).unwrap_or_default() {
+                        log::info!("cache over {max} bytes: removed {gone}");
+                    }
+                }
+            }
+            // the image's entrypoint and environment (for the tasks, which inherit the job's
+            // environment, not the image's)
+            let info = engine
+                .image_config(&local)?
+                .ok_or_else(|| format!("image '{}' is missing after its fetch", a.image))?;
+            (local, info)
+        }
+    };
+    Ok(found)
 }
 
 /// The time each phase of a start took.
@@ -413,6 +493,10 @@ struct StepSpec<'a> {
     sources: Sources<'a>,
     /// Podman writes the container's pid here: one engine call less than asking afterwards.
     pidfile: Option<std::path::PathBuf>,
+    /// The image the job's end commits the container to (`container_scope=global`).
+    keep_as: Option<&'a str>,
+    /// The image's own entrypoint and environment (see [`IMAGE_CONFIG_LABEL`]).
+    image_config: &'a str,
 }
 
 /// The step container's spec: what every container of ours has ([`launch::base_spec`]), detached and
@@ -434,6 +518,10 @@ fn step_spec(
     spec.name = Some(step.name.to_string());
     spec.labels.push((format!("{}.job", launch::LABEL), a.job.clone()));
     spec.labels.push((format!("{}.step", launch::LABEL), a.step.clone()));
+    if let Some(kept) = step.keep_as {
+        spec.labels.push((KEEP_AS_LABEL.into(), kept.to_string()));
+    }
+    spec.labels.push((IMAGE_CONFIG_LABEL.into(), step.image_config.to_string()));
     spec.remove = false;
     spec.detach = true;
     spec.interactive = false;

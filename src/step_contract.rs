@@ -80,6 +80,10 @@ pub struct StartArgs {
     /// What the name's flag asks of an existing container of that name.
     #[arg(long, default_value = "auto")]
     pub name_mode: NameMode,
+    /// `container_scope=global`: a named container is kept on the node after its job, and one kept
+    /// by an earlier job is started from.
+    #[arg(long)]
+    pub global_scope: bool,
     /// The job's user, when root runs this for them (Docker).
     #[arg(long)]
     pub user: Option<UserIds>,
@@ -214,6 +218,7 @@ impl StartArgs {
         if self.name_mode != NameMode::Auto {
             opt(&mut a, "name-mode", Some(self.name_mode));
         }
+        flag(&mut a, "global-scope", self.global_scope);
         opt(&mut a, "user", self.user.as_ref());
         opt(&mut a, "step-cgroup", self.step_cgroup.as_ref());
         a
@@ -350,6 +355,7 @@ mod tests {
             container_name: Some("dev".into()),
             unshare: vec!["net".into(), "uts".into()],
             name_mode: NameMode::Create,
+            global_scope: true,
             user: Some("1500:1500:27".parse().unwrap()),
             step_cgroup: Some("/slurm/uid_1500/job_5/step_0".into()),
         };

@@ -3,7 +3,8 @@
 //! - on the host, as `mpiexec_docker IMAGE [MPIEXEC_OPTIONS] PROG [ARGS]`: runs the MPI job in a
 //!   container (see [`host`]);
 //! - on the host, as `run_in_docker IMAGE [--] PROG [ARGS]`: runs one program in a container;
-//! - on the host, `mpiexec_docker images [prune]`: what the tool cached in this node's store;
+//! - on the host, `mpiexec_docker images [prune | remove-container NAME]`: what the tool cached in
+//!   this node's store, and the named containers kept there (`container_scope=global`);
 //! - on the host, `mpiexec_docker doctor`: whether this node can run containers for the caller;
 //! - inside our containers (entry point `in-container MODE …`, or called as `mpiexec`/`mpirun`): the
 //!   mpiexec selector, or the plain exec of `run_in_docker`.

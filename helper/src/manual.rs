@@ -67,8 +67,10 @@ fn helper_page(name: &str) -> String {
     if name == "mpiexec_docker" {
         text.push_str(
             ".SH COMMANDS\n\
-             .TP\n\\fBmpiexec_docker images\\fR [\\fBprune\\fR] [\\fB\\-\\-engine\\fR podman|docker]\n\
-             What the tool fetched into this node's store for you; \\fBprune\\fR removes it.\n\
+             .TP\n\\fBmpiexec_docker images\\fR [\\fBprune\\fR | \\fBremove\\-container\\fR NAME] [\\fB\\-\\-engine\\fR podman|docker]\n\
+             What the tool fetched into this node's store for you, and the named containers kept there \
+             (plugstack \\fBcontainer_scope=global\\fR); \\fBprune\\fR removes the first, \
+             \\fBremove\\-container\\fR one of the second.\n\
              .TP\n\\fBmpiexec_docker doctor\\fR [\\fB\\-\\-image\\fR IMAGE] [\\fB\\-\\-plugstack\\fR FILE] [\\fB\\-\\-json\\fR]\n\
              Checks this node for running containers as you, one line per check (ok, warn, fail, and the fix); \
              exit status 1 when a check failed. \\fBsrun \\-N3 mpiexec_docker doctor\\fR checks three nodes.\n\

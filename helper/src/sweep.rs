@@ -1,11 +1,14 @@
 //! `mpiexec_docker sweep --job JOBID`: removes every container of ours that belongs to a job, in the
 //! caller's store (Podman, and Docker when it is there). The SPANK plugin runs it at the end of each
-//! job on every node, as root and as the job's user, so that nothing survives a job whatever killed it.
+//! job on every node, as root and as the job's user, so that nothing survives a job whatever killed it
+//! (but what the site's `container_scope=global` keeps: a named container, committed as an image of
+//! the user's first).
 
 use clap::Parser;
 use mpiexec_docker_core::engine::Engine;
 use mpiexec_docker_core::engine::EngineKind;
 use mpiexec_docker_core::launch::LABEL;
+use mpiexec_docker_core::step_container;
 use mpiexec_docker_core::step_contract::SweepArgs;
 
 pub fn main(args: &[String]) -> i32 {
@@ -30,6 +33,21 @@ pub fn main(args: &[String]) -> i32 {
             match engine.containers_with(&[(format!("{LABEL}.job"), job.clone())]) {
                 Ok(ids) if ids.is_empty() => break,
                 Ok(ids) => {
+                    // named containers of container_scope=global outlive the job as images
+                    if attempt == 0 {
+                        for id in &ids {
+                            match step_container::keep_if_marked(&engine, id) {
+                                Ok(Some(kept)) => log::info!("kept container {id} of job {job} as {kept}"),
+                                Ok(None) => {}
+                                Err(e) => {
+                                    mpiexec_docker_core::say_error!(
+                                        "sweep of job {job}: cannot keep a named container: {e}"
+                                    );
+                                    failed = true;
+                                }
+                            }
+                        }
+                    }
                     log::info!("removing {} container(s) of job {job} ({})", ids.len(), engine.name());
                     if attempt > 0 {
                         std::thread::sleep(std::time::Duration::from_millis(300));

@@ -17,7 +17,7 @@ use crate::run_as::helper_as;
 use crate::state;
 
 /// The longest a sweep may take before it is killed.
-const SWEEP_LIMIT: Duration = Duration::from_secs(60);
+const SWEEP_LIMIT: Duration = Duration::from_secs(120);
 
 /// `slurm_spank_init` in a job script: only the plugstack.conf arguments (no options here). A bad
 /// argument is logged, never returned: that would fail the job script and drain the node.

@@ -155,6 +155,7 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> anyhow::Result<
         gpus: Some(["SLURM_STEP_GPUS", "SLURM_JOB_GPUS"].iter().find_map(|v| spank.getenv(v)).unwrap_or_default()),
         container_name: opts.name.clone(),
         name_mode: opts.name_mode,
+        global_scope: args.global_scope,
         unshare: opts.unshare.clone().unwrap_or_default(),
         user: rootful.then(|| user_ids(&user, gid)),
         step_cgroup,

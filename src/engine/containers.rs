@@ -76,6 +76,12 @@ impl Engine {
         Ok(self.quick(&["inspect", "--format", "{{.State.Pid}}", name])?.trim().to_string())
     }
 
+    /// The value of label `key` of a container ("" when it has none).
+    pub fn container_label(&self, container: &str, key: &str) -> Result<String, String> {
+        let format = format!("{{{{index .Config.Labels {}}}}}", serde_json::to_string(key).expect("a string"));
+        Ok(self.quick(&["inspect", "--format", &format, container])?.trim().to_string())
+    }
+
     /// A container's state, if it exists.
     pub fn container_state(&self, name: &str) -> Result<Option<ContainerState>, String> {
         let format = match self.kind {

@@ -201,7 +201,12 @@ impl Engine {
     /// Commits container `container` as image `name`, within `limit`.
     pub fn commit(&self, limit: Duration, container: &str, name: &str) -> Result<(), String> {
         let mut cmd = self.command();
-        cmd.args(["commit", container, name]).stdin(Stdio::null());
+        cmd.arg("commit");
+        if self.kind == EngineKind::Docker {
+            // (the container's tasks have ended: nothing to pause, and pausing needs its cgroup)
+            cmd.arg("--pause=false");
+        }
+        cmd.args([container, name]).stdin(Stdio::null());
         let out = output_within(&mut cmd, limit).map_err(|e| e.to_string())?;
         if out.status.success() {
             return Ok(());
@@ -225,9 +230,15 @@ impl Engine {
     }
 
     /// The image's entrypoint (the engine's JSON, one line) and environment (`NAME=VALUE` lines);
-    /// `None` when the image is not in the store.
+    /// `None` when the image is not in the store. An image committed from one of our containers is
+    /// read through its [`super::IMAGE_CONFIG_LABEL`].
     pub fn image_config(&self, image: &str) -> Result<Option<String>, String> {
-        let format = "{{json .Config.Entrypoint}}\n{{range .Config.Env}}{{println .}}{{end}}";
+        // an image committed from one of our containers has the image's own in a label (see
+        // `IMAGE_CONFIG_LABEL`)
+        let format = concat!(
+            "{{with index .Config.Labels \"mpiexec-docker.image-config\"}}{{.}}{{else}}",
+            "{{json .Config.Entrypoint}}\n{{range .Config.Env}}{{println .}}{{end}}{{end}}"
+        );
         match self.quick(&["image", "inspect", "--format", format, image]) {
             Ok(text) => Ok(Some(text)),
             // not there, or the engine itself failing: ask the way that tells them apart
@@ -245,6 +256,20 @@ impl Engine {
             .quick(&["images", "--filter", &filter, "--format", "{{.Repository}}:{{.Tag}}"])
             .map_err(|reason| EngineError::Unavailable { engine: self.name(), reason })?;
         Ok(out.lines().map(str::trim).filter(|l| l.starts_with(repository)).map(String::from).collect())
+    }
+
+    /// The tags of the store's images of `repository` itself.
+    pub fn tags_of(&self, repository: &str) -> Result<Vec<String>, EngineError> {
+        let filter = format!("reference={repository}");
+        let out = self
+            .quick(&["images", "--filter", &filter, "--format", "{{.Repository}} {{.Tag}}"])
+            .map_err(|reason| EngineError::Unavailable { engine: self.name(), reason })?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.trim().split_once(' '))
+            .filter(|(r, t)| *r == repository && *t != "<none>")
+            .map(|(_, t)| t.to_string())
+            .collect())
     }
 
     /// Id (12 hex digits), size in bytes and creation time of each image named.

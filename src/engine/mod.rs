@@ -14,6 +14,11 @@ use std::process::Command;
 use thiserror::Error;
 
 mod command_line;
+/// The label of our containers that holds their image's own entrypoint and environment, as
+/// [`Engine::image_config`] gives them; an image committed from such a container has the
+/// container's configuration (our entrypoint, the job's variables) and is read through it.
+pub const IMAGE_CONFIG_LABEL: &str = "mpiexec-docker.image-config";
+
 pub mod containers;
 pub mod images;
 mod run;

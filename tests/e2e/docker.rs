@@ -646,3 +646,53 @@ fn container_unshare_with_docker() {
     assert_eq!(own[3], "1", "{own:?}");
     assert_no_node_drained();
 }
+
+#[test]
+fn container_scope_global_with_docker_keeps_the_container_as_the_users_alone() {
+    let _g = docker_alone();
+    const PLUGSTACK: &str = "/etc/slurm/plugstack.conf";
+    let _restore = Restore(PLUGSTACK, std::fs::read(PLUGSTACK).ok());
+    let uid = sh(As::Root, &format!("id -u {USER}")).success().stdout.trim().to_string();
+    let kept = format!("localhost/mpiexec-docker-named/u{uid}:dg1");
+    let forget = || on_node("node3", As::Root, &format!("docker rmi {kept} >/dev/null 2>&1; true"));
+    forget();
+    let line = std::fs::read_to_string(PLUGSTACK).unwrap();
+    let line: String = line
+        .lines()
+        .map(|l| match l.contains("spank_mpiexec_docker") {
+            true => format!("{l} container_scope=global\n"),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(PLUGSTACK, line).unwrap();
+
+    let run = sbatch(
+        As::User,
+        "-N1 -n1 -w node3",
+        &format!("srun --container-image={OPENMPI} --container-name=dg1 sh -c 'echo kept > /var/tmp/dg1'"),
+    );
+    assert!(run.ok(), "{run}");
+    assert_clean_within(30);
+    // kept in the daemon's store under the user's own name
+    let owner = on_node("node3", As::Root, &format!("docker image inspect --format ok {kept}"));
+    assert_eq!(owner.success().stdout.trim(), "ok");
+    // a later job of the user: its steps share it, as the first job's did
+    let run = sbatch(
+        As::User,
+        "-N1 -n1 -w node3",
+        "srun --container-name=dg1 sh -c 'cat /var/tmp/dg1; echo again >> /var/tmp/dg1; id -u'\n\
+         srun --container-name=dg1 cat /var/tmp/dg1",
+    );
+    assert!(run.ok(), "{run}");
+    let lines: Vec<String> = run.lines().into_iter().filter(|l| !l.starts_with("srun: ")).collect();
+    assert_eq!(lines, ["kept", uid.as_str(), "kept", "again"], "{run}");
+    assert_clean_within(30);
+    // another user can neither name it nor reach it through the store
+    let other = sh(As::User2, "srun -N1 -n1 -w node3 --container-name=dg1 true");
+    assert!(!other.ok() && other.stderr.contains("give --container-image too"), "{other}");
+    let other = sh(As::User2, &format!("srun -N1 -n1 -w node3 --container-image={kept} cat /var/tmp/dg1"));
+    assert!(!other.ok() && other.stderr.contains("tool's own"), "{other}");
+    drop(_restore);
+    forget();
+    assert_no_node_drained();
+}

@@ -400,3 +400,68 @@ fn the_images_files_are_the_users_to_use_as_with_pyxis() {
     assert_eq!(run.success().lines(), ["root-dir-listed", "shadow-read", "other-users-file-closed", "1500"]);
     sh(As::Root, &format!("rm -rf {dir}")).success();
 }
+
+#[test]
+fn container_scope_global_keeps_named_containers_for_the_users_later_jobs() {
+    let _g = exclusive();
+    const PLUGSTACK: &str = "/etc/slurm/plugstack.conf";
+    let _restore = Restore(PLUGSTACK, std::fs::read(PLUGSTACK).ok());
+    let forget = || {
+        for who in [As::User, As::User2] {
+            on_node("node2", who, "mpiexec_docker images remove-container g1 >/dev/null 2>&1; true");
+        }
+    };
+    forget();
+    let line = std::fs::read_to_string(PLUGSTACK).unwrap();
+    let line: String = line
+        .lines()
+        .map(|l| match l.contains("spank_mpiexec_docker") {
+            true => format!("{l} container_scope=global\n"),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(PLUGSTACK, line).unwrap();
+
+    // a first job writes into its named container, with a variable of its own in its environment
+    let run = sbatch(
+        As::User,
+        "-N1 -n1 -w node2 --export=ALL,MD_FIRST_JOB_ONLY=1",
+        &format!("srun --container-image={OPENMPI} --container-name=g1 sh -c 'echo kept > /var/tmp/g1'"),
+    );
+    assert!(run.ok(), "{run}");
+    // the job's end keeps the container (as an image of the user's) and leaves no container behind
+    assert_clean_within(30);
+    let listed = on_node("node2", As::User, "mpiexec_docker images").success();
+    assert!(listed.stdout.contains("kept named containers (container_scope=global): g1"), "{listed}");
+
+    // a later job of the user starts from it without naming the image, with the image's own
+    // environment, not the first job's; create refuses it, and another user has no container g1
+    let run = sbatch(
+        As::User,
+        "-N1 -n1 -w node2",
+        "srun --container-image=localhost/md-openmpi --container-name=g1:create true 2>&1 | grep -o 'is kept on this node'\n\
+         srun --container-name=g1 sh -c 'cat /var/tmp/g1; echo $MD_IMAGE_FLAVOUR ${MD_FIRST_JOB_ONLY:-unset}; \
+         echo again >> /var/tmp/g1'\n\
+         srun --container-name=g1:exec cat /var/tmp/g1",
+    );
+    assert!(run.ok(), "{run}");
+    let lines: Vec<String> = run.lines().into_iter().filter(|l| !l.starts_with("srun: ")).collect();
+    assert_eq!(lines, ["is kept on this node", "kept", "openmpi unset", "kept", "again"], "{run}");
+    let other = sh(As::User2, "srun -N1 -n1 -w node2 --container-name=g1 true");
+    assert!(!other.ok() && other.stderr.contains("give --container-image too"), "{other}");
+    assert_clean_within(30);
+
+    // what the second job added is kept too; the user removes the container, and it is gone
+    let run = sh(As::User, "srun -N1 -n1 -w node2 --container-name=g1 cat /var/tmp/g1");
+    assert_eq!(run.success().lines(), ["kept", "again"]);
+    assert_clean_within(30);
+    let removed = on_node("node2", As::User, "mpiexec_docker images remove-container g1").success();
+    assert_eq!(removed.stdout.trim(), "removed container g1");
+    let gone = sh(As::User, "srun -N1 -n1 -w node2 --container-name=g1:exec true");
+    assert!(!gone.ok() && gone.stderr.contains("no container named 'g1'"), "{gone}");
+    let again = on_node("node2", As::User, "mpiexec_docker images remove-container g1");
+    assert!(!again.ok() && again.stderr.contains("no container named 'g1' is kept"), "{again}");
+    drop(_restore);
+    forget();
+    assert_no_node_drained();
+}
