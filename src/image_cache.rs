@@ -50,8 +50,8 @@ pub enum CacheError {
     NotYours(String, &'static str),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
-    #[error("image '{image}' names another store than this site's engine ({engine}): give the image by its registry reference or as an image file")]
-    OtherStore { image: String, engine: &'static str },
+    #[error("image '{image}': {reason}")]
+    FromStore { image: String, reason: String },
     #[error("image '{image}' is not in {engine}'s images on this node (these are never pulled: load or pull it there first)")]
     NotInStore { image: String, engine: &'static str },
 }
@@ -252,12 +252,13 @@ pub(crate) fn absolute(path: &Path, base: &Path) -> PathBuf {
 /// Makes the image available in `engine`'s store and returns the name to run it by: `image.local`,
 /// or in a shared store the user's own name for a registry image (see the module docs). The caller
 /// holds [`fetch_lock`]. `credentials`: a Docker client configuration directory with the user's
-/// registry logins, for pulls.
+/// registry logins, for pulls. `user`: the user root acts for (whose rights read another store).
 pub fn ensure(
     engine: &Engine,
     image: &mut Resolved,
     policy: PullPolicy,
     credentials: Option<&Path>,
+    user: Option<&crate::identity::UserIds>,
 ) -> Result<String, CacheError> {
     if let Some(store) = image.store {
         use crate::image_source::LocalStore;
@@ -269,7 +270,9 @@ pub fn ensure(
                 | (LocalStore::Podman, crate::engine::EngineKind::Podman)
         );
         if !ours {
-            return Err(CacheError::OtherStore { image: named, engine: engine.name() });
+            // exported from that store with the user's rights, loaded into ours once
+            let state = runtime_dir::user_base()?;
+            return crate::store_import::import(engine, store, &reference, image.scope, user, &state);
         }
         if !engine.image_present(&reference)? {
             return Err(CacheError::NotInStore { image: named, engine: engine.name() });
@@ -443,7 +446,7 @@ impl Drop for Credentials {
 
 /// Runs `f`, printing a line to stderr every [`PROGRESS_EVERY`] while it lasts (not on a terminal,
 /// where the engine shows its own progress).
-fn with_progress<T>(what: &str, f: impl FnOnce() -> T) -> T {
+pub(crate) fn with_progress<T>(what: &str, f: impl FnOnce() -> T) -> T {
     let tty = std::io::stderr().is_terminal();
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();

@@ -67,7 +67,8 @@ pub enum ImageSource {
     /// An image file; `format` when the user named the transport.
     Archive { path: PathBuf, format: Option<ArchiveFormat> },
     /// An image already in a local store, as enroot names them: `dockerd://IMAGE` (the node's Docker
-    /// daemon) or `podman://IMAGE` (the user's Podman store). Used as it is there, never pulled.
+    /// daemon) or `podman://IMAGE` (the user's Podman store). Never pulled: used as it is in the
+    /// engine's own store, brought over from the other (see [`crate::store_import`]).
     Store { store: LocalStore, reference: String },
 }
 

@@ -65,6 +65,7 @@ pub mod slurm_version;
 pub mod step_container;
 pub mod step_contract;
 pub mod step_join;
+pub mod store_import;
 #[cfg(test)]
 mod test_scratch;
 pub mod user_text;

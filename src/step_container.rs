@@ -441,7 +441,13 @@ fn fetch(
                 }
                 None => None,
             };
-            let local = image_cache::ensure(engine, &mut image, config.pull, credentials.as_ref().map(|c| c.dir()))?;
+            let local = image_cache::ensure(
+                engine,
+                &mut image,
+                config.pull,
+                credentials.as_ref().map(|c| c.dir()),
+                scope.map(|_| me),
+            )?;
             drop(credentials);
             if let Some(max) = config.cache_max_size {
                 if let Ok(_store) = image_cache::store_lock() {

@@ -26,7 +26,7 @@ mod run;
 pub use command_line::{docker_refuses, run_args};
 pub use images::{squashfs_environment, RDSQUASHFS, SQFS2TAR};
 
-pub use run::{output_within, output_within_feeding, Fed, QUICK_LIMIT};
+pub use run::{output_into_within, output_within, output_within_feeding, Fed, QUICK_LIMIT};
 
 /// The container engines the project drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

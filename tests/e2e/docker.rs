@@ -623,8 +623,29 @@ fn dockerd_uris_name_the_nodes_docker_images() {
         &format!("srun -w node2 -n1 --container-image=dockerd://{OPENMPI} sh -c 'echo $MD_IMAGE_FLAVOUR'"),
     );
     assert_eq!(run.success().lines(), ["openmpi"]);
-    let run = sh(As::User, "srun -w node2 -n1 --container-image=podman://localhost/mine true");
-    assert!(!run.ok() && run.stderr.contains("names another store than this site's engine (docker)"), "{run}");
+    // podman://IMAGE is the user's own Podman store: exported as the user (by root's helper, with the
+    // user's ids), loaded into the daemon's store once under the user's own name for its id
+    let uid = sh(As::Root, &format!("id -u {USER}")).success().stdout.trim().to_string();
+    let imported = format!(
+        "docker images --format '{{{{.Repository}}}}:{{{{.Tag}}}}' | grep '/u{uid}/podman-[0-9a-f]*:imported$'"
+    );
+    on_node("node2", As::Root, &format!("{imported} | xargs -r docker rmi >/dev/null; true"));
+    on_node("node2", As::User, &format!("podman tag {OPENMPI} localhost/mdt-mine:1")).success();
+    for _ in 0..2 {
+        let run = sh(
+            As::User,
+            "srun -w node2 -n1 --container-image=podman://localhost/mdt-mine:1 sh -c 'echo $MD_IMAGE_FLAVOUR; id -u'",
+        );
+        assert_eq!(run.success().lines(), ["openmpi", uid.as_str()]);
+    }
+    on_node("node2", As::User, "podman untag localhost/mdt-mine:1 localhost/mdt-mine:1; true");
+    let listed = on_node("node2", As::Root, &format!("{imported} | wc -l")).success();
+    assert_eq!(listed.stdout.trim(), "1", "{listed}");
+    on_node("node2", As::Root, &format!("{imported} | xargs -r docker rmi >/dev/null")).success();
+    // another user's Podman store has no such image: theirs is asked, not the first user's
+    let run = sh(As::User2, "srun -w node2 -n1 --container-image=podman://localhost/mdt-mine:1 true");
+    assert!(!run.ok() && run.stderr.contains("podman://localhost/mdt-mine:1"), "{run}");
+    assert_eq!(run.stderr.lines().filter(|l| l.contains("mpiexec_docker: ")).count(), 1, "{run}");
     assert_no_node_drained();
 }
 

@@ -350,9 +350,25 @@ fn enroots_local_store_uris_name_the_engines_own_images() {
     assert_eq!(run.success().lines(), ["openmpi"]);
     let run = sh(As::User, "srun -w node1 -n1 --container-image=podman://localhost/mdt-absent:1 true");
     assert!(!run.ok() && run.stderr.contains("is not in podman's images on this node"), "{run}");
-    // dockerd://IMAGE is the node's Docker store: not this engine's
+    // dockerd://IMAGE is the node's Docker store, read with the user's rights: the daemon refuses
+    // the test user (not in the docker group), in one line
     let run = sh(As::User, &format!("srun -w node1 -n1 --container-image=dockerd://{OPENMPI} true"));
-    assert!(!run.ok() && run.stderr.contains("names another store than this site's engine (podman)"), "{run}");
+    assert!(!run.ok() && run.stderr.contains("the node's docker refuses you"), "{run}");
+    assert_eq!(run.stderr.lines().filter(|l| l.contains("mpiexec_docker: ")).count(), 1, "{run}");
+    // whom the daemon lets in (root here) gets the image exported into their Podman store once, under
+    // its id, and started from there at every later step
+    let imported = "podman images --format '{{.Repository}}:{{.Tag}}' | grep '/dockerd-[0-9a-f]*:imported$'";
+    on_node("node1", As::Root, &format!("{imported} | xargs -r podman rmi >/dev/null; true"));
+    for _ in 0..2 {
+        let run = sh(
+            As::Root,
+            &format!("srun -w node1 -n1 --container-image=dockerd://{OPENMPI} sh -c 'echo $MD_IMAGE_FLAVOUR'"),
+        );
+        assert_eq!(run.success().lines(), ["openmpi"]);
+    }
+    let listed = on_node("node1", As::Root, &format!("{imported} | wc -l")).success();
+    assert_eq!(listed.stdout.trim(), "1", "{listed}");
+    on_node("node1", As::Root, &format!("{imported} | xargs -r podman rmi >/dev/null")).success();
     assert_no_node_drained();
 }
 
