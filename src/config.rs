@@ -21,7 +21,7 @@
 //! relay_commands: [srun, ssh, rsh]                  # what the in-container relay may run on the host
 //! cache_max_size: 50G       # images the tool fetched, per node and user: oldest removed beyond this
 //! policy: { allowed_images: [...], default_image: IMAGE, forced_images: { PARTITION: IMAGE } }  # site only
-//! registry_auth: /etc/mpiexec-docker/auth.json   # site only: logins for the pulls root makes for users (Docker)
+//! registry_auth: /etc/mpiexec-docker/auth.json   # site only: registry logins, under each user's own
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -127,8 +127,9 @@ pub struct Config {
     pub cache_max_size: Option<u64>,
     /// The site's policy (see [`crate::policy`]).
     pub policy: crate::policy::Policy,
-    /// The site's registry logins (an auth file, root's alone), for the pulls root makes for users
-    /// (Docker): under each user's own (see [`crate::registry_auth`]).
+    /// The site's registry logins (an auth file, root's alone), under each user's own: for the pulls
+    /// root makes for users (Docker), and a registry's login alone for a rootless pull (see
+    /// [`crate::registry_auth`]).
     pub registry_auth: Option<PathBuf>,
     /// The site's file, for messages that name a site rule.
     pub site_file: PathBuf,

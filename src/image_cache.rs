@@ -283,7 +283,7 @@ pub fn ensure(
         None => {
             let reference = image.local.clone();
             let Some(uid) = image.scope else {
-                ensure_pulled(engine, &reference, policy, None)?;
+                ensure_pulled(engine, &reference, policy, credentials)?;
                 return Ok(reference);
             };
             // a shared store: the user's own name for what they pulled, or what the node's admin put

@@ -73,6 +73,12 @@ impl Logins {
         }
     }
 
+    /// Whether these logins say anything for `registry` (a login, or a helper to ask).
+    pub fn know(&self, registry: &str) -> bool {
+        let host = host_of_key(registry);
+        self.auths.contains_key(&host) || self.helpers.contains_key(&host) || self.store.is_some()
+    }
+
     /// Whether anything was found.
     pub fn is_empty(&self) -> bool {
         self.auths.is_empty() && self.helpers.is_empty() && self.store.is_none()
@@ -116,6 +122,37 @@ fn read_json(path: &Path) -> Option<Value> {
         }
     }
 }
+
+/// The site's login for `registry` alone from its file (`registry_auth`, which root reads), as an
+/// auth file (`{"auths": …}`), for a pull the user's own engine makes (rootless Podman): the user
+/// is given no other registry's.
+pub fn site_login(file: &Path, registry: &str) -> Option<Value> {
+    SiteLogins::read(file).login_for(registry)
+}
+
+/// The site's logins (its `registry_auth` file), read once by root (the SPANK plugin, before
+/// slurmstepd takes the user's ids) for [`SiteLogins::login_for`].
+#[derive(Debug, Default)]
+pub struct SiteLogins(Logins);
+
+impl SiteLogins {
+    pub fn read(file: &Path) -> SiteLogins {
+        let mut site = Logins::default();
+        site.add_site(file);
+        SiteLogins(site)
+    }
+
+    /// The login for `registry` alone, as an auth file (see [`site_login`]).
+    pub fn login_for(&self, registry: &str) -> Option<Value> {
+        let host = host_of_key(registry);
+        let auth = self.0.auths.get(&host)?.clone();
+        let key = if host == "docker.io" { DOCKER_HUB.to_string() } else { host };
+        Some(serde_json::json!({ "auths": { key: auth } }))
+    }
+}
+
+/// At most this much of a site login is read from the plugin (see [`site_login`]).
+pub const SITE_LOGIN_MAX: u64 = 16 << 10;
 
 /// An auth file's key as a registry host: `https://index.docker.io/v1/` → `docker.io`,
 /// `https://r.example.org:5000/v2/` → `r.example.org:5000`.
@@ -236,5 +273,18 @@ mod tests {
         assert_eq!(v["auths"]["mirror:5000"]["auth"], "bWlycm9y");
         assert_eq!(v["auths"][DOCKER_HUB]["auth"], "aHVi");
         assert!(v.get("credsStore").is_none() && v.get("credHelpers").is_none());
+    }
+
+    #[test]
+    fn the_site_gives_one_registrys_login_alone() {
+        let dir = crate::test_scratch::subdir("site-login");
+        let file = dir.join("auth.json");
+        std::fs::write(&file, r#"{"auths":{"10.77.0.1:5001":{"auth":"bWR0OnM="},"https://index.docker.io/v1/":{"auth":"aHViOnM="}},"credHelpers":{"x.org":"evil"}}"#).unwrap();
+        let login = site_login(&file, "10.77.0.1:5001").unwrap();
+        assert_eq!(login, serde_json::json!({"auths": {"10.77.0.1:5001": {"auth": "bWR0OnM="}}}));
+        let hub = site_login(&file, &registry_of("ubuntu:24.04")).unwrap();
+        assert_eq!(hub, serde_json::json!({"auths": {DOCKER_HUB: {"auth": "aHViOnM="}}}));
+        assert_eq!(site_login(&file, "x.org"), None, "never a helper");
+        assert_eq!(site_login(&dir.join("absent"), "10.77.0.1:5001"), None);
     }
 }

@@ -409,9 +409,12 @@ fn fetch(
     for dir in std::iter::once(&a.workdir).chain(&a.mount_home) {
         crate::container::Mount::parse_existing(dir)?;
     }
-    // (root pulls for the user: their logins, read with their rights)
-    let logins = match (scope, &home) {
-        (Some(_), Some(home)) => Some(crate::registry_auth::Logins::read_user(home, me.uid)),
+    // (root pulls for the user: their logins, read with their rights; the user's own engine reads
+    // theirs itself, and is given the site's only for a registry they have no login for)
+    let logins = match &home {
+        Some(home) if scope.is_some() || a.site_login_stdin => {
+            Some(crate::registry_auth::Logins::read_user(home, me.uid))
+        }
         _ => None,
     };
     drop(acting);
@@ -431,12 +434,16 @@ fn fetch(
         Some(found) => found,
         None => {
             // the user's registry logins are written for the engine only when it fetches
+            let registry = crate::registry_auth::registry_of(&image.local);
             let credentials = match logins {
+                Some(logins) if scope.is_none() => match site_login_given(a.site_login_stdin) {
+                    Some(site) if !logins.know(&registry) => Some(image_cache::Credentials::write(state, &site)?),
+                    _ => None,
+                },
                 Some(mut logins) => {
                     if let Some(site) = &config.registry_auth {
                         logins.add_site(site);
                     }
-                    let registry = crate::registry_auth::registry_of(&image.local);
                     Some(image_cache::Credentials::write(state, &logins.for_registry(&registry, me))?)
                 }
                 None => None,
@@ -465,6 +472,17 @@ fn fetch(
         }
     };
     Ok(found)
+}
+
+/// The site's login the plugin gave on standard input (`--site-login-stdin`), if it parses.
+fn site_login_given(given: bool) -> Option<serde_json::Value> {
+    use std::io::Read;
+    if !given {
+        return None;
+    }
+    let mut text = String::new();
+    std::io::stdin().take(crate::registry_auth::SITE_LOGIN_MAX).read_to_string(&mut text).ok()?;
+    serde_json::from_str(&text).ok()
 }
 
 /// The time each phase of a start took.

@@ -84,6 +84,10 @@ pub struct StartArgs {
     /// by an earlier job is started from.
     #[arg(long)]
     pub global_scope: bool,
+    /// The site's login for the image's registry comes on standard input (see
+    /// [`crate::registry_auth::site_login`]): for a pull by the user's own engine (rootless Podman).
+    #[arg(long)]
+    pub site_login_stdin: bool,
     /// The job's user, when root runs this for them (Docker).
     #[arg(long)]
     pub user: Option<UserIds>,
@@ -219,6 +223,7 @@ impl StartArgs {
             opt(&mut a, "name-mode", Some(self.name_mode));
         }
         flag(&mut a, "global-scope", self.global_scope);
+        flag(&mut a, "site-login-stdin", self.site_login_stdin);
         opt(&mut a, "user", self.user.as_ref());
         opt(&mut a, "step-cgroup", self.step_cgroup.as_ref());
         a
@@ -356,6 +361,7 @@ mod tests {
             unshare: vec!["net".into(), "uts".into()],
             name_mode: NameMode::Create,
             global_scope: true,
+            site_login_stdin: true,
             user: Some("1500:1500:27".parse().unwrap()),
             step_cgroup: Some("/slurm/uid_1500/job_5/step_0".into()),
         };

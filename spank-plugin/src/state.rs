@@ -54,6 +54,8 @@ pub struct State {
     pub confinement: Option<Result<Confinement, String>>,
     /// slurmstepd: how many of the step's tasks on this node have exited.
     pub exited_tasks: u32,
+    /// slurmstepd: the site's registry logins, read as root by `init` (see `stepd::site_login_for`).
+    pub site_logins: Option<mpiexec_docker_core::registry_auth::SiteLogins>,
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);

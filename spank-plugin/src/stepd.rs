@@ -50,7 +50,11 @@ pub fn init(spank: &Spank, args: &[String]) -> anyhow::Result<()> {
     if let Err(msg) = &parsed {
         log::error!("{msg}");
     }
-    state::with(|s| s.args = Some(parsed));
+    let site_logins = parsed.as_ref().ok().filter(|_| nix::unistd::geteuid().is_root()).and_then(read_site_logins);
+    state::with(|s| {
+        s.args = Some(parsed);
+        s.site_logins = site_logins;
+    });
     if nix::unistd::geteuid().is_root() {
         // the job user's private state directory (locks, per-run directories), made by root so that
         // no other user can have made it first (see mpiexec_docker_core::runtime_dir)
@@ -85,6 +89,39 @@ pub fn user_init(spank: &Spank, _args: &[String]) -> anyhow::Result<()> {
     // a failure is reported by task_init, once per task, and fails only the job
     state::with(|s| s.step = Some(result));
     Ok(())
+}
+
+/// An unnamed file in memory holding `data`, read from its start.
+fn memory_file(data: &[u8]) -> std::io::Result<std::fs::File> {
+    use std::io::{Seek, Write};
+    let fd = nix::sys::memfd::memfd_create(c"mpiexec-docker-input", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)
+        .map_err(std::io::Error::from)?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(data)?;
+    file.rewind()?;
+    Ok(file)
+}
+
+/// The site's registry login for the image's registry (from what `init` read as root), when the
+/// image is a registry reference and the site has one.
+fn site_login_for(image: &str) -> Option<Vec<u8>> {
+    use mpiexec_docker_core::image_source::ImageSource;
+    let ImageSource::Registry(reference) = ImageSource::parse(image).ok()? else { return None };
+    let registry = mpiexec_docker_core::registry_auth::registry_of(&reference);
+    let login = state::with(|s| s.site_logins.as_ref().and_then(|l| l.login_for(&registry)))?;
+    let login = login.to_string().into_bytes();
+    (login.len() as u64 <= mpiexec_docker_core::registry_auth::SITE_LOGIN_MAX).then_some(login)
+}
+
+/// The site's registry logins, where they are for pulls the user's own engine makes (rootless
+/// Podman): read while slurmstepd is root (`user_init`, where they are used, runs with the user's
+/// ids, and the file is root's alone).
+fn read_site_logins(args: &PluginArgs) -> Option<mpiexec_docker_core::registry_auth::SiteLogins> {
+    if args.engine != EngineKind::Podman {
+        return None;
+    }
+    let config = mpiexec_docker_core::config::Config::load_from(std::slice::from_ref(&args.config)).ok()?;
+    Some(mpiexec_docker_core::registry_auth::SiteLogins::read(&config.registry_auth?))
 }
 
 /// The site's policy on the step's image (its configuration file, plugstack `config=`): the image
@@ -140,6 +177,9 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> anyhow::Result<
         },
         false => None,
     };
+    // rootless Podman pulls as the user: the site's login for the image's registry alone (the site's
+    // file is root's to read) goes to the helper on its standard input
+    let site_login = if rootful { None } else { site_login_for(image) };
     let request = StartArgs {
         job: job.to_string(),
         step: step.to_string(),
@@ -156,6 +196,7 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> anyhow::Result<
         container_name: opts.name.clone(),
         name_mode: opts.name_mode,
         global_scope: args.global_scope,
+        site_login_stdin: site_login.is_some(),
         unshare: opts.unshare.clone().unwrap_or_default(),
         user: rootful.then(|| user_ids(&user, gid)),
         step_cgroup,
@@ -165,7 +206,8 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> anyhow::Result<
     if let Some(every) = spank.getenv("MPIEXEC_DOCKER_PROGRESS_INTERVAL") {
         cmd.env("MPIEXEC_DOCKER_PROGRESS_INTERVAL", every);
     }
-    let out = output_forwarding_progress(cmd).with_context(|| format!("cannot run {}", args.helper.display()))?;
+    let out =
+        output_forwarding_progress(cmd, site_login).with_context(|| format!("cannot run {}", args.helper.display()))?;
     if !out.status.success() {
         anyhow::bail!("--container-image={image}: {}", helper_said(&out.stderr));
     }
@@ -279,8 +321,16 @@ const FORWARD_LINE: usize = 512;
 /// Runs the helper, passing its progress lines (`mpiexec_docker: pulling …`) to the user's terminal
 /// while it runs (rate-limited); returns its output, bounded (the first 1 MiB of stdout, the last
 /// 64 KiB of stderr).
-fn output_forwarding_progress(mut cmd: std::process::Command) -> std::io::Result<std::process::Output> {
+fn output_forwarding_progress(
+    mut cmd: std::process::Command,
+    input: Option<Vec<u8>>,
+) -> std::io::Result<std::process::Output> {
     use std::io::{BufRead, Read};
+    // given in a memory file, never a pipe: a write to a pipe whose reader is gone would raise
+    // SIGPIPE in slurmstepd
+    if let Some(input) = input {
+        cmd.stdin(Stdio::from(memory_file(&input)?));
+    }
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     // slurmstepd never waits without a deadline: the helper is killed once it is past its own
     // (every wait and engine call of the helper is bounded; see `START_LIMIT`)

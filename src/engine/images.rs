@@ -65,15 +65,22 @@ impl Engine {
         }
     }
 
-    /// Pulls the image within `limit`; with Docker, `credentials` is the client configuration
-    /// directory to log in with (`DOCKER_CONFIG`). Quiet: only the engine's last error line is
+    /// Pulls the image within `limit`; `credentials` is a client configuration directory to log in
+    /// with (Docker's `DOCKER_CONFIG`; its `config.json` is Podman's `--authfile`). Quiet: only the engine's last error line is
     /// reported.
     pub fn pull_with(&self, image: &str, credentials: Option<&Path>, limit: Duration) -> Result<(), EngineError> {
         let mut cmd = self.command();
-        cmd.args(["pull", "--quiet", image]).stdin(Stdio::null());
-        if let (EngineKind::Docker, Some(dir)) = (self.kind, credentials) {
-            cmd.env("DOCKER_CONFIG", dir);
+        cmd.args(["pull", "--quiet"]).stdin(Stdio::null());
+        match (self.kind, credentials) {
+            (EngineKind::Docker, Some(dir)) => {
+                cmd.env("DOCKER_CONFIG", dir);
+            }
+            (EngineKind::Podman, Some(dir)) => {
+                cmd.arg("--authfile").arg(dir.join("config.json"));
+            }
+            _ => {}
         }
+        cmd.arg(image);
         let out = output_within(&mut cmd, limit)
             .map_err(|e| EngineError::Pull { image: image.into(), reason: e.to_string() })?;
         if out.status.success() {

@@ -90,6 +90,10 @@ if [[ -e $MDT_RUN/mounted-hugetlb ]]; then
     rm -f "$MDT_RUN/mounted-hugetlb"
 fi
 
+if [[ -s $MDT_RUN/auth-registry.pid ]]; then
+    stop_pids "$(cat "$MDT_RUN/auth-registry.pid")"
+    rm -f "$MDT_RUN/auth-registry.pid"
+fi
 if [[ -s $MDT_RUN/registry.pid ]]; then
     log "stopping the test registry"
     stop_pids "$(cat "$MDT_RUN/registry.pid")"

@@ -23,6 +23,8 @@ MDT_BRIDGE=mdtbr0
 MDT_NET=10.77.0
 MDT_REGISTRY=${MDT_REGISTRY:-10.77.0.1:5000}     # the test registry, on the cluster network
 MDT_REGISTRY_LOG=/var/log/mdt-registry.log
+# the same images behind a login (htpasswd: user mdt, password mdt-site-secret), for registry logins
+MDT_AUTH_REGISTRY=${MDT_AUTH_REGISTRY:-${MDT_REGISTRY%:*}:5001}
 MDT_USER=${MDT_USER:-mpitest}     # the non-root test user (rootless Podman)
 MDT_USER2=${MDT_USER2:-mpitest2}  # a second user, for isolation tests
 # where the package (packaging/build.sh) installs them

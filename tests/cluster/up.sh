@@ -264,6 +264,10 @@ step_registry() {
 [[registry]]
 location = "$MDT_REGISTRY"
 insecure = true
+
+[[registry]]
+location = "$MDT_AUTH_REGISTRY"
+insecure = true
 EOF
     cat > "$MDT_STATE/registry/config.yml" <<EOF
 version: 0.1
@@ -290,6 +294,16 @@ EOF
             grep -q "listening on" "$MDT_REGISTRY_LOG" 2>/dev/null && break
             sleep 0.2
         done
+    fi
+    # the same store behind a login (bcrypt through the C library's crypt, as htpasswd writes it)
+    perl -e 'print "mdt:", crypt("mdt-site-secret", q($2b$05$) . "mdtsaltmdtsaltmdtsalt."), "\n"' \
+        > "$MDT_STATE/registry/htpasswd"
+    sed -e "s|addr: $MDT_REGISTRY|addr: $MDT_AUTH_REGISTRY|" "$MDT_STATE/registry/config.yml" > "$MDT_STATE/registry/auth.yml"
+    printf 'auth:\n  htpasswd:\n    realm: mdt\n    path: %s\n' "$MDT_STATE/registry/htpasswd" >> "$MDT_STATE/registry/auth.yml"
+    if ! { [[ -s $MDT_RUN/auth-registry.pid ]] && kill -0 "$(cat "$MDT_RUN/auth-registry.pid")" 2>/dev/null; }; then
+        log "starting the test registry with a login on $MDT_AUTH_REGISTRY"
+        setsid docker-registry serve "$MDT_STATE/registry/auth.yml" >> "$MDT_REGISTRY_LOG" 2>&1 < /dev/null &
+        echo $! > "$MDT_RUN/auth-registry.pid"
     fi
     if [[ ! -e $MDT_STATE/registry/data/docker/registry/v2/repositories/md/tiny/_manifests/tags/latest ]]; then
         podman load --quiet -i "$MDT_SHARED/images/md-tiny.tar" >/dev/null

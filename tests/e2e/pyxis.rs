@@ -481,3 +481,52 @@ fn container_scope_global_keeps_named_containers_for_the_users_later_jobs() {
     forget();
     assert_no_node_drained();
 }
+
+#[test]
+fn the_sites_registry_login_serves_the_users_own_pulls_and_stays_the_sites() {
+    let _g = exclusive();
+    // the test registry behind a login (tests/cluster/up.sh): user mdt, password mdt-site-secret
+    const REGISTRY: &str = "10.77.0.1:5001";
+    const SITE: &str = "/etc/mpiexec-docker/config.yaml";
+    const AUTH: &str = "/etc/mpiexec-docker/mdt-registry-auth.json";
+    let _site = Restore(SITE, std::fs::read(SITE).ok());
+    let _auth = Restore(AUTH, None);
+    let image = format!("{REGISTRY}/md/tiny");
+    let forget = format!(
+        "podman images --format '{{{{.Repository}}}}:{{{{.Tag}}}}' | grep '{REGISTRY}' | xargs -r podman rmi -f >/dev/null 2>&1; true"
+    );
+    on_node("node1", As::User, &forget);
+    // no login anywhere: the registry refuses the user's pull, in one line of ours
+    let run = sh(As::User, &format!("srun -w node1 -n1 --container-image={image} true"));
+    assert!(!run.ok(), "{run}");
+    let ours: Vec<&str> = run.stderr.lines().filter(|l| l.contains("mpiexec_docker: ")).collect();
+    assert_eq!(ours.len(), 1, "{run}");
+    assert!(ours[0].contains("authentication required") || ours[0].contains("unauthorized"), "{run}");
+
+    // the site's login for that registry, in a file only root may read
+    sh(
+        As::Root,
+        &format!(
+            "printf '{{\"auths\":{{\"{REGISTRY}\":{{\"auth\":\"%s\"}}}}}}\\n' \"$(printf mdt:mdt-site-secret | base64)\" > {AUTH} \
+             && chmod 0600 {AUTH} && printf 'registry_auth: {AUTH}\\n' >> {SITE}"
+        ),
+    )
+    .success();
+    let run = sh(As::User, &format!("srun -w node1 -n1 --container-image={image} sh -c 'echo $MD_IMAGE_FLAVOUR'"));
+    let secret = sh(As::User, "printf mdt:mdt-site-secret | base64").success().stdout.trim().to_string();
+    assert!(!format!("{run}").contains("mdt-site-secret") && !format!("{run}").contains(&secret), "{run}");
+    assert_eq!(run.success().lines(), ["tiny"]);
+    // the file stays closed to the user, and the copy the pull used is gone
+    let read = sh(As::User, &format!("cat {AUTH}"));
+    assert!(!read.ok() && read.stderr.contains("Permission denied"), "{read}");
+    let left = on_node(
+        "node1",
+        As::User,
+        "ls -d /run/user/$(id -u)/mpiexec-docker/docker-config-* /tmp/mpiexec-docker-$(id -u)/docker-config-* 2>/dev/null | wc -l",
+    );
+    assert_eq!(left.success().stdout.trim(), "0");
+    on_node("node1", As::User, &forget);
+    drop(_site);
+    drop(_auth);
+    assert_no_node_drained();
+}
