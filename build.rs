@@ -7,6 +7,7 @@
 //!    loads a SPANK plugin only when its `plugin_version` has the running Slurm's major.minor.
 //!    Order: `slurm_version.h` of the installed headers, then `$SLURM_VERSION` (e.g. `23.11`), then the
 //!    version printed by `srun --version`.
+//! 4. Links the plugin with `-z nodelete`: never unmapped by a `dlclose`.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,11 @@ fn main() {
             )
         });
     println!("cargo:rustc-env=SLURM_VERSION_NUMBER={version}");
+    // Slurm unloads plugins (dlclose) when a process is done with them, while threads of that process
+    // may still be in their way out of our code (a thread-local destructor of Rust's runtime, a
+    // watchdog joined a moment later): the plugin is never unmapped, so no such thread can ever run
+    // into unmapped code (tests/unload.rs)
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete");
     println!("cargo:rustc-env=SLURM_VERSION_STRING={}", SlurmVersion(version));
 
     let bindings = bindgen::Builder::default()

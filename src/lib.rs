@@ -43,6 +43,7 @@ pub mod devices;
 pub mod doctor;
 pub mod engine;
 pub mod environment;
+pub mod fault_point;
 #[cfg(test)]
 mod hostile_input;
 pub mod identity;

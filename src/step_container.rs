@@ -20,6 +20,7 @@ use crate::config::{Config, PullPolicy};
 use crate::confinement::Confinement;
 use crate::engine::run_args;
 use crate::engine::{Engine, EngineKind};
+use crate::fault_point;
 use crate::identity::UserIds;
 use crate::image_cache;
 use crate::launch::{self, in_container_command, Request};
@@ -157,6 +158,7 @@ pub fn stop(a: &StopArgs) -> Result<(), StepError> {
     if a.keep {
         return saved.map_err(|e| StepError::Step(e.to_string()));
     }
+    fault_point::reached("stop");
     // a named container stays for the job's later steps; the job's end removes it
     if a.container_name.is_none() {
         if let Some(pid) = a.pid.filter(|p| *p > 0) {
@@ -183,6 +185,7 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
     // one start at a time per user on this node (a named container is looked up, then made): another
     // user's starts never wait for this one
     let mut clock = Phases::start();
+    fault_point::reached("lock");
     let _lock = image_cache::fetch_lock(me.uid)?;
     clock.done("lock");
     // container_scope=global: a named container an earlier job kept on this node, as an image
@@ -230,6 +233,7 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
         }
     }
     let state = runtime_dir::user_base()?;
+    fault_point::reached("fetch");
     let (local, info) = match kept {
         Some(found) => found,
         None => fetch(a, &config, &engine, &me, &state)?,
@@ -333,6 +337,7 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
     let spec = step_spec(&engine, &config, a, &request, helper, &runtime, &host_env, &step)?;
     let (device_env, notice) = (spec.device_env.clone(), spec.device_notice.clone());
     drop(acting);
+    fault_point::reached("run");
     let ran = engine.run_detached(&run_args(engine.kind, &spec), &name);
     // the container has its own copies of its mounts now
     drop(staging);
@@ -364,6 +369,7 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
     // container outlives the step (the step's end would kill it there): its process, our idle
     // placeholder, stays where the daemon put it, and the job's end removes it (the tasks that join
     // it are each step's, in the step's cgroup)
+    fault_point::reached("cgroup");
     if let Some(cgroup) = a.step_cgroup.as_ref().filter(|_| a.container_name.is_none()) {
         // only our placeholder, running as the job's user, is ever moved
         let moved = crate::step_join::check_pause(pid, me.uid).map_err(StepError::from).and_then(|()| {
@@ -380,6 +386,7 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
     // the runtime directory (links, relay socket) now belongs to the relay server, which lives as
     // long as the container
     clock.done("start");
+    fault_point::reached("relay");
     if let Err(e) = spawn_server(a, helper, &engine, runtime, listener, pid, &me) {
         engine.remove(&[name]);
         return Err(StepError::Step(format!("cannot start the srun/ssh relay of the step: {e}")));

@@ -37,6 +37,8 @@ pub struct StepContainer {
     pub save: Option<String>,
     /// `--container-unshare`: the container's own namespaces, which tasks join too.
     pub unshare: Vec<String>,
+    /// The step's `MPIEXEC_DOCKER_FAULT_WAIT` (the fault tests'), for the helper's stop too.
+    pub fault_wait: Option<String>,
 }
 
 /// The plugin's state in this process.

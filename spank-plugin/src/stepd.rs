@@ -27,6 +27,7 @@ use anyhow::Context;
 use mpiexec_docker_core::confinement::Confinement;
 use mpiexec_docker_core::container_options::ContainerOptions;
 use mpiexec_docker_core::engine::EngineKind;
+use mpiexec_docker_core::fault_point;
 use mpiexec_docker_core::plugstack::PluginArgs;
 use mpiexec_docker_core::step_contract::{StartArgs, Started, StopArgs};
 use mpiexec_docker_core::step_join;
@@ -206,10 +207,15 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> anyhow::Result<
     if let Some(every) = spank.getenv("MPIEXEC_DOCKER_PROGRESS_INTERVAL") {
         cmd.env("MPIEXEC_DOCKER_PROGRESS_INTERVAL", every);
     }
+    // where the fault tests stop the helper (see mpiexec_docker_core::fault_point)
+    let fault_wait = spank.getenv(fault_point::FAULT_WAIT_VAR);
+    if let Some(phase) = &fault_wait {
+        cmd.env(fault_point::FAULT_WAIT_VAR, phase);
+    }
     let out =
         output_forwarding_progress(cmd, site_login).with_context(|| format!("cannot run {}", args.helper.display()))?;
     if !out.status.success() {
-        anyhow::bail!("--container-image={image}: {}", helper_said(&out.stderr));
+        anyhow::bail!("--container-image={image}: {}", helper_said(&out));
     }
     let started = Started::from_json(&String::from_utf8_lossy(&out.stdout)).map_err(anyhow::Error::msg)?;
     let (pid, image_env, device_env) = (started.pid, started.env, started.device_env);
@@ -278,6 +284,7 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> anyhow::Result<
         remap_root,
         save,
         unshare: opts.unshare.clone().unwrap_or_default(),
+        fault_wait,
     })
 }
 
@@ -449,10 +456,17 @@ fn task_env(c: &StepContainer, job_path: Option<String>) -> Vec<(String, String)
 
 /// What a failed helper said: its last line, without its own `mpiexec_docker: error: ` (the plugin's
 /// log adds its own prefix).
-fn helper_said(stderr: &[u8]) -> String {
-    let line = mpiexec_docker_core::engine::last_line(&String::from_utf8_lossy(stderr));
+fn helper_said(out: &std::process::Output) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let line = mpiexec_docker_core::engine::last_line(&String::from_utf8_lossy(&out.stderr));
     match line.strip_prefix("mpiexec_docker: error: ") {
-        _ if line.is_empty() => "the helper failed".to_string(),
+        _ if line.is_empty() => match out.status.signal() {
+            Some(signal) => format!(
+                "the helper was killed ({})",
+                nix::sys::signal::Signal::try_from(signal).map(|s| s.as_str()).unwrap_or("a signal")
+            ),
+            None => "the helper failed".to_string(),
+        },
         Some(rest) => rest.to_string(),
         None => line,
     }
@@ -478,6 +492,9 @@ fn stop_command(c: &StepContainer, args: &PluginArgs, save: Option<String>) -> O
         save,
     };
     cmd.args(request.to_argv());
+    if let Some(phase) = &c.fault_wait {
+        cmd.env(fault_point::FAULT_WAIT_VAR, phase);
+    }
     Some(cmd)
 }
 
@@ -502,7 +519,7 @@ pub fn task_exit(spank: &Spank, _args: &[String]) -> anyhow::Result<()> {
         .with_context(|| format!("cannot run {}", args.helper.display()))?;
     if !out.status.success() {
         // (Slurm shows the callback's error to the user; the tasks' exit codes stay theirs)
-        anyhow::bail!(helper_said(&out.stderr));
+        anyhow::bail!(helper_said(&out));
     }
     Ok(())
 }

@@ -717,3 +717,75 @@ fn container_scope_global_with_docker_keeps_the_container_as_the_users_alone() {
     forget();
     assert_no_node_drained();
 }
+
+#[test]
+fn fault_made_dockerd_restarted_under_a_running_step_leaves_its_tasks_running() {
+    let _g = docker_alone();
+    let node = "node3";
+    let step = std::thread::spawn(move || {
+        sh(
+            As::User,
+            &format!(
+                "srun -w {node} -n1 --container-image={OPENMPI} sh -c 'sleep 8; echo $MD_IMAGE_FLAVOUR carried-on'"
+            ),
+        )
+    });
+    let running = wait_for(60, || {
+        !on_node(node, As::Root, "docker ps -q --filter label=mpiexec-docker").stdout.trim().is_empty()
+    });
+    assert!(running, "the step's container never ran");
+    // the daemon stops (its containers with it: no live-restore) and starts again, as up.sh starts it
+    on_node(
+        node,
+        As::Root,
+        &format!(
+            "kill $(cat /run/mdt-node/dockerd.pid); for i in $(seq 200); do test -e /run/mdt-node/dockerd.pid || break; sleep 0.1; done; \
+             setsid dockerd --config-file /run/mpiexec-docker-test/dockerd.json --data-root /var/lib/docker \
+               --exec-root /run/mdt-node/docker --pidfile /run/mdt-node/dockerd.pid -H unix:///run/mdt-node/docker.sock \
+               --bridge=none --iptables=false --ip-masq=false --insecure-registry 10.77.0.1:5000 \
+               >> /var/log/mdt-dockerd-{node}.log 2>&1 < /dev/null & \
+             for i in $(seq 100); do docker info >/dev/null 2>&1 && exit 0; sleep 0.2; done; exit 1"
+        ),
+    )
+    .success();
+    // the tasks are Slurm's processes, not the daemon's: they carry on in the container's file system
+    let run = step.join().expect("the srun thread");
+    assert_eq!(run.success().lines(), ["openmpi carried-on"]);
+    assert_clean_within(60);
+    assert_no_node_drained();
+    let next = sh(As::User, &format!("srun -w {node} -n1 --container-image={OPENMPI} sh -c 'echo $MD_IMAGE_FLAVOUR'"));
+    assert_eq!(next.success().lines(), ["openmpi"]);
+    assert_clean_within(30);
+    reliability_row(
+        "dockerd restarted (no live-restore) while a Docker container step runs",
+        "the step's tasks carry on and complete (they are Slurm's processes; the daemon stopped only the container's idle placeholder)",
+        "nothing (the step's end removed the stopped container)",
+    );
+}
+
+#[test]
+fn fault_made_root_helper_killed_at_each_phase_with_docker() {
+    let _g = docker_alone();
+    // root's helper, starting the container in the daemon for the user: killed before the run, between
+    // the run and the move into the step's cgroup, and before the relay
+    for phase in ["run", "cgroup", "relay"] {
+        let run =
+            srun_with_fault_at("node1", phase, &format!("--container-image={OPENMPI} echo task-ran"), "kill -9 $PID");
+        assert!(!run.ok(), "{phase}: {run}");
+        assert!(!run.stdout.contains("task-ran"), "{phase}: {run}");
+        let ours = our_lines(&run);
+        assert_eq!(ours.len(), 1, "{phase}: one line of ours: {run}");
+        assert!(ours[0].contains("the helper was killed (SIGKILL)"), "{phase}: {run}");
+        assert_clean_within(60);
+        assert_no_node_drained();
+        let next =
+            sh(As::User, &format!("srun -w node1 -n1 --container-image={OPENMPI} sh -c 'echo $MD_IMAGE_FLAVOUR'"));
+        assert_eq!(next.success().lines(), ["openmpi"]);
+        assert_clean_within(30);
+        reliability_row(
+            &format!("`kill -9` of root's helper (Docker) at the start's {phase} phase"),
+            "the step fails: `the helper was killed (SIGKILL)`",
+            "nothing (the job's end removed the daemon's container)",
+        );
+    }
+}

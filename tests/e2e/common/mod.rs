@@ -333,3 +333,42 @@ pub fn slurm_can_prepend() -> bool {
     let v = mpiexec_docker_core::slurm_version::SlurmVersion::parse(&version.stdout).expect("srun --version");
     v >= mpiexec_docker_core::slurm_version::PREPEND_TASK_ARGV_SINCE
 }
+
+/// A row of RELIABILITY.md (tab-separated, appended to `{SHARED}/reliability.rows` where
+/// `tests/reliability.sh` made that file): the Slurm, the fault, what the user saw, what was left
+/// after the job, the nodes.
+pub fn reliability_row(fault: &str, happened: &str, left: &str) {
+    use std::io::Write;
+    let path = format!("{SHARED}/reliability.rows");
+    if !std::path::Path::new(&path).exists() {
+        return;
+    }
+    let stack = sh(As::Root, "srun --version").success().stdout.trim().to_string();
+    let row = format!("{stack}\t{fault}\t{happened}\t{left}\tin service; the next step ran\n");
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+    file.write_all(row.as_bytes()).unwrap();
+}
+
+/// Our line in a step's error output (Slurm adds its own around it).
+pub fn our_lines(run: &Run) -> Vec<String> {
+    run.stderr.lines().filter(|l| l.contains("mpiexec_docker: ")).map(str::to_string).collect()
+}
+
+/// Runs `srun` (as the test user, on `node`) stopped at `phase` (see
+/// `mpiexec_docker_core::fault_point`), waits until the helper is there and runs `fault` (as root on
+/// the node, with `$PID` the helper's pid); then lets it go on.
+pub fn srun_with_fault_at(node: &'static str, phase: &str, srun_args: &str, fault: &str) -> Run {
+    let marker = format!("/run/mpiexec-docker/*/fault-{phase}");
+    on_node(node, As::Root, &format!("rm -f {marker}"));
+    let cmd = format!("srun -w {node} -n1 --export=ALL,MPIEXEC_DOCKER_FAULT_WAIT={phase} {srun_args}");
+    let step = std::thread::spawn(move || sh(As::User, &cmd));
+    let mut pid = String::new();
+    let reached = wait_for(60, || {
+        pid = on_node(node, As::Root, &format!("cat {marker} 2>/dev/null")).stdout.trim().to_string();
+        !pid.is_empty()
+    });
+    assert!(reached, "the helper never reached {phase}");
+    on_node(node, As::Root, &format!("PID={pid}; {fault}")).success();
+    on_node(node, As::Root, &format!("rm -f {marker}"));
+    step.join().expect("the srun thread")
+}

@@ -1,0 +1,217 @@
+//! Faults at every phase (issue 19): the helper killed where a step's container is being made or
+//! removed, the registry dying mid-fetch. Each: the step fails with one line of ours (or completes),
+//! nothing is left once the job is over, no node is drained, and the next step on the node works.
+//!
+//! The helper is stopped where a phase begins with `MPIEXEC_DOCKER_FAULT_WAIT=PHASE` (see
+//! `mpiexec_docker_core::fault_point`), which writes its pid to `fault-PHASE` in its state
+//! directory and waits until that file is gone. Each test writes the rows `tests/reliability.sh`
+//! puts into RELIABILITY.md.
+
+mod common;
+use common::*;
+
+const OPENMPI: &str = "localhost/md-openmpi";
+const NODE: &str = "node2";
+
+/// After a fault: nothing of ours left once the job is over, every node in service, and the next
+/// step on the node works.
+fn assert_recovered() {
+    assert_clean_within(60);
+    assert_no_node_drained();
+    let next = sh(As::User, &format!("srun -w {NODE} -n1 --container-image={OPENMPI} sh -c 'echo $MD_IMAGE_FLAVOUR'"));
+    assert_eq!(next.success().lines(), ["openmpi"]);
+    assert_clean_within(30);
+}
+
+#[test]
+fn fault_made_helper_killed_at_each_phase_of_a_step_start() {
+    let _g = exclusive();
+    for phase in ["lock", "fetch", "run", "relay"] {
+        let run =
+            srun_with_fault_at(NODE, phase, &format!("--container-image={OPENMPI} echo task-ran"), "kill -9 $PID");
+        assert!(!run.ok(), "{phase}: {run}");
+        assert!(!run.stdout.contains("task-ran"), "{phase}: no task runs outside its container: {run}");
+        let ours = our_lines(&run);
+        assert_eq!(ours.len(), 1, "{phase}: one line of ours: {run}");
+        assert!(ours[0].contains("the helper was killed (SIGKILL)"), "{phase}: {run}");
+        assert_recovered();
+        reliability_row(
+            &format!("`kill -9` of the helper at the start's {phase} phase"),
+            "the step fails: `the helper was killed (SIGKILL)`",
+            "nothing (the job's end removed what was made)",
+        );
+    }
+}
+
+#[test]
+fn fault_made_helper_killed_while_it_removes_the_steps_container() {
+    let _g = exclusive();
+    let run = srun_with_fault_at(NODE, "stop", &format!("--container-image={OPENMPI} echo task-ran"), "kill -9 $PID");
+    // the tasks had ended: the step is theirs, complete
+    assert_eq!(run.success().lines(), ["task-ran"]);
+    assert_recovered();
+    reliability_row(
+        "`kill -9` of the helper while it removes the step's container",
+        "the step completes (its tasks had ended)",
+        "nothing (the job's end removed the container)",
+    );
+}
+
+/// Brings the test registry back when dropped (also when the test fails).
+struct RegistryBack;
+impl RegistryBack {
+    fn start() {
+        sh(
+            As::Root,
+            "kill -0 $(cat /run/mpiexec-docker-test/registry.pid 2>/dev/null) 2>/dev/null || { \
+             setsid docker-registry serve /var/lib/mpiexec-docker-test/registry/config.yml \
+               >> /var/log/mdt-registry.log 2>&1 < /dev/null & echo $! > /run/mpiexec-docker-test/registry.pid; }; \
+             for i in $(seq 100); do (exec 3<>/dev/tcp/10.77.0.1/5000) 2>/dev/null && exit 0; sleep 0.1; done; exit 1",
+        )
+        .success();
+    }
+}
+impl Drop for RegistryBack {
+    fn drop(&mut self) {
+        RegistryBack::start();
+    }
+}
+
+#[test]
+fn fault_made_registry_dies_mid_fetch_and_the_next_step_pulls() {
+    let _g = exclusive();
+    let _back = RegistryBack;
+    let image = "10.77.0.1:5000/md/tiny";
+    let forget = "podman images --format '{{.Repository}}:{{.Tag}}' | grep 'md/tiny' | xargs -r podman rmi -f >/dev/null 2>&1; true";
+    on_node(NODE, As::User, forget);
+    let t0 = std::time::Instant::now();
+    let run = srun_with_fault_at(
+        NODE,
+        "fetch",
+        &format!("--container-image={image} echo task-ran"),
+        "kill -9 $(cat /run/mpiexec-docker-test/registry.pid)",
+    );
+    let took = t0.elapsed();
+    assert!(!run.ok(), "{run}");
+    let ours = our_lines(&run);
+    assert_eq!(ours.len(), 1, "{run}");
+    assert!(ours[0].contains("cannot pull image") && ours[0].contains("connection refused"), "{run}");
+    assert!(took < std::time::Duration::from_secs(90), "the step failed within its deadline ({took:?})");
+    // nothing half-fetched counts as the image
+    let kept = on_node(NODE, As::User, "podman images --format '{{.Repository}}' | grep -c 'md/tiny' || true");
+    assert_eq!(kept.stdout.trim(), "0", "{kept}");
+    RegistryBack::start();
+    let run = sh(As::User, &format!("srun -w {NODE} -n1 --container-image={image} sh -c 'echo $MD_IMAGE_FLAVOUR'"));
+    assert_eq!(run.success().lines(), ["tiny"]);
+    on_node(NODE, As::User, forget);
+    assert_recovered();
+    reliability_row(
+        "the registry killed during a step's fetch, then restarted",
+        "the step fails at once: `cannot pull image …: connection refused`; the next step pulls",
+        "nothing (no half image in the store)",
+    );
+}
+
+#[test]
+fn fault_made_slurmd_restarted_under_a_running_container_step() {
+    let _g = exclusive();
+    let step = std::thread::spawn(|| {
+        sh(
+            As::User,
+            &format!("srun -w {NODE} -n1 --container-image={OPENMPI} sh -c 'sleep 8; echo $MD_IMAGE_FLAVOUR survived'"),
+        )
+    });
+    let running = wait_for(60, || {
+        !on_node(NODE, As::User, "podman ps -q --filter label=mpiexec-docker").stdout.trim().is_empty()
+    });
+    assert!(running, "the step's container never ran");
+    // slurmd stops and starts again in the node's namespaces (entered through the step's slurmstepd,
+    // which outlives it, as Slurm means it to)
+    let restarted = on_node(
+        NODE,
+        As::Root,
+        &format!(
+            "stepd=$(pgrep -f 'slurmstepd: \\[[0-9]+\\.0\\]' | head -1); test -n \"$stepd\" || exit 3; \
+             kill $(cat /run/slurmd-{NODE}.pid); for i in $(seq 100); do kill -0 $(cat /run/slurmd-{NODE}.pid) 2>/dev/null || break; sleep 0.1; done; \
+             echo $stepd"
+        ),
+    )
+    .success();
+    let stepd = restarted.stdout.trim().to_string();
+    sh(As::Root, &format!("nsenter -t {stepd} -m -u -n -- slurmd -N {NODE}")).success();
+    assert!(wait_for(20, || sh(As::Root, &format!("kill -0 $(cat /run/slurmd-{NODE}.pid)")).ok()), "slurmd came back");
+    let run = step.join().expect("the srun thread");
+    assert_eq!(run.success().lines(), ["openmpi survived"]);
+    assert_recovered();
+    reliability_row(
+        "slurmd restarted while a container step runs",
+        "the step carries on and completes, as a bare step does",
+        "nothing",
+    );
+}
+
+/// The resident memory (KiB) of each node's slurmd.
+fn slurmd_rss() -> Vec<u64> {
+    NODES
+        .iter()
+        .map(|n| {
+            let out = sh(As::Root, &format!("ps -o rss= -p $(cat /run/slurmd-{n}.pid)")).success();
+            out.stdout.trim().parse().expect("slurmd's rss")
+        })
+        .collect()
+}
+
+#[test]
+fn fault_made_load_64_concurrent_steps_10_rounds_then_500_back_to_back() {
+    let _g = exclusive();
+    let before = slurmd_rss();
+    // ten rounds of 64 single-task container steps at once over the 3 nodes
+    let run = sbatch(
+        As::User,
+        "-N3 -n3 --mem=6G -t 20",
+        &format!(
+            "for round in $(seq 10); do \
+               for i in $(seq 64); do srun --overlap -N1 -n1 -w node$((i % 3 + 1)) --container-image={OPENMPI} \
+                 sh -c 'test -x /usr/local/bin/mpi_hello && echo ok' & done; wait; done"
+        ),
+    );
+    assert!(run.ok(), "{run}");
+    let ok = run.lines().iter().filter(|l| *l == "ok").count();
+    assert_eq!(ok, 640, "every step succeeds: {run}");
+    assert_clean_within(60);
+    // 500 steps one after another in one job; the batch step's slurmstepd is measured at its start
+    // and end, as each node's slurmd is
+    let run = sbatch(
+        As::User,
+        "-N1 -n1 -w node1 -t 30",
+        &format!(
+            "echo start $(ps -o rss= -p $PPID); \
+             for i in $(seq 500); do srun -n1 --container-image={OPENMPI} true || echo failed $i; done; \
+             echo end $(ps -o rss= -p $PPID)"
+        ),
+    );
+    assert!(run.ok(), "{run}");
+    let lines = run.lines();
+    assert!(!lines.iter().any(|l| l.starts_with("failed")), "every step succeeds: {run}");
+    let rss = |word: &str| -> u64 {
+        let line = lines.iter().find(|l| l.starts_with(word)).unwrap_or_else(|| panic!("{word}: {run}"));
+        line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+    };
+    let (start, end) = (rss("start"), rss("end"));
+    assert!(end <= start + start / 10 + 2048, "the batch step's slurmstepd stays flat: {start} KiB, then {end} KiB");
+    assert_clean_within(60);
+    let after = slurmd_rss();
+    for ((n, b), a) in NODES.iter().zip(&before).zip(&after) {
+        assert!(*a <= b + b / 10 + 4096, "{n}: slurmd stays flat over 1,140 container steps: {b} KiB, then {a} KiB");
+    }
+    assert_no_node_drained();
+    reliability_row(
+        "load: 64 concurrent container steps × 10 rounds, then 500 back-to-back steps in one job",
+        &format!(
+            "all 1,140 steps succeed; slurmd {} KiB before, {} KiB after (largest node); the job's slurmstepd {start} KiB, then {end} KiB",
+            before.iter().max().unwrap(),
+            after.iter().max().unwrap()
+        ),
+        "nothing",
+    );
+}
