@@ -671,21 +671,11 @@ fn container_unshare_with_docker() {
 #[test]
 fn container_scope_global_with_docker_keeps_the_container_as_the_users_alone() {
     let _g = docker_alone();
-    const PLUGSTACK: &str = "/etc/slurm/plugstack.conf";
-    let _restore = Restore(PLUGSTACK, std::fs::read(PLUGSTACK).ok());
     let uid = sh(As::Root, &format!("id -u {USER}")).success().stdout.trim().to_string();
     let kept = format!("localhost/mpiexec-docker-named/u{uid}:dg1");
     let forget = || on_node("node3", As::Root, &format!("docker rmi {kept} >/dev/null 2>&1; true"));
     forget();
-    let line = std::fs::read_to_string(PLUGSTACK).unwrap();
-    let line: String = line
-        .lines()
-        .map(|l| match l.contains("spank_mpiexec_docker") {
-            true => format!("{l} container_scope=global\n"),
-            false => format!("{l}\n"),
-        })
-        .collect();
-    std::fs::write(PLUGSTACK, line).unwrap();
+    let _plugstack = plugstack_with("container_scope=global");
 
     let run = sbatch(
         As::User,
@@ -713,7 +703,7 @@ fn container_scope_global_with_docker_keeps_the_container_as_the_users_alone() {
     assert!(!other.ok() && other.stderr.contains("give --container-image too"), "{other}");
     let other = sh(As::User2, &format!("srun -N1 -n1 -w node3 --container-image={kept} cat /var/tmp/dg1"));
     assert!(!other.ok() && other.stderr.contains("tool's own"), "{other}");
-    drop(_restore);
+    drop(_plugstack);
     forget();
     assert_no_node_drained();
 }

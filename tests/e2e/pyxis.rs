@@ -144,22 +144,12 @@ fn pytorch_images_get_the_variables_of_enroots_hook() {
 #[test]
 fn sbatch_support_0_and_config_keep_pyxis_meaning() {
     let _g = exclusive();
-    const PLUGSTACK: &str = "/etc/slurm/plugstack.conf";
     const ALT: &str = "/etc/mpiexec-docker/alt-site.yaml";
-    let _restore = Restore(PLUGSTACK, std::fs::read(PLUGSTACK).ok());
     let _alt = Restore(ALT, None);
     let site_dir = user_dir("pyx-site");
     std::fs::write(format!("{site_dir}/file"), "site-file\n").unwrap();
     std::fs::write(ALT, format!("mounts: ['{site_dir}:/site-alt:ro']\n")).unwrap();
-    let line = std::fs::read_to_string(PLUGSTACK).unwrap();
-    let line: String = line
-        .lines()
-        .map(|l| match l.contains("spank_mpiexec_docker") {
-            true => format!("{l} sbatch_support=0 config={ALT} execute_entrypoint=1\n"),
-            false => format!("{l}\n"),
-        })
-        .collect();
-    std::fs::write(PLUGSTACK, line).unwrap();
+    let _plugstack = plugstack_with(&format!("sbatch_support=0 config={ALT} execute_entrypoint=1"));
 
     // sbatch and salloc do not have the options at all; srun has them
     for tool in ["sbatch --wrap true", "salloc true"] {
@@ -185,7 +175,7 @@ fn sbatch_support_0_and_config_keep_pyxis_meaning() {
     };
     assert_eq!(entered(""), if slurm_can_prepend() { "yes" } else { "no" });
     assert_eq!(entered("--no-container-entrypoint"), "no");
-    drop(_restore);
+    drop(_plugstack);
     drop(_alt);
     sh(As::Root, &format!("rm -rf {site_dir}")).success();
     assert_no_node_drained();
@@ -420,23 +410,13 @@ fn the_images_files_are_the_users_to_use_as_with_pyxis() {
 #[test]
 fn container_scope_global_keeps_named_containers_for_the_users_later_jobs() {
     let _g = exclusive();
-    const PLUGSTACK: &str = "/etc/slurm/plugstack.conf";
-    let _restore = Restore(PLUGSTACK, std::fs::read(PLUGSTACK).ok());
     let forget = || {
         for who in [As::User, As::User2] {
             on_node("node2", who, "mpiexec_docker images remove-container g1 >/dev/null 2>&1; true");
         }
     };
     forget();
-    let line = std::fs::read_to_string(PLUGSTACK).unwrap();
-    let line: String = line
-        .lines()
-        .map(|l| match l.contains("spank_mpiexec_docker") {
-            true => format!("{l} container_scope=global\n"),
-            false => format!("{l}\n"),
-        })
-        .collect();
-    std::fs::write(PLUGSTACK, line).unwrap();
+    let _plugstack = plugstack_with("container_scope=global");
 
     // a first job writes into its named container, with a variable of its own in its environment
     let run = sbatch(
@@ -477,7 +457,7 @@ fn container_scope_global_keeps_named_containers_for_the_users_later_jobs() {
     assert!(!gone.ok() && gone.stderr.contains("no container named 'g1'"), "{gone}");
     let again = on_node("node2", As::User, "mpiexec_docker images remove-container g1");
     assert!(!again.ok() && again.stderr.contains("no container named 'g1' is kept"), "{again}");
-    drop(_restore);
+    drop(_plugstack);
     forget();
     assert_no_node_drained();
 }

@@ -327,6 +327,23 @@ impl Drop for Restore {
     }
 }
 
+/// Adds `words` to the plugin's plugstack.conf line (Slurm reads it at every launch) until the
+/// guard is dropped.
+pub fn plugstack_with(words: &str) -> Restore {
+    const PLUGSTACK: &str = "/etc/slurm/plugstack.conf";
+    let restore = Restore(PLUGSTACK, std::fs::read(PLUGSTACK).ok());
+    let text = std::fs::read_to_string(PLUGSTACK).unwrap();
+    let text: String = text
+        .lines()
+        .map(|l| match l.contains("spank_mpiexec_docker") {
+            true => format!("{l} {words}\n"),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(PLUGSTACK, text).unwrap();
+    restore
+}
+
 /// Whether the running Slurm has `spank_prepend_task_argv` (23.11 and later).
 pub fn slurm_can_prepend() -> bool {
     let version = sh(As::User, "srun --version").success();
