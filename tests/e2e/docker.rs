@@ -364,11 +364,15 @@ fn a_swapped_mount_source_never_reaches_another_users_files() {
            ln -sfn {home2}/swap/real {home2}/swap/d; done) 2>/dev/null &\n\
          for i in $(seq 8); do srun -n1 --container-image={OPENMPI} --container-mounts={home2}/swap/d:/x \
            cat /x/secret 2>&1; done\n\
-         kill %1"
+         kill %1; wait\n\
+         ln -sfn {home2}/swap/real {home2}/swap/d\n\
+         srun -n1 --container-image={OPENMPI} --container-mounts={home2}/swap/d:/x cat /x/secret"
     );
     let run = sbatch(As::User2, "-N1 -n1 -w node2", &script);
+    // whatever each racing step saw (a link to the other user's directory, none, their own), the other
+    // user's file never reached a container; once the link stays, it is the user's own directory
     assert!(!run.stdout.contains("secret-of-user-1") && !run.stderr.contains("secret-of-user-1"), "{run}");
-    assert!(run.stdout.contains("own-file"), "some steps ran with the user's own directory: {run}");
+    assert_eq!(run.lines().last().map(String::as_str), Some("own-file"), "{run}");
     // a path through /proc names the engine's own view: refused with one line
     let run = sh(
         As::User2,
