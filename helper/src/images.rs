@@ -55,14 +55,15 @@ fn run(prune: bool, kind: Option<EngineKind>) -> anyhow::Result<()> {
         for c in &items {
             println!("{:<64} {:<12} {:>10}", c.name, c.id, human(c.size));
         }
-        let total = image_cache::total_size(&items);
-        let cap = config.cache_max_size.map(|m| format!(" (cap {})", human(m))).unwrap_or_default();
-        println!("{} image(s), {}{cap}", items.len(), human(total));
         // (a store of the user's own: the container's name is the tag)
         let kept = engine.tags_of(step_container::KEPT_REPOSITORY).unwrap_or_default();
         if !kept.is_empty() {
             println!("kept named containers (container_scope=global): {}", kept.join(" "));
         }
+        // the totals last, where scripts read them
+        let total = image_cache::total_size(&items);
+        let cap = config.cache_max_size.map(|m| format!(" (cap {})", human(m))).unwrap_or_default();
+        println!("{} image(s), {}{cap}", items.len(), human(total));
         return Ok(());
     }
     let kept = image_cache::remove(&engine, &items);

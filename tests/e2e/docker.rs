@@ -677,8 +677,11 @@ fn container_scope_global_with_docker_keeps_the_container_as_the_users_alone() {
     let _g = docker_alone();
     let uid = sh(As::Root, &format!("id -u {USER}")).success().stdout.trim().to_string();
     let kept = format!("localhost/mpiexec-docker-named/u{uid}:dg1");
-    let forget = || on_node("node3", As::Root, &format!("docker rmi {kept} >/dev/null 2>&1; true"));
+    let forget = || {
+        on_node("node3", As::Root, &format!("docker rmi {kept} >/dev/null 2>&1; true"));
+    };
     forget();
+    let _forget = OnDrop(forget);
     let _plugstack = plugstack_with("container_scope=global");
 
     let run = sbatch(
@@ -708,7 +711,6 @@ fn container_scope_global_with_docker_keeps_the_container_as_the_users_alone() {
     let other = sh(As::User2, &format!("srun -N1 -n1 -w node3 --container-image={kept} cat /var/tmp/dg1"));
     assert!(!other.ok() && other.stderr.contains("tool's own"), "{other}");
     drop(_plugstack);
-    forget();
     assert_no_node_drained();
 }
 

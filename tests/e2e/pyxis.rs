@@ -416,6 +416,7 @@ fn container_scope_global_keeps_named_containers_for_the_users_later_jobs() {
         }
     };
     forget();
+    let _forget = OnDrop(forget);
     let _plugstack = plugstack_with("container_scope=global");
 
     // a first job writes into its named container, with a variable of its own in its environment
@@ -458,7 +459,6 @@ fn container_scope_global_keeps_named_containers_for_the_users_later_jobs() {
     let again = on_node("node2", As::User, "mpiexec_docker images remove-container g1");
     assert!(!again.ok() && again.stderr.contains("no container named 'g1' is kept"), "{again}");
     drop(_plugstack);
-    forget();
     assert_no_node_drained();
 }
 

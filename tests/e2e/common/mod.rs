@@ -314,6 +314,14 @@ pub fn assert_no_node_drained() {
     assert!(run.lines().iter().all(|l| !bad(l)), "no node may be drained: {run}");
 }
 
+/// Runs its closure when dropped (also when the test fails): a test's cleanup.
+pub struct OnDrop<F: FnMut()>(pub F);
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
+
 /// Restores a file's content when dropped (also when the test fails).
 pub struct Restore(pub &'static str, pub Option<Vec<u8>>);
 impl Drop for Restore {
