@@ -27,6 +27,9 @@ done
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+# what the tests load beside themselves (the plugin's shared object: tests/unload.rs), built where
+# cargo is at hand (a stack's tests run inside it)
+cargo build --workspace --quiet
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

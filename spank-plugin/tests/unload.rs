@@ -6,11 +6,22 @@
 
 use std::ffi::{CStr, CString};
 
-/// The plugin as cargo built it beside this test (`target/<profile>/`).
+/// The plugin as cargo builds it beside this test (`target/<profile>/`): `cargo test` builds only
+/// what the tests link (the rlib), so the shared object is built here when it is not there yet
+/// (tests/run.sh builds it first, for a stack where cargo is not at hand).
 fn plugin_file() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("the test's path");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps");
-    dir.join("libspank_mpiexec_docker.so")
+    let file = dir.join("libspank_mpiexec_docker.so");
+    if !file.is_file() {
+        let built = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--lib", "--manifest-path", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")])
+            .env("CARGO_TARGET_DIR", dir.parent().expect("target/"))
+            .status()
+            .expect("cargo, to build the plugin");
+        assert!(built.success(), "cargo build of the plugin failed");
+    }
+    file
 }
 
 fn threads() -> usize {
