@@ -242,11 +242,8 @@ impl Engine {
     pub fn image_config(&self, image: &str) -> Result<Option<String>, String> {
         // an image committed from one of our containers has the image's own in a label (see
         // `IMAGE_CONFIG_LABEL`)
-        let format = concat!(
-            "{{with index .Config.Labels \"mpiexec-docker.image-config\"}}{{.}}{{else}}",
-            "{{json .Config.Entrypoint}}\n{{range .Config.Env}}{{println .}}{{end}}{{end}}"
-        );
-        match self.quick(&["image", "inspect", "--format", format, image]) {
+        let format = image_config_format();
+        match self.quick(&["image", "inspect", "--format", &format, image]) {
             Ok(text) => Ok(Some(text)),
             // not there, or the engine itself failing: ask the way that tells them apart
             Err(why) => match self.image_present(image).map_err(|e| e.to_string())? {
@@ -302,6 +299,16 @@ impl Engine {
     }
 }
 
+/// The template of [`Engine::image_config`]: the label [`super::IMAGE_CONFIG_LABEL`] where an image
+/// has it, else its entrypoint (JSON) and environment (one `NAME=VALUE` a line).
+fn image_config_format() -> String {
+    format!(
+        "{{{{with index .Config.Labels {:?}}}}}{{{{.}}}}{{{{else}}}}\
+         {{{{json .Config.Entrypoint}}}}\n{{{{range .Config.Env}}}}{{{{println .}}}}{{{{end}}}}{{{{end}}}}",
+        super::IMAGE_CONFIG_LABEL
+    )
+}
+
 /// The first image an engine's `load` output names ("Loaded image: X", "Loaded image(s): X,Y",
 /// "Loaded image ID: sha256:…").
 pub fn loaded_name(output: &str) -> Option<String> {
@@ -338,6 +345,15 @@ mod tests {
 #[cfg(test)]
 mod squashfs_tests {
     use super::*;
+
+    #[test]
+    fn image_config_reads_our_label_first() {
+        assert_eq!(
+            image_config_format(),
+            "{{with index .Config.Labels \"mpiexec-docker.image-config\"}}{{.}}{{else}}\
+             {{json .Config.Entrypoint}}\n{{range .Config.Env}}{{println .}}{{end}}{{end}}"
+        );
+    }
 
     #[test]
     fn environment_files_as_enroot_writes_them() {
