@@ -12,7 +12,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use crate::engine::{last_line, output_within, Engine, EngineKind};
+use crate::engine::{failure_line, output_within, Engine, EngineKind};
 use crate::identity::UserIds;
 use crate::image_cache::{CacheError, FETCH_LIMIT};
 use crate::image_source::{LocalStore, CACHE_REPOSITORY};
@@ -55,7 +55,7 @@ pub fn import(
     let out = output_within(&mut as_user(&["image", "inspect", "--format", "{{.Id}}", reference]), FETCH_LIMIT)
         .map_err(|e| fail(e.to_string()))?;
     if !out.status.success() {
-        let why = last_line(&String::from_utf8_lossy(&out.stderr));
+        let why = failure_line(store.engine_kind().command(), out.status, &String::from_utf8_lossy(&out.stderr));
         return Err(fail(match why.contains("permission denied") {
             true => format!("the node's {} refuses you ({why})", store.engine_kind().command()),
             false => why,
@@ -88,7 +88,14 @@ pub fn import(
         crate::engine::output_into_within(&mut save, FETCH_LIMIT, into).map_err(|e| fail(e.to_string()))
     })?;
     if !saved.output.status.success() {
-        return Err(fail(format!("cannot export it: {}", last_line(&String::from_utf8_lossy(&saved.output.stderr)))));
+        return Err(fail(format!(
+            "cannot export it: {}",
+            failure_line(
+                store.engine_kind().command(),
+                saved.output.status,
+                &String::from_utf8_lossy(&saved.output.stderr)
+            )
+        )));
     }
     let loaded = crate::image_cache::with_progress(&format!("loading {named}"), || {
         engine.load(FETCH_LIMIT, move |stdin| {

@@ -2,7 +2,7 @@
 
 use std::process::Stdio;
 
-use super::{last_line, output_within, Engine, EngineError, EngineKind, QUICK_LIMIT};
+use super::{output_within, Engine, EngineError, EngineKind, QUICK_LIMIT};
 
 impl Engine {
     /// Removes containers by name or id, whatever their state; errors (already gone) are ignored.
@@ -32,10 +32,7 @@ impl Engine {
         let out = output_within(&mut cmd, QUICK_LIMIT)
             .map_err(|source| EngineError::Spawn { engine: self.name(), source })?;
         if !out.status.success() {
-            return Err(EngineError::Unavailable {
-                engine: self.name(),
-                reason: last_line(&String::from_utf8_lossy(&out.stderr)),
-            });
+            return Err(EngineError::Unavailable { engine: self.name(), reason: self.why(&out) });
         }
         Ok(String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect())
     }
@@ -68,7 +65,7 @@ impl Engine {
         // Docker's client ends with a "See/Run 'docker run --help'" line: the reason is above it
         let text = String::from_utf8_lossy(&out.stderr);
         let reason: Vec<&str> = text.lines().filter(|l| !l.starts_with("Run '") && !l.starts_with("See '")).collect();
-        Err(last_line(&reason.join("\n")))
+        Err(self.naming_the_disk(super::failure_line(self.name(), out.status, &reason.join("\n"))))
     }
 
     /// The process id of a running container's main process ("0" or "" when it runs none).

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use super::{last_line, output_within, Engine, EngineError, EngineKind, QUICK_LIMIT};
+use super::{output_within, Engine, EngineError, EngineKind, QUICK_LIMIT};
 
 /// squashfs-tools-ng's converter of a squashfs file system to a tar stream.
 pub const SQFS2TAR: &str = "sqfs2tar";
@@ -61,7 +61,7 @@ impl Engine {
             (EngineKind::Podman, Some(1)) => Ok(false),
             (EngineKind::Docker, _) if stderr.contains("No such image") => Ok(false),
             (EngineKind::Docker, _) if stderr.contains("permission denied") => Err(EngineError::NoAccess),
-            _ => Err(EngineError::Unavailable { engine: self.name(), reason: last_line(&stderr) }),
+            _ => Err(EngineError::Unavailable { engine: self.name(), reason: self.why(&out) }),
         }
     }
 
@@ -86,11 +86,7 @@ impl Engine {
         if out.status.success() {
             return Ok(());
         }
-        let mut reason = last_line(&String::from_utf8_lossy(&out.stderr));
-        if reason.is_empty() {
-            reason = format!("{} pull exited with {}", self.name(), out.status);
-        }
-        Err(EngineError::Pull { image: image.into(), reason })
+        Err(EngineError::Pull { image: image.into(), reason: self.naming_the_disk(self.why(&out)) })
     }
 
     /// A quick engine call (bounded by [`QUICK_LIMIT`]): its output, or its last error line.
@@ -102,7 +98,7 @@ impl Engine {
         if out.status.success() {
             return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
         }
-        Err(last_line(&String::from_utf8_lossy(&out.stderr)))
+        Err(self.why(&out))
     }
 
     /// The image's id (hex, without `sha256:`).
@@ -148,7 +144,7 @@ impl Engine {
             if let Some(Err(e)) = out.fed {
                 return Err(e);
             }
-            return Err(shorten(&last_line(&String::from_utf8_lossy(&out.output.stderr))));
+            return Err(self.naming_the_disk(shorten(&self.why(&out.output))));
         }
         loaded_name(&stdout).ok_or_else(|| format!("{} load named no image: {}", self.name(), stdout.trim()))
     }
@@ -197,7 +193,7 @@ impl Engine {
         };
         let out = out.map_err(|e| e.to_string())?;
         if !out.output.status.success() {
-            return Err(shorten(&last_line(&String::from_utf8_lossy(&out.output.stderr))));
+            return Err(self.naming_the_disk(shorten(&self.why(&out.output))));
         }
         match converted {
             Some(status) if status.success() => Ok(()),
@@ -218,7 +214,7 @@ impl Engine {
         if out.status.success() {
             return Ok(());
         }
-        Err(shorten(&last_line(&String::from_utf8_lossy(&out.stderr))))
+        Err(self.naming_the_disk(shorten(&self.why(&out))))
     }
 
     /// Writes image `name` as a docker-archive into `into` (an open file), within `limit`.
@@ -233,7 +229,7 @@ impl Engine {
         if out.status.success() {
             return Ok(());
         }
-        Err(shorten(&last_line(&String::from_utf8_lossy(&out.stderr))))
+        Err(shorten(&self.why(&out)))
     }
 
     /// The image's entrypoint (the engine's JSON, one line) and environment (`NAME=VALUE` lines);

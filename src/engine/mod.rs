@@ -188,7 +188,67 @@ pub fn last_line(text: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A size in bytes as people read it: `512 B`, `44 KiB`, `1.5 GiB`.
+pub fn size_text(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let (mut value, mut unit) = (bytes as f64, 0);
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{bytes} B"),
+        _ if value < 10.0 => format!("{value:.1} {}", UNITS[unit]),
+        _ => format!("{value:.0} {}", UNITS[unit]),
+    }
+}
+
+/// Why an engine call that failed did so, in one line: the last line of its error output (see
+/// [`last_line`]), or, when it printed none, how it ended: `podman was killed (SIGKILL)` when a
+/// signal ended it (a node's OOM killer, an admin's `kill`), else its exit status.
+pub fn failure_line(engine: &str, status: std::process::ExitStatus, stderr: &str) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let line = last_line(stderr);
+    if !line.is_empty() {
+        return line;
+    }
+    match (status.signal(), status.code()) {
+        (Some(sig), _) => {
+            let name = nix::sys::signal::Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("a signal");
+            format!("{engine} was killed ({name})")
+        }
+        (None, Some(code)) => format!("{engine} exited with status {code} and said nothing"),
+        (None, None) => format!("{engine} ended abnormally"),
+    }
+}
+
 impl Engine {
+    /// [`failure_line`] of a finished call of this engine.
+    pub fn why(&self, out: &std::process::Output) -> String {
+        failure_line(self.name(), out.status, &String::from_utf8_lossy(&out.stderr))
+    }
+
+    /// A failure for want of space (`no space left on device`) as one line naming the disk: the
+    /// store's directory and what is free there, and what to do. Any other reason is kept as it is.
+    pub fn naming_the_disk(&self, reason: String) -> String {
+        if !reason.contains("no space left on device") {
+            return reason;
+        }
+        log::debug!("{} said: {reason}", self.name());
+        let Ok(root) = self.store_root() else { return reason };
+        let free = nix::sys::statvfs::statvfs(&root)
+            .map(|s| format!("{} free", size_text(s.blocks_available() * s.fragment_size())))
+            .unwrap_or_else(|_| "no room".into());
+        let whose = match self.rootless() {
+            true => format!("remove images you no longer use there (`{} image prune -a` on the node)", self.name()),
+            false => "the node's admin can make room".to_string(),
+        };
+        format!(
+            "no space left on device in the container store {} ({free} now, too little for this); {whose}",
+            root.display()
+        )
+    }
+
     /// Classifies an engine call's failure line.
     fn failed(&self, reason: String) -> EngineError {
         match self.kind {
@@ -244,6 +304,23 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_failure_that_printed_nothing_says_how_the_engine_ended() {
+        use std::os::unix::process::ExitStatusExt;
+        use std::process::ExitStatus;
+        let said = super::failure_line("podman", ExitStatus::from_raw(125 << 8), "Error: no such image\n\n");
+        assert_eq!(said, "no such image");
+        assert_eq!(super::size_text(512), "512 B");
+        assert_eq!(super::size_text(45056), "44 KiB");
+        assert_eq!(super::size_text(3 << 29), "1.5 GiB");
+        assert_eq!(super::failure_line("podman", ExitStatus::from_raw(9), ""), "podman was killed (SIGKILL)");
+        assert_eq!(super::failure_line("docker", ExitStatus::from_raw(15), " \n"), "docker was killed (SIGTERM)");
+        assert_eq!(
+            super::failure_line("podman", ExitStatus::from_raw(1 << 8), ""),
+            "podman exited with status 1 and said nothing"
+        );
+    }
+
     #[test]
     fn cleanup_keeps_only_where_the_state_is() {
         let conf = r#"

@@ -785,3 +785,50 @@ fn fault_made_root_helper_killed_at_each_phase_with_docker() {
         );
     }
 }
+
+#[test]
+fn fault_made_docker_client_killed_at_each_phase_with_docker() {
+    let _g = docker_alone();
+    // the docker client root's helper runs, killed as it runs: the daemon may go on with what it was
+    // asked, the step fails with one line, and what the daemon made is removed at the job's end
+    for phase in ["fetch", "run"] {
+        let (run, fault) = srun_with_fault(
+            "node1",
+            phase,
+            &format!("--container-image={OPENMPI} echo task-ran"),
+            &kill_engine_calls(phase),
+        );
+        assert!(engine_calls_killed(&fault) >= 1, "{phase}: the docker client was killed: {fault}");
+        assert!(!run.ok(), "{phase}: {run}");
+        assert!(!run.stdout.contains("task-ran"), "{phase}: {run}");
+        let ours = our_lines(&run);
+        assert_eq!(ours.len(), 1, "{phase}: one line of ours: {run}");
+        assert!(ours[0].contains("docker was killed (SIGKILL)"), "{phase}: {run}");
+        assert_clean_within(60);
+        assert_no_node_drained();
+        let next =
+            sh(As::User, &format!("srun -w node1 -n1 --container-image={OPENMPI} sh -c 'echo $MD_IMAGE_FLAVOUR'"));
+        assert_eq!(next.success().lines(), ["openmpi"]);
+        assert_clean_within(30);
+        reliability_row(
+            &format!("`kill -9` of the docker client at the start's {phase} phase"),
+            "the step fails: `… docker was killed (SIGKILL)`",
+            "nothing (the job's end removed the daemon's container)",
+        );
+    }
+    let (run, fault) = srun_with_fault(
+        "node1",
+        "stop",
+        &format!("--container-image={OPENMPI} echo task-ran"),
+        &kill_engine_calls("stop"),
+    );
+    assert!(engine_calls_killed(&fault) >= 1, "the docker client was killed: {fault}");
+    assert_eq!(run.success().lines(), ["task-ran"]);
+    assert_clean_within(60);
+    assert_no_node_drained();
+    reliability_row(
+        "`kill -9` of the docker client while the step's container is removed",
+        "the step completes (its tasks had ended)",
+        "nothing (the job's end removed the daemon's container)",
+    );
+}

@@ -215,3 +215,124 @@ fn fault_made_load_64_concurrent_steps_10_rounds_then_500_back_to_back() {
         "nothing",
     );
 }
+
+#[test]
+fn fault_made_engine_killed_at_each_phase_of_a_step() {
+    let _g = exclusive();
+    // Podman's own calls killed as they run, where the helper makes them: the step fails with one line
+    for phase in ["fetch", "run"] {
+        let (run, fault) = srun_with_fault(
+            NODE,
+            phase,
+            &format!("--container-image={OPENMPI} echo task-ran"),
+            &kill_engine_calls(phase),
+        );
+        assert!(engine_calls_killed(&fault) >= 1, "{phase}: podman was killed: {fault}");
+        assert!(!run.ok(), "{phase}: {run}");
+        assert!(!run.stdout.contains("task-ran"), "{phase}: no task runs outside its container: {run}");
+        let ours = our_lines(&run);
+        assert_eq!(ours.len(), 1, "{phase}: one line of ours: {run}");
+        assert!(ours[0].contains("podman was killed (SIGKILL)"), "{phase}: {run}");
+        assert_recovered();
+        reliability_row(
+            &format!("`kill -9` of podman's calls at the start's {phase} phase"),
+            "the step fails: `… podman was killed (SIGKILL)`",
+            "nothing (the job's end removed what was made)",
+        );
+    }
+    // conmon, the container's monitor, killed once the container runs: the tasks do not need it
+    for phase in ["cgroup", "relay"] {
+        let kill = format!("pkill -9 -u {USER} -f '^/usr/bin/conmon .* -n mpiexec-docker-' && echo killed");
+        let (run, fault) = srun_with_fault(NODE, phase, &format!("--container-image={OPENMPI} echo task-ran"), &kill);
+        assert_eq!(fault.lines(), ["killed"], "{phase}: {fault}");
+        assert_eq!(run.success().lines(), ["task-ran"], "{phase}");
+        assert_recovered();
+        reliability_row(
+            &format!("`kill -9` of conmon at the start's {phase} phase"),
+            "the step completes (its tasks do not need the container's monitor)",
+            "nothing (the step's end removed the container)",
+        );
+    }
+    // podman's removal of the container killed as the step ends: the job's end removes it
+    let (run, fault) = srun_with_fault(
+        NODE,
+        "stop",
+        &format!("--container-image={OPENMPI} echo task-ran"),
+        &kill_engine_calls("stop"),
+    );
+    assert!(engine_calls_killed(&fault) >= 1, "podman was killed: {fault}");
+    assert_eq!(run.success().lines(), ["task-ran"]);
+    assert_recovered();
+    reliability_row(
+        "`kill -9` of podman's calls while the step's container is removed",
+        "the step completes (its tasks had ended)",
+        "nothing (the job's end removed the container)",
+    );
+}
+
+/// The test user's rootless container store on [`NODE`] replaced by a small file system (a tmpfs of
+/// 48 MiB) until dropped. Podman's rootless pause process keeps the mounts it was started with: it
+/// is ended at both changes, so the next `podman` sees the store as it is.
+struct SmallStore;
+const STORE: &str = "/var/local/containers/mpitest/storage";
+const END_PAUSE: &str =
+    "u=$(id -u mpitest); for f in /tmp/podman-run-$u/libpod/tmp/pause.pid /run/user/$u/libpod/tmp/pause.pid; \
+                         do test -f $f && kill -9 $(cat $f) 2>/dev/null; done; true";
+impl SmallStore {
+    fn mount() -> SmallStore {
+        on_node(
+            NODE,
+            As::Root,
+            &format!("mount -t tmpfs -o size=48m,mode=0700,uid=$(id -u mpitest),gid=$(id -g mpitest) mdt-small-store {STORE} && {END_PAUSE}"),
+        )
+        .success();
+        SmallStore
+    }
+}
+impl Drop for SmallStore {
+    fn drop(&mut self) {
+        on_node(NODE, As::Root, &format!("umount {STORE}; {END_PAUSE}"));
+    }
+}
+
+#[test]
+fn fault_made_full_container_store_during_a_load() {
+    let _g = exclusive();
+    let image = "10.77.0.1:5000/md/bench-big";
+    {
+        let _small = SmallStore::mount();
+        // six steps at once fetch an image of 400 MB into a store of 48 MB
+        let steps: Vec<_> = (0..6)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    sh(As::User, &format!("srun -w {NODE} -n1 --container-image={image} echo task-ran"))
+                })
+            })
+            .collect();
+        for step in steps {
+            let run = step.join().expect("a srun thread");
+            assert!(!run.ok(), "{run}");
+            assert!(!run.stdout.contains("task-ran"), "{run}");
+            let ours = our_lines(&run);
+            assert_eq!(ours.len(), 1, "one line of ours: {run}");
+            assert!(
+                ours[0].contains(&format!("no space left on device in the container store {STORE} (")),
+                "the line names the disk: {run}"
+            );
+        }
+        // no half image counts as cached, and nothing of the fetch stays in the store
+        let images = on_node(NODE, As::User, "podman images --all --format '{{.Repository}}:{{.Tag}}'").success();
+        assert_eq!(images.stdout.trim(), "", "{images}");
+        let used = on_node(NODE, As::Root, &format!("df --output=used -k {STORE} | tail -1")).success();
+        let used: u64 = used.stdout.trim().parse().expect("df's count");
+        assert!(used < 4096, "the failed fetches left {used} KiB in the store");
+        assert_clean_within(60);
+        assert_no_node_drained();
+    }
+    assert_recovered();
+    reliability_row(
+        "the node's container store on a small full file system (48 MiB tmpfs) while 6 steps fetch a 400 MB image",
+        "each step fails: `cannot pull image …: no space left on device in the container store … (… free now, too little for this); remove images you no longer use there …`",
+        "nothing (no half image in the store)",
+    );
+}

@@ -383,6 +383,11 @@ pub fn our_lines(run: &Run) -> Vec<String> {
 /// `mpiexec_docker_core::fault_point`), waits until the helper is there and runs `fault` (as root on
 /// the node, with `$PID` the helper's pid); then lets it go on.
 pub fn srun_with_fault_at(node: &'static str, phase: &str, srun_args: &str, fault: &str) -> Run {
+    srun_with_fault(node, phase, srun_args, fault).0
+}
+
+/// [`srun_with_fault_at`], with what the fault command printed: (the step, the fault).
+pub fn srun_with_fault(node: &'static str, phase: &str, srun_args: &str, fault: &str) -> (Run, Run) {
     let marker = format!("/run/mpiexec-docker/*/fault-{phase}");
     on_node(node, As::Root, &format!("rm -f {marker}"));
     let cmd = format!("srun -w {node} -n1 --export=ALL,MPIEXEC_DOCKER_FAULT_WAIT={phase} {srun_args}");
@@ -393,7 +398,25 @@ pub fn srun_with_fault_at(node: &'static str, phase: &str, srun_args: &str, faul
         !pid.is_empty()
     });
     assert!(reached, "the helper never reached {phase}");
-    on_node(node, As::Root, &format!("PID={pid}; {fault}")).success();
+    let fault = on_node(node, As::Root, &format!("PID={pid}; {fault}")).success();
     on_node(node, As::Root, &format!("rm -f {marker}"));
-    step.join().expect("the srun thread")
+    (step.join().expect("the srun thread"), fault)
+}
+
+/// A fault for [`srun_with_fault`]: lets the helper go on from `phase`, then kills (SIGKILL) every
+/// engine call it makes, each as its whole process group (the engine's own children too), until the
+/// helper exits (10 s at most). Prints `killed=N`, read by [`engine_calls_killed`].
+pub fn kill_engine_calls(phase: &str) -> String {
+    format!(
+        "rm -f /run/mpiexec-docker/*/fault-{phase}; n=0; end=$((SECONDS + 10)); \
+         while kill -0 $PID 2>/dev/null && [ $SECONDS -lt $end ]; do \
+           for c in $(pgrep -P $PID); do kill -9 -- -$c 2>/dev/null && n=$((n + 1)); done; sleep 0.005; \
+         done; echo killed=$n"
+    )
+}
+
+/// How many engine calls [`kill_engine_calls`] killed.
+pub fn engine_calls_killed(fault: &Run) -> u32 {
+    let line = fault.stdout.lines().find_map(|l| l.strip_prefix("killed="));
+    line.and_then(|n| n.trim().parse().ok()).unwrap_or_else(|| panic!("no count: {fault}"))
 }
