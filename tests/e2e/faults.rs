@@ -336,3 +336,82 @@ fn fault_made_full_container_store_during_a_load() {
         "nothing (no half image in the store)",
     );
 }
+
+/// Waits until the test user's container runs on [`NODE`].
+fn container_running() -> bool {
+    wait_for(60, || !on_node(NODE, As::User, "podman ps -q --filter label=mpiexec-docker").stdout.trim().is_empty())
+}
+
+#[test]
+fn fault_made_slurmctld_restarted_under_a_running_container_step() {
+    let _g = exclusive();
+    let step = std::thread::spawn(|| {
+        sh(
+            As::User,
+            &format!("srun -w {NODE} -n1 --container-image={OPENMPI} sh -c 'sleep 8; echo $MD_IMAGE_FLAVOUR survived'"),
+        )
+    });
+    assert!(container_running(), "the step's container never ran");
+    sh(
+        As::Root,
+        "kill $(cat /run/slurmctld.pid); for i in $(seq 150); do kill -0 $(cat /run/slurmctld.pid 2>/dev/null) 2>/dev/null || break; sleep 0.1; done; \
+         slurmctld",
+    )
+    .success();
+    assert!(wait_for(30, || sh(As::Root, "scontrol ping").stdout.contains("UP")), "slurmctld came back");
+    let run = step.join().expect("the srun thread");
+    assert_eq!(run.success().lines(), ["openmpi survived"]);
+    assert_recovered();
+    reliability_row(
+        "slurmctld restarted while a container step runs",
+        "the step carries on and completes, as a bare step does",
+        "nothing",
+    );
+}
+
+#[test]
+fn fault_made_slurmd_killed_for_good_mid_job_then_the_node_returns() {
+    let _g = exclusive();
+    let job = sh(
+        As::User,
+        &format!("sbatch --parsable -N1 -w {NODE} -o /dev/null --wrap 'srun --container-image={OPENMPI} sleep 300'"),
+    )
+    .success();
+    let job = job.stdout.trim().to_string();
+    let cancel = job.clone();
+    let _cancel = OnDrop(move || {
+        sh(As::Root, &format!("scancel {cancel}"));
+    });
+    assert!(container_running(), "the step's container never ran");
+    // slurmd dies (SIGKILL): the step's slurmstepd carries on, unreachable by Slurm
+    let stepd = on_node(
+        NODE,
+        As::Root,
+        &format!("stepd=$(pgrep -f 'slurmstepd: \\[{job}\\.0\\]' | head -1); test -n \"$stepd\" || exit 3; kill -9 $(cat /run/slurmd-{NODE}.pid); echo $stepd"),
+    )
+    .success();
+    let stepd = stepd.stdout.trim().to_string();
+    let back =
+        format!("kill -0 $(cat /run/slurmd-{NODE}.pid) 2>/dev/null || nsenter -t {stepd} -m -u -n -- slurmd -N {NODE}");
+    let _back = OnDrop(move || {
+        sh(As::Root, &back);
+    });
+    // the user cancels: the job waits in COMPLETING for the node
+    sh(As::User, &format!("scancel {job}")).success();
+    assert!(
+        wait_for(30, || sh(As::Root, &format!("squeue -h -j {job} -o %T")).stdout.trim() == "COMPLETING"),
+        "the job waits for the node"
+    );
+    // the node comes back (slurmd started in its namespaces, entered through the step's slurmstepd)
+    sh(As::Root, &format!("nsenter -t {stepd} -m -u -n -- slurmd -N {NODE}")).success();
+    assert!(
+        wait_for(120, || sh(As::Root, &format!("squeue -h -j {job} -o %T")).stdout.trim().is_empty()),
+        "the job ends once the node is back"
+    );
+    assert_recovered();
+    reliability_row(
+        "slurmd killed (SIGKILL) mid-job, the job cancelled, then the node brought back",
+        "the job waits in COMPLETING; once slurmd is back, its step ends and the job ends",
+        "nothing (the step's end and the job's end removed the container)",
+    );
+}
