@@ -276,7 +276,7 @@ fn fault_made_engine_killed_at_each_phase_of_a_step() {
 struct SmallStore;
 const STORE: &str = "/var/local/containers/mpitest/storage";
 const END_PAUSE: &str =
-    "u=$(id -u mpitest); for f in /tmp/podman-run-$u/libpod/tmp/pause.pid /run/user/$u/libpod/tmp/pause.pid; \
+    "u=$(id -u mpitest); for f in /tmp/podman-run-$u/libpod/tmp/pause.pid /tmp/storage-run-$u/libpod/tmp/pause.pid /run/user/$u/libpod/tmp/pause.pid; \
                          do test -f $f && kill -9 $(cat $f) 2>/dev/null; done; true";
 impl SmallStore {
     fn mount() -> SmallStore {
@@ -286,22 +286,53 @@ impl SmallStore {
             &format!("mount -t tmpfs -o size=48m,mode=0700,uid=$(id -u mpitest),gid=$(id -g mpitest) mdt-small-store {STORE} && {END_PAUSE}"),
         )
         .success();
+        // what Podman sees from its user namespace is the small store
+        let seen = on_node(NODE, As::User, &format!("podman unshare df -k --output=size {STORE} | tail -1")).success();
+        assert_eq!(seen.stdout.trim(), "49152", "podman sees the small store: {seen}");
         SmallStore
     }
 }
 impl Drop for SmallStore {
     fn drop(&mut self) {
-        on_node(NODE, As::Root, &format!("umount {STORE}; {END_PAUSE}"));
+        // (the pause process first: a mount it is in may be busy a moment after it is killed)
+        on_node(
+            NODE,
+            As::Root,
+            &format!("{END_PAUSE}; for i in $(seq 100); do umount {STORE} 2>/dev/null && break; sleep 0.1; done; {END_PAUSE}"),
+        );
+        let mounted = on_node(NODE, As::Root, &format!("findmnt -n {STORE}"));
+        assert!(
+            mounted.stdout.trim().is_empty() || std::thread::panicking(),
+            "the small store stays mounted: {mounted}"
+        );
+        // (a fetch that reached the real store, were the test to fail, is not kept)
+        let forget = "podman images --format '{{.Repository}}:{{.Tag}}' | grep random-100m | xargs -r podman rmi -f";
+        on_node(NODE, As::User, forget);
     }
+}
+
+/// An image of 100 MB of random bytes (its layer does not compress) in the test registry, made once.
+fn incompressible_image() -> &'static str {
+    let image = "10.77.0.1:5000/md/random-100m";
+    sh(
+        As::Root,
+        &format!(
+            "podman image exists localhost/md-random-100m || {{ d=$(mktemp -d); head -c 100M /dev/urandom > $d/random; \
+               tar -C $d -cf $d/random.tar random && podman import --quiet $d/random.tar localhost/md-random-100m; rm -rf $d; }}; \
+             podman push --quiet --tls-verify=false localhost/md-random-100m {image}"
+        ),
+    )
+    .success();
+    image
 }
 
 #[test]
 fn fault_made_full_container_store_during_a_load() {
     let _g = exclusive();
-    let image = "10.77.0.1:5000/md/bench-big";
+    let image = incompressible_image();
     {
         let _small = SmallStore::mount();
-        // six steps at once fetch an image of 400 MB into a store of 48 MB
+        // six steps at once fetch an image of 100 MB into a store of 48 MB
         let steps: Vec<_> = (0..6)
             .map(|_| {
                 std::thread::spawn(move || {
@@ -331,7 +362,7 @@ fn fault_made_full_container_store_during_a_load() {
     }
     assert_recovered();
     reliability_row(
-        "the node's container store on a small full file system (48 MiB tmpfs) while 6 steps fetch a 400 MB image",
+        "the node's container store on a small full file system (48 MiB tmpfs) while 6 steps fetch a 100 MB image",
         "each step fails: `cannot pull image …: no space left on device in the container store … (… free now, too little for this); remove images you no longer use there …`",
         "nothing (no half image in the store)",
     );
