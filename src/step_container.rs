@@ -338,6 +338,12 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
     let (device_env, notice) = (spec.device_env.clone(), spec.device_notice.clone());
     drop(acting);
     fault_point::reached("run");
+    if engine.kind == EngineKind::Docker {
+        // the job's end waits for a restarting daemon to remove what it made for the job here
+        if let Some(marker) = docker_job_marker(&a.job) {
+            let _ = std::fs::write(marker, "");
+        }
+    }
     let ran = engine.run_detached(&run_args(engine.kind, &spec), &name);
     // the container has its own copies of its mounts now
     drop(staging);
@@ -479,6 +485,14 @@ fn fetch(
         }
     };
     Ok(found)
+}
+
+/// A file of the caller's state directory that says the node's Docker daemon was given a container
+/// of job `job`: the job's end (the sweep) then waits a while for a daemon that does not answer (a
+/// restart) rather than take its silence for "nothing of ours there".
+pub fn docker_job_marker(job: &str) -> Option<std::path::PathBuf> {
+    let safe = !job.is_empty() && job.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    safe.then(|| crate::runtime_dir::user_base().ok().map(|b| b.join(format!("docker-job-{job}"))))?
 }
 
 /// The site's login the plugin gave on standard input (`--site-login-stdin`), if it parses.

@@ -11,6 +11,10 @@ use mpiexec_docker_core::launch::LABEL;
 use mpiexec_docker_core::step_container;
 use mpiexec_docker_core::step_contract::SweepArgs;
 
+/// How long the job's end waits for a Docker daemon that had a container of the job on this node and
+/// does not answer (a restart), within the plugin's limit on the whole sweep.
+const DAEMON_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub fn main(args: &[String]) -> i32 {
     let a = match SweepArgs::try_parse_from(args) {
         Ok(a) => a,
@@ -29,9 +33,26 @@ pub fn main(args: &[String]) -> i32 {
         let Ok(engine) = Engine::find(kind).map(Engine::for_cleanup) else { continue };
         // A removal can race with one that a killed task started (the record then sits in
         // "Stopping"): look again after removing, a few times.
-        for attempt in 0..5 {
+        // a daemon that had a container of the job here and does not answer is waited for
+        let marker = step_container::docker_job_marker(&job).filter(|m| kind == EngineKind::Docker && m.exists());
+        let patience = std::time::Instant::now() + DAEMON_WAIT;
+        let list = || loop {
             match engine.containers_with(&[(format!("{LABEL}.job"), job.clone())]) {
-                Ok(ids) if ids.is_empty() => break,
+                Err(e) if marker.is_some() && std::time::Instant::now() < patience => {
+                    log::info!("waiting for the Docker daemon to remove job {job}'s containers: {e}");
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+                listed => return listed,
+            }
+        };
+        for attempt in 0..5 {
+            match list() {
+                Ok(ids) if ids.is_empty() => {
+                    if let Some(m) = &marker {
+                        let _ = std::fs::remove_file(m);
+                    }
+                    break;
+                }
                 Ok(ids) => {
                     // named containers of container_scope=global outlive the job as images
                     if attempt == 0 {
@@ -55,6 +76,13 @@ pub fn main(args: &[String]) -> i32 {
                     engine.remove(&ids);
                 }
                 // a Docker client without a daemon, say: nothing of ours can be there
+                Err(e) if kind == EngineKind::Docker && marker.is_some() => {
+                    mpiexec_docker_core::say_error!(
+                        "sweep of job {job}: the Docker daemon had its containers here and does not answer: {e}"
+                    );
+                    failed = true;
+                    break;
+                }
                 Err(e) if kind == EngineKind::Docker => {
                     log::debug!("{e}");
                     break;

@@ -78,7 +78,9 @@ pub enum Callback {
     JobEpilog,
 }
 
-/// Where each callback goes, by context. What is not listed does nothing there.
+/// Where each callback goes, by context. What is not listed does nothing there. slurmd's own
+/// process (its `init` and `exit` at its start and end) never gets here: the callbacks return 0 at
+/// once there, so nothing of ours runs in the daemon beyond Slurm's loading the plugin.
 ///
 /// | callback | srun/sbatch/salloc | slurmstepd | job script (slurmd) |
 /// | --- | --- | --- | --- |
@@ -116,6 +118,11 @@ macro_rules! callback {
         /// Called by Slurm only, with its handle and plugstack.conf arguments.
         #[no_mangle]
         pub unsafe extern "C" fn $name(sp: ffi::spank_t, ac: c_int, av: *mut *mut c_char) -> c_int {
+            // slurmd's own process (it calls init and exit at its start and end): nothing of ours
+            // runs there, not even the logger's setup; one call of Slurm's `spank_context`
+            if handle::context() == handle::Context::Slurmd {
+                return 0;
+            }
             guard(stringify!($name), || {
                 // SAFETY: Slurm passes this callback's own handle and its plugstack.conf arguments.
                 let spank = unsafe { Spank::from_raw(sp) };
