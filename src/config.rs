@@ -22,6 +22,7 @@
 //! cache_max_size: 50G       # images the tool fetched, per node and user: oldest removed beyond this
 //! policy: { allowed_images: [...], default_image: IMAGE, forced_images: { PARTITION: IMAGE } }  # site only
 //! registry_auth: /etc/mpiexec-docker/auth.json   # site only: registry logins, under each user's own
+//! job_fetch_dir: /shared/mpiexec-docker/fetch     # site only: one registry fetch per job (see crate::job_fetch)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -105,6 +106,7 @@ struct ConfigFile {
     cache_max_size: Option<String>,
     policy: Option<crate::policy::Policy>,
     registry_auth: Option<PathBuf>,
+    job_fetch_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -131,6 +133,9 @@ pub struct Config {
     /// root makes for users (Docker), and a registry's login alone for a rootless pull (see
     /// [`crate::registry_auth`]).
     pub registry_auth: Option<PathBuf>,
+    /// A directory of the cluster's shared file system where a job's first node hands a registry
+    /// image on to its other nodes (see [`crate::job_fetch`]); `None`: each node pulls for itself.
+    pub job_fetch_dir: Option<PathBuf>,
     /// The site's file, for messages that name a site rule.
     pub site_file: PathBuf,
 }
@@ -146,6 +151,7 @@ impl Default for Config {
             relay_commands: vec!["srun".into(), "ssh".into(), "rsh".into()],
             cache_max_size: None,
             registry_auth: None,
+            job_fetch_dir: None,
             policy: crate::policy::Policy::default(),
             site_file: PathBuf::from(SYSTEM_CONFIG),
         }
@@ -282,6 +288,17 @@ impl Config {
             }
             self.registry_auth = Some(auth);
         }
+        if let Some(dir) = file.job_fetch_dir {
+            let message = match (site, dir.is_absolute()) {
+                (false, _) => format!("job_fetch_dir is the site's setting ({}), not a user's", self.site_file.display()),
+                (true, false) => format!("job_fetch_dir: '{}' is not an absolute path", dir.display()),
+                (true, true) => String::new(),
+            };
+            if !message.is_empty() {
+                return Err(ConfigError::Invalid { path: path.to_path_buf(), message });
+            }
+            self.job_fetch_dir = Some(dir);
+        }
         if let Some(policy) = file.policy {
             if !site {
                 return Err(ConfigError::Invalid {
@@ -336,6 +353,19 @@ mod tests {
 
     fn write(name: &str, text: &str) -> PathBuf {
         crate::test_scratch::file(name, text.as_bytes())
+    }
+
+    #[test]
+    fn the_job_fetch_dir_is_the_sites_and_absolute() {
+        let sys = write("sys-fetch.yaml", "job_fetch_dir: /shared/fetch\n");
+        let c = Config::load_from(std::slice::from_ref(&sys)).unwrap();
+        assert_eq!(c.job_fetch_dir, Some(PathBuf::from("/shared/fetch")));
+        let user = write("user-fetch.yaml", "job_fetch_dir: /home/me/fetch\n");
+        let e = Config::load_from(&[sys, user]).unwrap_err().to_string();
+        assert!(e.contains("job_fetch_dir is the site's setting"), "{e}");
+        let relative = write("sys-fetch-rel.yaml", "job_fetch_dir: fetch\n");
+        let e = Config::load_from(&[relative]).unwrap_err().to_string();
+        assert!(e.contains("is not an absolute path"), "{e}");
     }
 
     #[test]

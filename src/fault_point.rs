@@ -15,8 +15,9 @@ pub const FAULT_WAIT_VAR: &str = "MPIEXEC_DOCKER_FAULT_WAIT";
 /// The longest the helper waits at a fault point.
 pub const FAULT_WAIT_LIMIT: Duration = Duration::from_secs(30);
 
-/// The phases a start or stop may be stopped at, in their order.
-pub const PHASES: &[&str] = &["lock", "fetch", "run", "cgroup", "relay", "stop"];
+/// The phases a start or stop may be stopped at, in their order (`hand-on`: the node that fetches
+/// an image for the job's other nodes, holding the lease; see [`crate::job_fetch`]).
+pub const PHASES: &[&str] = &["lock", "fetch", "hand-on", "run", "cgroup", "relay", "stop"];
 
 /// Where a step start or stop reaches `phase`: waits there when asked to (see the module docs).
 pub fn reached(phase: &str) {

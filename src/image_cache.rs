@@ -34,6 +34,7 @@ use crate::engine::{Engine, EngineError};
 use crate::image_source::{
     copy_without_names, repository_component, ArchiveInfo, ImageError, ImageFile, ImageSource, CACHE_REPOSITORY,
 };
+use crate::job_fetch::{JobFetch, Turn};
 use crate::runtime_dir::{self, Lock, RuntimeError};
 
 #[derive(Debug, Error)]
@@ -52,6 +53,8 @@ pub enum CacheError {
     Io { what: String, source: std::io::Error },
     #[error("image '{image}': {reason}")]
     FromStore { image: String, reason: String },
+    #[error("image '{image}': the job's fetch: {reason}")]
+    HandOn { image: String, reason: String },
     #[error("image '{image}' is not in {engine}'s images on this node (these are never pulled: load or pull it there first)")]
     NotInStore { image: String, engine: &'static str },
 }
@@ -253,12 +256,15 @@ pub(crate) fn absolute(path: &Path, base: &Path) -> PathBuf {
 /// or in a shared store the user's own name for a registry image (see the module docs). The caller
 /// holds [`fetch_lock`]. `credentials`: a Docker client configuration directory with the user's
 /// registry logins, for pulls. `user`: the user root acts for (whose rights read another store).
+/// `job`: the job's hand-on directory (see [`crate::job_fetch`]), for a registry image the store
+/// lacks: one node of the job pulls it, the others load what it hands on.
 pub fn ensure(
     engine: &Engine,
     image: &mut Resolved,
     policy: PullPolicy,
     credentials: Option<&Path>,
     user: Option<&crate::identity::UserIds>,
+    job: Option<&JobFetch>,
 ) -> Result<String, CacheError> {
     if let Some(store) = image.store {
         use crate::image_source::LocalStore;
@@ -283,7 +289,12 @@ pub fn ensure(
         None => {
             let reference = image.local.clone();
             let Some(uid) = image.scope else {
-                ensure_pulled(engine, &reference, policy, credentials)?;
+                match job {
+                    Some(job) if policy == PullPolicy::Missing && !engine.image_present(&reference)? => {
+                        pull_for_job(engine, &reference, credentials, job)?
+                    }
+                    _ => ensure_pulled(engine, &reference, policy, credentials)?,
+                }
                 return Ok(reference);
             };
             // a shared store: the user's own name for what they pulled, or what the node's admin put
@@ -398,6 +409,55 @@ fn ensure_pulled(
         }
         _ => Ok(()),
     }
+}
+
+/// A registry image through the job's hand-on directory (see [`crate::job_fetch`]): pulled by the
+/// first of the job's nodes, which hands it on as a file; loaded from that file by the others.
+fn pull_for_job(
+    engine: &Engine,
+    reference: &str,
+    credentials: Option<&Path>,
+    job: &JobFetch,
+) -> Result<(), CacheError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let hand_on = |reason: String| CacheError::HandOn { image: reference.to_string(), reason };
+    match job.claim(&short_hash(reference), FETCH_LIMIT).map_err(|e| hand_on(e.to_string()))? {
+        Turn::Load(path) => {
+            let mut file = std::fs::File::open(&path).map_err(|e| hand_on(format!("{}: {e}", path.display())))?;
+            let loaded = with_progress(&format!("loading {reference} as another node of the job fetched it"), || {
+                engine.load(FETCH_LIMIT, move |stdin| {
+                    std::io::copy(&mut file, stdin).map(|_| ()).map_err(|e| format!("reading it: {e}"))
+                })
+            })
+            .map_err(hand_on)?;
+            if loaded != reference {
+                engine.tag(&loaded, reference).map_err(hand_on)?;
+            }
+        }
+        Turn::Fetch(lease) => {
+            crate::fault_point::reached("hand-on");
+            with_progress(&format!("pulling {reference}"), || engine.pull_with(reference, credentials, FETCH_LIMIT))?;
+            // handed on to the job's other nodes; this node has the image whatever happens to that
+            let partial = lease.partial();
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&partial)
+                .map_err(|e| e.to_string())
+                .and_then(|out| {
+                    let into = out.try_clone().map_err(|e| e.to_string())?;
+                    engine.save_into(FETCH_LIMIT, reference, into)?;
+                    lease.complete(&out, &partial).map_err(|e| e.to_string())
+                });
+            if let Err(e) = written {
+                log::warn!("cannot hand {reference} on to the job's other nodes (they pull it themselves): {e}");
+                let _ = std::fs::remove_file(&partial);
+            }
+        }
+    }
+    let _ = engine.tag(reference, &pulled_name(reference));
+    Ok(())
 }
 
 /// The first 16 hex digits of the SHA-256 of `text`.

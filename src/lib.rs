@@ -49,6 +49,7 @@ mod hostile_input;
 pub mod identity;
 pub mod image_cache;
 pub mod image_source;
+pub mod job_fetch;
 pub mod in_container;
 pub mod launch;
 pub mod layout;

@@ -461,12 +461,20 @@ fn fetch(
                 }
                 None => None,
             };
+            // one fetch per job: a store of the user's own takes what the job's first node hands on
+            let job = match (&config.job_fetch_dir, scope) {
+                (Some(dir), None) => crate::job_fetch::JobFetch::open(dir, me.uid, &a.job)
+                    .map_err(|e| log::warn!("{e}; this node pulls for itself"))
+                    .ok(),
+                _ => None,
+            };
             let local = image_cache::ensure(
                 engine,
                 &mut image,
                 config.pull,
                 credentials.as_ref().map(|c| c.dir()),
                 scope.map(|_| me),
+                job.as_ref(),
             )?;
             drop(credentials);
             if let Some(max) = config.cache_max_size {

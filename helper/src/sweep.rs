@@ -96,6 +96,7 @@ pub fn main(args: &[String]) -> i32 {
         }
     }
     remove_stale_runtime_dirs();
+    remove_job_fetch_dir(&job);
     i32::from(failed)
 }
 
@@ -104,6 +105,22 @@ pub fn main(args: &[String]) -> i32 {
 fn remove_stale_runtime_dirs() {
     if let Ok(base) = mpiexec_docker_core::runtime_dir::user_base() {
         mpiexec_docker_core::runtime_dir::sweep(&base);
+    }
+}
+
+/// Removes what the job's nodes handed each other (the site's `job_fetch_dir`), run as the user.
+fn remove_job_fetch_dir(job: &str) {
+    let uid = nix::unistd::getuid().as_raw();
+    if uid == 0 {
+        return;
+    }
+    match mpiexec_docker_core::config::Config::load() {
+        Ok(config) => {
+            if let Some(dir) = config.job_fetch_dir {
+                mpiexec_docker_core::job_fetch::JobFetch::remove_job(&dir, uid, job);
+            }
+        }
+        Err(e) => log::debug!("{e}"),
     }
 }
 

@@ -247,3 +247,99 @@ fn a_changed_tag_is_seen_with_pull_newer() {
     assert_eq!(flavour(""), "two");
     sh(As::User, "mpiexec_docker images prune >/dev/null").success();
 }
+
+/// The site's `job_fetch_dir` (a directory every node sees, made like /tmp) set until dropped.
+fn with_job_fetch_dir() -> (Restore, String) {
+    const SITE: &str = "/etc/mpiexec-docker/config.yaml";
+    let site = Restore(SITE, std::fs::read(SITE).ok());
+    let dir = format!("{SHARED}/job-fetch");
+    sh(As::Root, &format!("install -d -m 1777 {dir} && printf 'job_fetch_dir: {dir}\\n' >> {SITE}")).success();
+    (site, dir)
+}
+
+/// What the job fetch directory holds of the test user (their jobs' directories and files).
+fn job_fetch_left(dir: &str) -> String {
+    sh(As::Root, &format!("find {dir} -mindepth 2 2>/dev/null | sort")).stdout
+}
+
+#[test]
+fn with_a_job_fetch_dir_the_registry_serves_each_blob_once_per_job() {
+    let _g = exclusive();
+    let (_site, dir) = with_job_fetch_dir();
+    forget_tiny_everywhere(As::User);
+    let from = log_lines();
+    // a cold step over the 3 nodes, 12 tasks at once
+    let run = sh(
+        As::User,
+        &format!("srun -N3 -n12 --container-image={REGISTRY}/md/tiny sh -c 'echo $(hostname) $MD_IMAGE_FLAVOUR'"),
+    )
+    .success();
+    assert_eq!(run.lines().iter().filter(|l| l.ends_with(" tiny")).count(), 12, "{run}");
+    let nodes: std::collections::BTreeSet<String> =
+        run.lines().iter().filter_map(|l| l.split_whitespace().next().map(str::to_string)).collect();
+    assert_eq!(nodes.len(), 3, "tasks ran on the 3 nodes: {run}");
+    // the registry served each blob once for the job, to one node
+    let fetched = blob_fetches(from);
+    assert!(!fetched.is_empty(), "the image came from the registry");
+    let mut per_blob = std::collections::BTreeMap::new();
+    for ((_, blob), n) in &fetched {
+        *per_blob.entry(blob.clone()).or_insert(0) += n;
+    }
+    assert!(per_blob.values().all(|&n| n == 1), "each blob once per job: {fetched:?}");
+    let fetchers: std::collections::BTreeSet<&String> = fetched.keys().map(|(ip, _)| ip).collect();
+    assert_eq!(fetchers.len(), 1, "one node fetched: {fetched:?}");
+    // every node has the image now: a later job asks the registry for nothing
+    let from = log_lines();
+    sh(As::User, &format!("srun -N3 -n3 --container-image={REGISTRY}/md/tiny true")).success();
+    assert!(blob_fetches(from).is_empty(), "{:?}", blob_fetches(from));
+    // the jobs' ends removed what the nodes handed each other
+    assert_clean_within(60);
+    assert!(wait_for(30, || job_fetch_left(&dir).trim().is_empty()), "left: {}", job_fetch_left(&dir));
+    forget_tiny_everywhere(As::User);
+}
+
+#[test]
+fn the_job_fetch_goes_on_when_the_fetching_nodes_helper_is_killed() {
+    let _g = exclusive();
+    let (_site, dir) = with_job_fetch_dir();
+    forget_tiny_everywhere(As::User);
+    // the fetching node's helper stops once it holds the job's lease; the test kills it there
+    let killer = std::thread::spawn(|| {
+        let mut killed = None;
+        let found = wait_for(90, || {
+            for node in NODES {
+                let pid = on_node(node, As::Root, "cat /run/mpiexec-docker/*/fault-hand-on 2>/dev/null").stdout;
+                if !pid.trim().is_empty() {
+                    on_node(node, As::Root, &format!("kill -9 {}", pid.trim())).success();
+                    killed = Some(node);
+                    return true;
+                }
+            }
+            false
+        });
+        assert!(found, "no node reached the hand-on phase");
+        killed
+    });
+    let run = sbatch(
+        As::User,
+        "-N3 -n3 -t 10",
+        &format!(
+            "srun -N3 -n3 --export=ALL,MPIEXEC_DOCKER_FAULT_WAIT=hand-on --container-image={REGISTRY}/md/tiny true; echo first=$?; \
+             srun -N3 -n3 --container-image={REGISTRY}/md/tiny sh -c 'echo $MD_IMAGE_FLAVOUR'; echo second=$?"
+        ),
+    );
+    let killed = killer.join().expect("the killer thread");
+    assert!(killed.is_some());
+    let lines = run.lines();
+    // the first step fails with one line; the second finds the dead fetcher's lease, takes it over
+    // after it went stale, and runs on every node
+    assert!(lines.iter().any(|l| l.starts_with("first=") && l != "first=0"), "{run}");
+    let ours: Vec<&String> = lines.iter().filter(|l| l.contains("mpiexec_docker: ")).collect();
+    assert_eq!(ours.len(), 1, "one line of ours: {run}");
+    assert!(ours[0].contains("the helper was killed (SIGKILL)"), "{run}");
+    assert!(lines.iter().any(|l| l == "second=0"), "{run}");
+    assert_eq!(lines.iter().filter(|l| *l == "tiny").count(), 3, "{run}");
+    assert_clean_within(60);
+    assert!(wait_for(30, || job_fetch_left(&dir).trim().is_empty()), "left: {}", job_fetch_left(&dir));
+    forget_tiny_everywhere(As::User);
+}
