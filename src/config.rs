@@ -290,7 +290,9 @@ impl Config {
         }
         if let Some(dir) = file.job_fetch_dir {
             let message = match (site, dir.is_absolute()) {
-                (false, _) => format!("job_fetch_dir is the site's setting ({}), not a user's", self.site_file.display()),
+                (false, _) => {
+                    format!("job_fetch_dir is the site's setting ({}), not a user's", self.site_file.display())
+                }
                 (true, false) => format!("job_fetch_dir: '{}' is not an absolute path", dir.display()),
                 (true, true) => String::new(),
             };

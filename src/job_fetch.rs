@@ -125,7 +125,12 @@ impl JobFetch {
             if file.is_file() {
                 return Ok(Turn::Load(file));
             }
-            match OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(&lease)
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&lease)
             {
                 Ok(mut handle) => {
                     // (the file may have been completed between the look and the lease)
@@ -145,7 +150,8 @@ impl JobFetch {
                     Some((at, since)) if at == modified => {
                         if since.elapsed() >= LEASE_STALE {
                             // its fetcher is gone: one waiter's rename wins, and that one fetches next
-                            let away = self.dir.join(format!("{key}.lease.stale-{}-{}", hostname(), std::process::id()));
+                            let away =
+                                self.dir.join(format!("{key}.lease.stale-{}-{}", hostname(), std::process::id()));
                             if std::fs::rename(&lease, &away).is_ok() {
                                 log::info!("{}: the fetching node stopped; this node fetches", lease.display());
                                 let _ = std::fs::remove_file(&away);
@@ -170,7 +176,8 @@ impl JobFetch {
         let dir = user.join(format!("job-{job}"));
         // only the user's own directory, never through a link
         let ours = |p: &Path| {
-            std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_dir() && m.uid() == uid && m.mode() & 0o077 == 0)
+            std::fs::symlink_metadata(p)
+                .is_ok_and(|m| m.file_type().is_dir() && m.uid() == uid && m.mode() & 0o077 == 0)
         };
         if ours(&user) && ours(&dir) {
             if let Err(e) = std::fs::remove_dir_all(&dir) {

@@ -9,21 +9,12 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 source "$top/tests/cluster/lib.sh"
 rounds=${1:-10}
-debug_target=$(mktemp -d)
-saved=$(mktemp)
-cp /etc/slurm/plugstack.conf "$saved"
-restart() {   # every slurmd stopped, then started again by up.sh (they load plugstack.conf's plugins)
-    local n
-    for n in "${MDT_NODES[@]}"; do kill "$(cat "/run/slurmd-$n.pid")" 2>/dev/null || true; done
-    for n in "${MDT_NODES[@]}"; do
-        for _ in $(seq 100); do kill -0 "$(cat "/run/slurmd-$n.pid" 2>/dev/null)" 2>/dev/null || break; sleep 0.1; done
-    done
-    # (each node's namespaces go with its slurmd: the users' rootless pause processes there too)
-    pkill -u "$MDT_USER" -x catatonit || true
-    pkill -u "$MDT_USER2" -x catatonit || true
-    bash "$top/tests/cluster/up.sh" >/dev/null
+debug_target=$top/target/load-compare   # (kept: a rerun builds only what changed)
+restart() {   # restart PLUGSTACK_LINE: the whole cluster stopped, then started with that plugstack.conf line
+    bash "$top/tests/cluster/down.sh" >/dev/null 2>&1
+    MDT_PLUGSTACK=$1 bash "$top/tests/cluster/up.sh" >/dev/null 2>&1
 }
-trap 'cp "$saved" /etc/slurm/plugstack.conf; rm -f "$saved" /usr/lib/x86_64-linux-gnu/slurm-wlm/spank_mpiexec_docker_debug.so; rm -rf "$debug_target"; restart' EXIT
+trap 'rm -f /usr/lib/x86_64-linux-gnu/slurm-wlm/spank_mpiexec_docker_debug.so; bash "$top/tests/cluster/down.sh" >/dev/null 2>&1; bash "$top/tests/cluster/up.sh" >/dev/null 2>&1' EXIT
 
 # the plugin with debug assertions and overflow checks (cargo's dev profile), against this Slurm
 SLURM_INCLUDE_DIR=/usr/include cargo build --quiet -p mpiexec-docker-spank --target-dir "$debug_target" >&2
@@ -31,8 +22,7 @@ install -m 0644 "$debug_target/debug/libspank_mpiexec_docker.so" /usr/lib/x86_64
 
 load() {   # load NAME PLUGSTACK_LINE SRUN_OPTIONS
     local name=$1 line=$2 opts=$3
-    echo "$line" > /etc/slurm/plugstack.conf
-    restart
+    restart "$line"
     local before=() n
     for n in "${MDT_NODES[@]}"; do before+=("$(cat "/run/slurmd-$n.pid")"); done
     local out t0=$SECONDS

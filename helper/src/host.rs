@@ -130,7 +130,9 @@ pub fn main(mode: Mode, argv: &[String]) -> i32 {
 
     // one fetch per node and user, however many ranks' containers start at once
     let uid = nix::unistd::getuid().as_raw();
-    match image_cache::fetch_lock(uid).and_then(|_lock| image_cache::ensure(&engine, &mut image, pull, None, None, None)) {
+    match image_cache::fetch_lock(uid)
+        .and_then(|_lock| image_cache::ensure(&engine, &mut image, pull, None, None, None))
+    {
         Ok(local) => {
             if let Some(max) = config.cache_max_size {
                 if let Ok(_store) = image_cache::store_lock() {

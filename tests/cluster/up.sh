@@ -458,9 +458,11 @@ ConstrainRAMSpace=yes
 EOF
     # (Slurm reads this file at every launch: a change needs no restart. tests/e2e/docker.rs switches the
     # engine to docker while it runs; every other test binary switches it back.)
+    # (MDT_PLUGSTACK, when set, is written instead: tests/load_compare.sh starts the daemons with
+    # another plugin, or none)
     cat > /etc/slurm/plugstack.conf <<EOF
 # written by mpiexec-docker's tests/cluster/up.sh
-required $MDT_PLUGIN engine=podman helper=$MDT_HELPER
+${MDT_PLUGSTACK:-required $MDT_PLUGIN engine=podman helper=$MDT_HELPER}
 EOF
     if [[ $CONFIG_CHANGED == 1 ]] && [[ -s /run/slurmctld.pid || -n $(ls /run/slurmd-node*.pid 2>/dev/null) ]]; then
         log "the Slurm configuration changed: restarting the cluster's daemons"

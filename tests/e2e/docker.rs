@@ -772,12 +772,7 @@ fn fault_made_root_helper_killed_at_each_phase_with_docker() {
         let ours = our_lines(&run);
         assert_eq!(ours.len(), 1, "{phase}: one line of ours: {run}");
         assert!(ours[0].contains("the helper was killed (SIGKILL)"), "{phase}: {run}");
-        assert_clean_within(60);
-        assert_no_node_drained();
-        let next =
-            sh(As::User, &format!("srun -w node1 -n1 --container-image={OPENMPI} sh -c 'echo $MD_IMAGE_FLAVOUR'"));
-        assert_eq!(next.success().lines(), ["openmpi"]);
-        assert_clean_within(30);
+        assert_recovered_on("node1", OPENMPI, "openmpi");
         reliability_row(
             &format!("`kill -9` of root's helper (Docker) at the start's {phase} phase"),
             "the step fails: `the helper was killed (SIGKILL)`",
@@ -804,12 +799,7 @@ fn fault_made_docker_client_killed_at_each_phase_with_docker() {
         let ours = our_lines(&run);
         assert_eq!(ours.len(), 1, "{phase}: one line of ours: {run}");
         assert!(ours[0].contains("docker was killed (SIGKILL)"), "{phase}: {run}");
-        assert_clean_within(60);
-        assert_no_node_drained();
-        let next =
-            sh(As::User, &format!("srun -w node1 -n1 --container-image={OPENMPI} sh -c 'echo $MD_IMAGE_FLAVOUR'"));
-        assert_eq!(next.success().lines(), ["openmpi"]);
-        assert_clean_within(30);
+        assert_recovered_on("node1", OPENMPI, "openmpi");
         reliability_row(
             &format!("`kill -9` of the docker client at the start's {phase} phase"),
             "the step fails: `… docker was killed (SIGKILL)`",

@@ -16,11 +16,7 @@ const NODE: &str = "node2";
 /// After a fault: nothing of ours left once the job is over, every node in service, and the next
 /// step on the node works.
 fn assert_recovered() {
-    assert_clean_within(60);
-    assert_no_node_drained();
-    let next = sh(As::User, &format!("srun -w {NODE} -n1 --container-image={OPENMPI} sh -c 'echo $MD_IMAGE_FLAVOUR'"));
-    assert_eq!(next.success().lines(), ["openmpi"]);
-    assert_clean_within(30);
+    assert_recovered_on(NODE, OPENMPI, "openmpi");
 }
 
 #[test]

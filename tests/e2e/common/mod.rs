@@ -314,6 +314,16 @@ pub fn assert_no_node_drained() {
     assert!(run.lines().iter().all(|l| !bad(l)), "no node may be drained: {run}");
 }
 
+/// After a fault on `node`: nothing of ours left once the job is over, every node in service, and
+/// the next step there works in `image` (a test image of MPI flavour `flavour`, which it prints).
+pub fn assert_recovered_on(node: &str, image: &str, flavour: &str) {
+    assert_clean_within(60);
+    assert_no_node_drained();
+    let next = sh(As::User, &format!("srun -w {node} -n1 --container-image={image} sh -c 'echo $MD_IMAGE_FLAVOUR'"));
+    assert_eq!(next.success().lines(), [flavour]);
+    assert_clean_within(30);
+}
+
 /// Runs its closure when dropped (also when the test fails): a test's cleanup.
 pub struct OnDrop<F: FnMut()>(pub F);
 impl<F: FnMut()> Drop for OnDrop<F> {
