@@ -86,7 +86,7 @@ fn own_dir(dir: &Path, uid: u32) -> Result<(), JobFetchError> {
 impl JobFetch {
     /// The directory of `uid`'s job `job` under the site's `site_dir`, made and checked.
     pub fn open(site_dir: &Path, uid: u32, job: &str) -> Result<JobFetch, JobFetchError> {
-        if !job.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || job.is_empty() {
+        if !crate::step_contract::is_job_id(job) {
             return Err(JobFetchError::NotYours(site_dir.join(job)));
         }
         let site = std::fs::metadata(site_dir).map_err(|_| JobFetchError::NoSiteDir(site_dir.to_path_buf()))?;

@@ -499,8 +499,8 @@ fn fetch(
 /// of job `job`: the job's end (the sweep) then waits a while for a daemon that does not answer (a
 /// restart) rather than take its silence for "nothing of ours there".
 pub fn docker_job_marker(job: &str) -> Option<std::path::PathBuf> {
-    let safe = !job.is_empty() && job.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    safe.then(|| crate::runtime_dir::user_base().ok().map(|b| b.join(format!("docker-job-{job}"))))?
+    crate::step_contract::is_job_id(job)
+        .then(|| crate::runtime_dir::user_base().ok().map(|b| b.join(format!("docker-job-{job}"))))?
 }
 
 /// The site's login the plugin gave on standard input (`--site-login-stdin`), if it parses.

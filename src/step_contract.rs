@@ -177,8 +177,13 @@ pub struct SweepArgs {
     pub engine: Option<EngineKind>,
 }
 
+/// Whether `s` is a Slurm job id (digits): safe, too, as part of a file name.
+pub fn is_job_id(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_digit())
+}
+
 fn job_id(s: &str) -> Result<String, String> {
-    match !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) {
+    match is_job_id(s) {
         true => Ok(s.to_string()),
         false => Err(format!("'{s}' is not a job id")),
     }
