@@ -53,6 +53,7 @@ pub mod in_container;
 pub mod job_fetch;
 pub mod launch;
 pub mod layout;
+pub mod left_tasks;
 pub mod mount_source;
 pub mod mpi;
 pub mod plugin_file;

@@ -16,16 +16,16 @@ use crate::confinement::Confinement;
 
 #[derive(Debug, Error)]
 pub enum JoinError {
-    #[error("the step's container (process {pid}) is gone: {source}")]
-    Gone { pid: i32, source: std::io::Error },
-    #[error("cannot join the container's {ns} namespace: {source}")]
-    Setns { ns: &'static str, source: nix::Error },
-    #[error("working directory {dir} is not in the container: {source}")]
-    Workdir { dir: PathBuf, source: std::io::Error },
+    #[error("the step's container (process {pid}) is gone: {cause}")]
+    Gone { pid: i32, cause: std::io::Error },
+    #[error("cannot join the container's {ns} namespace: {cause}")]
+    Setns { ns: &'static str, cause: nix::Error },
+    #[error("working directory {dir} is not in the container: {cause}")]
+    Workdir { dir: PathBuf, cause: std::io::Error },
     #[error("process {pid} is not a step container of ours; not joining it")]
     NotOurs { pid: i32 },
-    #[error("cannot {what}: {source}")]
-    Sys { what: &'static str, source: std::io::Error },
+    #[error("cannot {what}: {cause}")]
+    Sys { what: &'static str, cause: std::io::Error },
 }
 
 /// Joins, as root, the mount namespace of a container that a root daemon (Docker) made for the step:
@@ -35,29 +35,29 @@ pub enum JoinError {
 /// root here, and a setuid program in a user's image must not make its user root.
 pub fn enter_privileged(pid: i32, unshared: &[String]) -> Result<(), JoinError> {
     use nix::sched::{setns, CloneFlags};
-    let gone = |source| JoinError::Gone { pid, source };
+    let gone = |cause| JoinError::Gone { pid, cause };
     let mnt_ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt")).map_err(gone)?;
     let own = own_namespaces(pid, unshared)?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).map_err(gone)?;
     let own_user = std::fs::read_link("/proc/self/ns/user").map_err(gone)?;
     let their_user = std::fs::read_link(format!("/proc/{pid}/ns/user")).map_err(gone)?;
     if !is_pause(&cmdline) || own_user != their_user {
-        return Err(JoinError::NotOurs { pid });
+        return Err(not_ours(pid, &cmdline));
     }
-    crate::confinement::no_new_privileges().map_err(|source| JoinError::Sys { what: "set no_new_privs", source })?;
+    crate::confinement::no_new_privileges().map_err(|cause| JoinError::Sys { what: "set no_new_privs", cause })?;
     join_own(own)?;
-    setns(&mnt_ns, CloneFlags::CLONE_NEWNS).map_err(|source| JoinError::Setns { ns: "mount", source })
+    setns(&mnt_ns, CloneFlags::CLONE_NEWNS).map_err(|cause| JoinError::Setns { ns: "mount", cause })
 }
 
 /// Checks that process `pid` is a step container's placeholder of user `uid` (as the host sees it)
 /// before root acts on it: a pid from anywhere else is never read or joined.
 pub fn check_pause(pid: i32, uid: u32) -> Result<(), JoinError> {
     use std::os::unix::fs::MetadataExt;
-    let gone = |source| JoinError::Gone { pid, source };
+    let gone = |cause| JoinError::Gone { pid, cause };
     let owner = std::fs::metadata(format!("/proc/{pid}")).map_err(gone)?.uid();
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).map_err(gone)?;
     if owner != uid || !is_pause(&cmdline) {
-        return Err(JoinError::NotOurs { pid });
+        return Err(not_ours(pid, &cmdline));
     }
     Ok(())
 }
@@ -68,15 +68,24 @@ pub fn check_pause(pid: i32, uid: u32) -> Result<(), JoinError> {
 pub fn wait_for_pause(pid: i32, limit: std::time::Duration) -> Result<(), JoinError> {
     let start = std::time::Instant::now();
     loop {
-        let cmdline =
-            std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|source| JoinError::Gone { pid, source })?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|cause| JoinError::Gone { pid, cause })?;
         if is_pause(&cmdline) {
             return Ok(());
         }
         if start.elapsed() > limit {
-            return Err(JoinError::NotOurs { pid });
+            return Err(not_ours(pid, &cmdline));
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Why process `pid`, with this `/proc/PID/cmdline`, may not be joined: a process that has ended (a
+/// zombie has no command line: its container was stopped a moment ago) is gone; anything else is
+/// not ours.
+fn not_ours(pid: i32, cmdline: &[u8]) -> JoinError {
+    match cmdline.is_empty() {
+        true => JoinError::Gone { pid, cause: std::io::Error::other("it has ended") },
+        false => JoinError::NotOurs { pid },
     }
 }
 
@@ -90,9 +99,9 @@ pub fn is_pause(cmdline: &[u8]) -> bool {
 /// on the host the task stays the user. Must be called single-threaded, as the user.
 pub fn map_to_root(uid: u32, gid: u32) -> Result<(), JoinError> {
     use nix::sched::{unshare, CloneFlags};
-    unshare(CloneFlags::CLONE_NEWUSER).map_err(|source| JoinError::Setns { ns: "new user", source })?;
+    unshare(CloneFlags::CLONE_NEWUSER).map_err(|cause| JoinError::Setns { ns: "new user", cause })?;
     let write = |what: &'static str, file: &str, text: String| {
-        std::fs::write(file, text).map_err(|source| JoinError::Sys { what, source })
+        std::fs::write(file, text).map_err(|cause| JoinError::Sys { what, cause })
     };
     // a task that changed its uid is not dumpable, which makes its /proc files root's: for the
     // moment of these writes only, it is (the program's exec sets the flag anew anyway)
@@ -124,7 +133,7 @@ pub fn move_into_cgroup(pid: i32, cgroup_root: &Path, path: &str) -> Result<usiz
             continue;
         }
         std::fs::write(&procs, pid.to_string())
-            .map_err(|source| JoinError::Sys { what: "move the container into the step's cgroup", source })?;
+            .map_err(|cause| JoinError::Sys { what: "move the container into the step's cgroup", cause })?;
         moved += 1;
     }
     Ok(moved)
@@ -154,7 +163,7 @@ pub fn step_cgroup(proc_self_cgroup: &str) -> Option<String> {
 /// caller must be single-threaded (the kernel refuses a user namespace change otherwise).
 pub fn enter(pid: i32, workdir: &Path, unshared: &[String]) -> Result<(), JoinError> {
     use nix::sched::{setns, CloneFlags};
-    let gone = |source| JoinError::Gone { pid, source };
+    let gone = |cause| JoinError::Gone { pid, cause };
     let open = |ns: &str| std::fs::File::open(format!("/proc/{pid}/ns/{ns}"));
     let user_ns = open("user").map_err(gone)?;
     let mnt_ns = open("mnt").map_err(gone)?;
@@ -162,16 +171,16 @@ pub fn enter(pid: i32, workdir: &Path, unshared: &[String]) -> Result<(), JoinEr
     let own_user = std::fs::read_link("/proc/self/ns/user").map_err(gone)?;
     let their_user = std::fs::read_link(format!("/proc/{pid}/ns/user")).map_err(gone)?;
     if own_user != their_user {
-        setns(&user_ns, CloneFlags::CLONE_NEWUSER).map_err(|source| JoinError::Setns { ns: "user", source })?;
+        setns(&user_ns, CloneFlags::CLONE_NEWUSER).map_err(|cause| JoinError::Setns { ns: "user", cause })?;
     }
     join_own(own)?;
-    setns(&mnt_ns, CloneFlags::CLONE_NEWNS).map_err(|source| JoinError::Setns { ns: "mount", source })?;
-    std::env::set_current_dir(workdir).map_err(|source| JoinError::Workdir { dir: workdir.into(), source })
+    setns(&mnt_ns, CloneFlags::CLONE_NEWNS).map_err(|cause| JoinError::Setns { ns: "mount", cause })?;
+    std::env::set_current_dir(workdir).map_err(|cause| JoinError::Workdir { dir: workdir.into(), cause })
 }
 
 /// The container's own namespaces among `unshared` (net, ipc, uts), opened before any is joined.
 fn own_namespaces(pid: i32, unshared: &[String]) -> Result<Vec<(std::fs::File, &'static str)>, JoinError> {
-    let gone = |source| JoinError::Gone { pid, source };
+    let gone = |cause| JoinError::Gone { pid, cause };
     [("net", "network"), ("ipc", "IPC"), ("uts", "UTS")]
         .into_iter()
         .filter(|(ns, _)| unshared.iter().any(|u| u == ns))
@@ -183,7 +192,7 @@ fn own_namespaces(pid: i32, unshared: &[String]) -> Result<Vec<(std::fs::File, &
 fn join_own(own: Vec<(std::fs::File, &'static str)>) -> Result<(), JoinError> {
     for (file, what) in own {
         nix::sched::setns(&file, nix::sched::CloneFlags::empty())
-            .map_err(|source| JoinError::Setns { ns: what, source })?;
+            .map_err(|cause| JoinError::Setns { ns: what, cause })?;
     }
     Ok(())
 }
@@ -275,6 +284,23 @@ mod tests {
         assert!(enter_privileged(i32::MAX, &[]).unwrap_err().to_string().contains("is gone"));
         let err = enter(i32::MAX, Path::new("/"), &[]).unwrap_err();
         assert!(err.to_string().contains("is gone"), "{err}");
+    }
+
+    #[test]
+    fn a_container_stopped_a_moment_ago_is_gone_not_foreign() {
+        // a zombie: ended, not yet waited for
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        let ended = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            std::fs::read(format!("/proc/{pid}/cmdline")).map(|c| c.is_empty()).unwrap_or(false)
+        });
+        assert!(ended, "the child ended");
+        let uid = nix::unistd::getuid().as_raw();
+        let err = check_pause(pid, uid).unwrap_err();
+        assert!(err.to_string().contains("is gone: it has ended"), "{err}");
+        assert!(std::error::Error::source(&err).is_none(), "the reason is said once: {err}");
+        child.wait().unwrap();
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! caller's store (Podman, and Docker when it is there). The SPANK plugin runs it at the end of each
 //! job on every node, as root and as the job's user, so that nothing survives a job whatever killed it
 //! (but what the site's `container_scope=global` keeps: a named container, committed as an image of
-//! the user's first).
+//! the user's first). Tasks still running in a container of the job (their slurmstepd was killed)
+//! are ended first (see `mpiexec_docker_core::left_tasks`).
 
 use clap::Parser;
 use mpiexec_docker_core::engine::Engine;
@@ -54,8 +55,18 @@ pub fn main(args: &[String]) -> i32 {
                     break;
                 }
                 Ok(ids) => {
-                    // named containers of container_scope=global outlive the job as images
                     if attempt == 0 {
+                        // tasks whose slurmstepd died before it could end them (see left_tasks)
+                        for id in &ids {
+                            let pid = engine.container_pid(id).ok().and_then(|p| p.parse::<i32>().ok());
+                            if let Some(pid) = pid.filter(|p| *p > 0) {
+                                let ended = mpiexec_docker_core::left_tasks::end_tasks_in(pid);
+                                if ended > 0 {
+                                    log::warn!("job {job}: ended {ended} task(s) left in container {id}");
+                                }
+                            }
+                        }
+                        // named containers of container_scope=global outlive the job as images
                         for id in &ids {
                             match step_container::keep_if_marked(&engine, id) {
                                 Ok(Some(kept)) => log::info!("kept container {id} of job {job} as {kept}"),
@@ -93,6 +104,10 @@ pub fn main(args: &[String]) -> i32 {
                     break;
                 }
             }
+        }
+        // the shims of step containers that a restarted daemon lost (see end_lost_shims)
+        if nix::unistd::getuid().is_root() {
+            engine.end_lost_shims();
         }
     }
     remove_stale_runtime_dirs();

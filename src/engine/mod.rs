@@ -21,6 +21,7 @@ pub const IMAGE_CONFIG_LABEL: &str = "mpiexec-docker.image-config";
 
 pub mod containers;
 pub mod images;
+mod lost_shims;
 mod run;
 
 pub use command_line::{docker_refuses, run_args};

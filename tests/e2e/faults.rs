@@ -442,3 +442,45 @@ fn fault_made_slurmd_killed_for_good_mid_job_then_the_node_returns() {
         "nothing (the step's end and the job's end removed the container)",
     );
 }
+
+#[test]
+fn fault_made_slurmstepd_killed_under_a_running_container_step() {
+    let _g = exclusive();
+    let job = sh(
+        As::User,
+        &format!("sbatch --parsable -N1 -w {NODE} -o /dev/null --wrap 'srun --container-image={OPENMPI} sleep 317'"),
+    )
+    .success();
+    let job = job.stdout.trim().to_string();
+    let cancel = job.clone();
+    let _cancel = OnDrop(move || {
+        sh(As::Root, &format!("scancel {cancel}"));
+    });
+    assert!(container_running(), "the step's container never ran");
+    let task = || on_node(NODE, As::Root, "pgrep -u mpitest -x sleep -a | grep -w 317 || true").stdout;
+    assert!(wait_for(30, || !task().trim().is_empty()), "the step's task never ran");
+    // the step's slurmstepd dies (SIGKILL): its task lives on, in the container, reached by no one
+    on_node(
+        NODE,
+        As::Root,
+        &format!(
+            "stepd=$(pgrep -f 'slurmstepd: \\[{job}\\.0\\]' | head -1); test -n \"$stepd\" || exit 3; kill -9 $stepd"
+        ),
+    )
+    .success();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(!task().trim().is_empty(), "the task outlives its slurmstepd, as a bare task does");
+    sh(As::User, &format!("scancel {job}")).success();
+    assert!(
+        wait_for(60, || sh(As::Root, &format!("squeue -h -j {job} -o %T")).stdout.trim().is_empty()),
+        "the job ends"
+    );
+    // the job's end ended the task with its container
+    assert!(wait_for(30, || task().trim().is_empty()), "a task outlived its job: {}", task());
+    assert_recovered();
+    reliability_row(
+        "slurmstepd of a container step killed (SIGKILL), then the job cancelled",
+        "the step's srun waits (no one reports the step's end, as for a bare step); the job's end ends the orphaned task and removes the container",
+        "nothing (a bare step's orphaned task is left running in the job's cgroup)",
+    );
+}

@@ -272,7 +272,7 @@ pub fn leftovers() -> Vec<String> {
     }
     let procs = sh(
         As::Root,
-        "ps -eo user,args | grep -E 'conmon|mpiexec_docker|run_in_docker|in-container' | grep -v grep || true",
+        "ps -eo user,args | grep -E 'conmon|containerd-shim|mpiexec_docker|run_in_docker|in-container' | grep -v grep || true",
     )
     .success();
     found.extend(procs.lines().into_iter().filter(|l| !l.is_empty()).map(|l| format!("process: {l}")));
