@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Faults at every phase (issue 19), made on the test clusters: runs the fault tests
 # (tests/e2e/faults.rs, every test named fault_made_*) on each stack and prints RELIABILITY.md from the
-# rows they write (fault, what the user saw, what was left after the job, the nodes).
+# rows they write (fault, what the user saw, what was left after the job, the nodes) into RELIABILITY.md;
+# the file's hand-written part (from its "## Notes" heading on) is kept.
 #   tests/reliability.sh [debian12|debian13]...      (as root; default: both stacks)
-#   tests/reliability.sh > RELIABILITY.md
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 source "$top/tests/cluster/lib.sh"
@@ -16,8 +16,10 @@ rows() {   # where a stack's tests write their rows ({SHARED}/reliability.rows, 
     esac
 }
 log=$(mktemp)
+out=$top/RELIABILITY.md
+new=$(mktemp "$out.XXXXXX")
 # the rows files go with this run: where none is, the tests write no rows (the suite's own runs)
-trap 'rm -f "$log"; for s in "${stacks[@]}"; do rm -f "$(rows "$s")"; done' EXIT
+trap 'rm -f "$log" "$new"; for s in "${stacks[@]}"; do rm -f "$(rows "$s")"; done' EXIT
 for stack in "${stacks[@]}"; do
     install -m 0644 /dev/null "$(rows "$stack")"   # the tests write their rows where this file is
     bash "$top/tests/run.sh" --stack "$stack" fault_made_ > "$log" 2>&1 || {
@@ -26,6 +28,7 @@ for stack in "${stacks[@]}"; do
         exit 1
     }
 done
+{
 cat <<'HEAD'
 # Reliability
 
@@ -40,3 +43,10 @@ HEAD
 for stack in "${stacks[@]}"; do
     sed 's/^/| /; s/$/ |/; s/\t/ | /g' "$(rows "$stack")"
 done
+if [[ -f $out ]]; then
+    sed -n '/^## Notes/,$ { /^## Notes/ { x; s/.*//; p; x }; p }' "$out"
+fi
+} > "$new"
+chmod 0644 "$new"
+mv "$new" "$out"
+echo "tests/reliability.sh: wrote $out" >&2
