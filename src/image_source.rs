@@ -131,10 +131,10 @@ impl ImageSource {
         if reference.is_empty() || reference.contains("://") {
             return Err(ImageError::BadName(text.into()));
         }
-        // the registry reference grammar (docker/distribution's, as oci-spec implements it): what an
-        // engine would refuse later is refused here, with the reason
-        if let Err(e) = reference.parse::<oci_spec::distribution::Reference>() {
-            return Err(ImageError::BadReference { image: text.into(), reason: e.to_string() });
+        // the registry reference grammar (see crate::image_reference): what an engine would refuse
+        // later is refused here, with the reason
+        if let Some(reason) = crate::image_reference::problem(&reference) {
+            return Err(ImageError::BadReference { image: text.into(), reason: reason.to_string() });
         }
         Ok(ImageSource::Registry(reference))
     }

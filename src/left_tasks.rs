@@ -21,7 +21,7 @@ fn mount_namespace(pid: &str) -> Option<std::path::PathBuf> {
 }
 
 /// Ends (SIGKILL) every process other than `container_pid` in the mount namespace of process
-/// `container_pid`, a container's main process, and waits for them, [`GONE_WITHIN`] at most. Nothing
+/// `container_pid`, a container's main process, and waits for them, 5 s at most. Nothing
 /// is done when that namespace is the caller's own (a process that is no container). Only processes
 /// the caller may inspect are seen: the user's own, or all of them for root. Returns how many were
 /// ended.

@@ -48,6 +48,7 @@ pub mod fault_point;
 mod hostile_input;
 pub mod identity;
 pub mod image_cache;
+pub mod image_reference;
 pub mod image_source;
 pub mod in_container;
 pub mod job_fetch;
@@ -68,6 +69,7 @@ pub mod slurm_version;
 pub mod step_container;
 pub mod step_contract;
 pub mod step_join;
+pub mod step_spare;
 pub mod store_import;
 #[cfg(test)]
 mod test_scratch;

@@ -27,6 +27,7 @@ use crate::launch::{self, in_container_command, Request};
 use crate::process::ProcessHandle;
 use crate::runtime_dir::{self, RuntimeDir};
 use crate::step_contract::{JoinArgs, ServeArgs, StartArgs, Started, StopArgs};
+use crate::step_spare::{self, Spares};
 
 /// Why a step container could not be started, stopped, served or joined: the error of the part that
 /// failed, or a sentence of ours.
@@ -147,7 +148,10 @@ pub fn stop(a: &StopArgs) -> Result<(), StepError> {
     let (_, engine) = setup(a.engine)?;
     let engine = engine.for_cleanup();
     let me = whose(&a.user)?;
-    let name = name(&a.job, &a.step, a.container_name.as_deref());
+    // a step that took a spare (or left one) removes its container in the background
+    let spares = runtime_dir::user_base().ok().and_then(|s| Spares::existing(&s, &a.job));
+    let claimed = spares.as_ref().filter(|_| a.container_name.is_none()).and_then(|sp| sp.claimed_by(&a.step));
+    let name = claimed.clone().unwrap_or_else(|| name(&a.job, &a.step, a.container_name.as_deref()));
     // the container written out first, while it is still there (its tasks have ended)
     let saved = match &a.save {
         Some(target) => {
@@ -164,7 +168,10 @@ pub fn stop(a: &StopArgs) -> Result<(), StepError> {
         if let Some(pid) = a.pid.filter(|p| *p > 0) {
             end_pause(pid, me.uid);
         }
-        engine.remove(&[name]);
+        match (&spares, &claimed) {
+            (Some(sp), Some(_)) if a.save.is_none() => remove_in_background(sp, &a.step, &name, engine.kind),
+            _ => engine.remove(&[name]),
+        }
     }
     // per-run directories whose relay server is gone (root's cannot be removed by the user's server)
     if let Ok(state) = runtime_dir::user_base() {
@@ -175,6 +182,12 @@ pub fn stop(a: &StopArgs) -> Result<(), StepError> {
 
 /// `step-container start`: `helper` is this program (mounted into the container, and the relay server).
 pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
+    start_with(a, helper, true)
+}
+
+/// [`start`]; `for_step`: for a step (which takes a spare when one is ready, see [`step_spare`]),
+/// not for a spare maker.
+fn start_with(a: &StartArgs, helper: &Path, for_step: bool) -> Result<Started, StepError> {
     let (config, engine) = setup(a.engine)?;
     let name = name(&a.job, &a.step, a.container_name.as_deref());
     let me = whose(&a.user)?;
@@ -185,6 +198,22 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
     // one start at a time per user on this node (a named container is looked up, then made): another
     // user's starts never wait for this one
     let mut clock = Phases::start();
+    // a later step of the job: the spare made for it while the step before ran (no lock: a claim is
+    // a rename)
+    let spares = match for_step && step_spare::eligible(a, &config, &engine) {
+        true => runtime_dir::user_base().ok().and_then(|s| Spares::open(&s, &a.job)),
+        false => None,
+    };
+    let key = step_spare::key(a);
+    if let Some(sp) = &spares {
+        if let Some(spare) = sp.claim_or_wait(&key, &a.step, me.uid, 2 * ENGINE_LIMIT) {
+            clock.done("spare");
+            log::info!("step {}.{}: took the spare container {}", a.job, a.step, spare.name);
+            sp.note_claim(&a.step, &spare);
+            make_spare_in_background(sp, a);
+            return Ok(Started { phases: clock.phases, ..spare.started });
+        }
+    }
     fault_point::reached("lock");
     let _lock = image_cache::fetch_lock(me.uid)?;
     clock.done("lock");
@@ -398,7 +427,91 @@ pub fn start(a: &StartArgs, helper: &Path) -> Result<Started, StepError> {
         return Err(StepError::Step(format!("cannot start the srun/ssh relay of the step: {e}")));
     }
     clock.done("relay");
-    Ok(Started { phases: clock.phases, device_env, notice, ..Started::from_image_info(pid, &info)? })
+    let started = Started { phases: clock.phases, device_env, notice, ..Started::from_image_info(pid, &info)? };
+    // from the job's second such step on here, a spare is made for the next while this one runs
+    if let Some(sp) = spares.as_ref().filter(|sp| sp.seen(&key)) {
+        sp.note_claim(&a.step, &step_spare::Spare { started: started.clone(), name: name.clone() });
+        make_spare_in_background(sp, a);
+    }
+    Ok(started)
+}
+
+/// `step-container spare`: makes the spare container of request `a` (its step id the spare's own)
+/// for the job's next step, and offers it (see [`step_spare`]); `for_step` is the step that asked.
+/// With `remove`, only removes that container (a step's, in the background of the step's end).
+pub fn make_spare(a: &StartArgs, for_step: &str, remove: Option<&str>, helper: &Path) -> Result<(), StepError> {
+    let (_, engine) = setup(a.engine)?;
+    let state = runtime_dir::user_base()?;
+    let Some(spares) = Spares::existing(&state, &a.job) else { return Ok(()) };
+    if let Some(container) = remove {
+        engine.for_cleanup().remove(&[container.to_string()]);
+        runtime_dir::sweep(&state);
+        spares.background_done("remover", for_step);
+        return Ok(());
+    }
+    let key = step_spare::key(a);
+    let made = match spares.making(&key) {
+        // another maker is at it, or a spare is offered already
+        None => Ok(()),
+        Some(_making) => start_with(a, helper, false).map(|started| {
+            let spare = step_spare::Spare { started, name: name(&a.job, &a.step, None) };
+            if !spares.offer(&key, &spare) {
+                end_pause(spare.started.pid, nix::unistd::geteuid().as_raw());
+                engine.for_cleanup().remove(&[spare.name]);
+            }
+        }),
+    };
+    spares.background_done("maker", for_step);
+    made
+}
+
+/// Starts the maker of the spare for the job's next step like step `a` (see [`step_spare`]).
+fn make_spare_in_background(spares: &Spares, a: &StartArgs) {
+    let spare = StartArgs { step: format!("spare-{}", a.step), site_login_stdin: false, ..a.clone() };
+    let mut argv = spare.to_argv();
+    argv[1] = "spare".into();
+    argv.push(format!("--for-step={}", a.step));
+    in_background(spares, "maker", &a.step, argv);
+}
+
+/// At the end of a step that took (or left) a spare: its placeholder is ended now, and its container
+/// removed in the background, so that the step's end (and the job's next step) waits for no engine.
+fn remove_in_background(spares: &Spares, step: &str, container: &str, engine: EngineKind) {
+    spares.release(step);
+    let request = StartArgs {
+        job: spares.job().to_string(),
+        step: step.to_string(),
+        engine: Some(engine),
+        ..StartArgs::default()
+    };
+    let mut argv = request.to_argv();
+    argv[1] = "spare".into();
+    argv.push(format!("--for-step={step}"));
+    argv.push(format!("--remove={container}"));
+    in_background(spares, "remover", step, argv);
+}
+
+/// Runs the helper with `argv` as a process of its own session (it outlives this call; the job's end
+/// ends it with its engine calls), noting its pid as `what` of `step`.
+fn in_background(spares: &Spares, what: &str, step: &str, argv: Vec<String>) {
+    use std::os::unix::process::CommandExt;
+    let Ok(helper) = std::env::current_exe() else { return };
+    let mut cmd = std::process::Command::new(helper);
+    cmd.args(argv)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    match cmd.spawn() {
+        Ok(child) => spares.note_background(what, step, child.id()),
+        Err(e) => log::warn!("cannot start the spare container's {what}: {e}"),
+    }
 }
 
 /// The step's image in the engine's store, fetched if need be (once per node and user): its local

@@ -38,6 +38,21 @@ pub enum StepAction {
     Serve(ServeArgs),
     /// Enters a step container and runs a task's program there.
     Join(JoinArgs),
+    /// Makes the spare container for a job's next step (see `step_spare`): started by a step's end.
+    Spare(SpareArgs),
+}
+
+/// `step-container spare`: the request of the step that ended, its step id the spare's own.
+#[derive(Args, Debug, Clone, PartialEq, Eq, Default)]
+pub struct SpareArgs {
+    #[command(flatten)]
+    pub start: StartArgs,
+    /// The step that started this.
+    #[arg(long)]
+    pub for_step: String,
+    /// Only remove this container (the step's own, at its end).
+    #[arg(long)]
+    pub remove: Option<String>,
 }
 
 /// `step-container start`: once per node and step, from `slurm_spank_user_init`.

@@ -1,4 +1,4 @@
-//! `mpiexec_docker step-container start|stop|serve|join`: the container a SPANK step's tasks join.
+//! `mpiexec_docker step-container start|stop|serve|join|spare`: the container a SPANK step's tasks join.
 //! Everything is in the core library's `step_container`; the arguments and the answer (`Started`,
 //! JSON) are its `step_contract` types.
 
@@ -26,6 +26,7 @@ pub fn main(args: &[String]) -> i32 {
         StepAction::Start(a) => step_container::start(&a, &helper).map(|started| println!("{}", started.to_json())),
         StepAction::Stop(a) => step_container::stop(&a),
         StepAction::Serve(a) => step_container::serve(&a, &helper),
+        StepAction::Spare(a) => step_container::make_spare(&a.start, &a.for_step, a.remove.as_deref(), &helper),
     };
     match result {
         Ok(()) => 0,

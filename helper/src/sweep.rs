@@ -25,6 +25,12 @@ pub fn main(args: &[String]) -> i32 {
         }
     };
     let job = a.job;
+    // spare makers still at work are ended first: nothing they make can outlive the listing below
+    if let Ok(base) = mpiexec_docker_core::runtime_dir::user_base() {
+        if let Some(spares) = mpiexec_docker_core::step_spare::Spares::existing(&base, &job) {
+            spares.end_job();
+        }
+    }
     let engines = match a.engine {
         Some(k) => vec![k],
         None => vec![EngineKind::Podman, EngineKind::Docker],

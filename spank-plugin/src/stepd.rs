@@ -257,6 +257,15 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> anyhow::Result<
     // at Slurm's verbose level (`srun -v` shows it): where a step's start time went on this node
     let phases: Vec<String> = started.phases.iter().map(|(p, s)| format!("{p} {s:.3} s")).collect();
     log::info!("step {job}.{step}: container start on this node: {}", phases.join(", "));
+    // and on the user's terminal when their srun is verbose (srun gives the step its level)
+    let verbose = spank.getenv("SRUN_DEBUG").and_then(|v| v.trim().parse::<u32>().ok()).is_some_and(|v| v > 3);
+    if verbose {
+        let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        crate::slurm_log::to_user(&format!(
+            "mpiexec_docker: {host}: step {job}.{step}: container start: {}",
+            phases.join(", ")
+        ));
+    }
     let (name, image) = (opts.name.clone(), image.to_string());
     // saved by the step's first node only: the others hold the same image's containers
     let save = match spank.get_u32(spank_item::S_JOB_NODEID).ok() {
