@@ -8,7 +8,8 @@
 #   2. data path: our ping-pong (Open MPI) and Intel MPI's IMB-MPI1 PingPong, container against bare;
 #   3. relay: a relayed srun round trip against the host's srun, in the same allocation;
 #   4. multi-node launch: mpiexec_docker against bare mpiexec in the same 3-node allocation;
-#   5. step launch: `srun --container-image=IMAGE -N1 -n{1,4,16} true` against the bare step;
+#   5. step launch: `srun --container-image=IMAGE -N1 -n{1,4,16} true` against the bare step, as a job's
+#      first step and as its later steps (back to back, and 1 s apart: spare containers);
 #   6. image distribution: cold (registry pull, image file load) and warm (cached) 3-node steps.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -191,6 +192,50 @@ for n in 1 4 16; do
     read -r cm _ < <(timeit "srun -N1 -n$n --overcommit --container-image=$(image_ref openmpi) true")
     printf '| %s | %s | %s | %s |\n' "$n" "$bm" "$cm" "$(python3 -c "print(f'{$cm - $bm:.3f}')")"
 done
+echo
+
+echo "## Steps of one job (one node, rootless Podman, seconds, median of $REPS steps)"
+echo
+echo "Inside one allocation (\`sbatch -N1 -n16 --overcommit\`), after two warm-up steps: back to back, and with 1 s between"
+echo "steps (the next step's spare container is ready by then); and a job of 100 one-task steps in a row."
+echo
+cat > "$W/job-steps.sh" <<EOF
+#!/bin/bash
+t() { local t0=\$(date +%s.%N); "\$@" >/dev/null 2>&1; echo \$(date +%s.%N) \$t0; }
+med() { python3 -c 'import sys, statistics; print(f"{statistics.median(float(b) - float(a) for b, a in (l.split() for l in sys.stdin)):.3f}")'; }
+img=$(image_ref openmpi)
+for n in 1 4 16; do
+    for c in "" "--container-image=\$img"; do
+        t srun -n\$n --overcommit \$c true >/dev/null; t srun -n\$n --overcommit \$c true >/dev/null
+        echo "back \$n \${c:+c} \$(for i in \$(seq $REPS); do t srun -n\$n --overcommit \$c true; done | med)"
+        echo "gap \$n \${c:+c} \$(for i in \$(seq $REPS); do sleep 1; t srun -n\$n --overcommit \$c true; done | med)"
+    done
+done
+for c in "" "--container-image=\$img"; do
+    t0=\$(date +%s.%N); for i in \$(seq 100); do srun -n1 \$c true >/dev/null 2>&1; done
+    echo "hundred 1 \${c:+c} \$(python3 -c "print(f'{\$(date +%s.%N) - \$t0:.2f}')")"
+done
+EOF
+U "sbatch --wait -N1 -n16 --overcommit -o job-steps.out job-steps.sh >/dev/null"
+python3 - "$W/job-steps.out" <<'PY'
+import sys
+v = {}
+for line in open(sys.argv[1]):
+    w = line.split()
+    if len(w) == 4:
+        v[(w[0], w[1], w[2])] = float(w[3])
+    elif len(w) == 3 and w[0] in ("back", "gap", "hundred"):
+        v[(w[0], w[1], "bare")] = float(w[2])
+print("| tasks | bare step | container step, back to back | added | bare step, 1 s apart | container step, 1 s apart | added |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
+for n in ("1", "4", "16"):
+    b, c = v[("back", n, "bare")], v[("back", n, "c")]
+    gb, g = v[("gap", n, "bare")], v[("gap", n, "c")]
+    print(f"| {n} | {b:.3f} | {c:.3f} | {c - b:.3f} | {gb:.3f} | {g:.3f} | {g - gb:.3f} |")
+b, c = v[("hundred", "1", "bare")], v[("hundred", "1", "c")]
+print()
+print(f"A job of 100 one-task steps in a row: bare {b:.2f} s, with `--container-image` {c:.2f} s (+{c - b:.2f} s).")
+PY
 echo
 
 echo "## Image distribution: cold and warm start of a 3-node step (rootless Podman, seconds, median of 3)"

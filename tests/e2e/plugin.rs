@@ -638,3 +638,33 @@ fn names_squatted_by_another_user_stall_nobody() {
     assert_eq!(state.stdout.trim(), format!("{USER} 700"));
     assert_no_node_drained();
 }
+
+#[test]
+fn later_steps_of_a_job_take_a_spare_container_and_each_sees_the_images_own_files() {
+    let _g = exclusive();
+    // each step writes into the container's own file system (/written) and says whether it found
+    // that file: a step that took a spare must not see what an earlier step wrote
+    let step = format!(
+        "srun -v -n1 --container-image={OPENMPI} sh -c 'test -e /written && echo dirty || echo pristine; touch /written'"
+    );
+    let script = format!(
+        "for i in 1 2 3 4 5; do {step}; done\n\
+         for i in 1 2 3 4 5 6; do {step} & done; wait\n\
+         srun -n1 --container-image={OPENMPI} --container-name=kept sh -c 'touch /written'\n\
+         srun -n1 --container-name=kept sh -c 'test -e /written && echo kept-sees-it'"
+    );
+    let run = sbatch(As::User, "-N1 -n6 -w node2", &script);
+    assert!(run.ok(), "{run}");
+    let lines = run.lines();
+    let said = |w: &str| lines.iter().filter(|l| l.as_str() == w).count();
+    assert_eq!(said("pristine"), 11, "every step starts from the image's own files: {run}");
+    assert_eq!(said("dirty"), 0, "{run}");
+    assert_eq!(said("kept-sees-it"), 1, "--container-name keeps pyxis's meaning: {run}");
+    // srun -v shows where each step's start went on the node: from the third step on, a spare
+    let starts: Vec<&String> = lines.iter().filter(|l| l.contains(": container start: ")).collect();
+    assert_eq!(starts.len(), 11, "{run}");
+    assert!(!starts[0].contains("spare") && !starts[1].contains("spare"), "the first two steps start their own: {run}");
+    assert!(starts[2..5].iter().all(|l| l.contains("container start: spare")), "later steps take the spare: {run}");
+    // the job's end removes the spare left for a next step (and ends a maker still at work)
+    assert_clean_within(60);
+}
