@@ -8,7 +8,7 @@
 //! and still a container that nothing has run in yet, so what one step wrote into the container's
 //! file system is never seen by the next. Everything else is as for any step container: the tasks
 //! join it and stay Slurm's; its relay server came with it; the job's end removes whatever spare is
-//! left (the sweep ends a spare maker still at work first).
+//! left (the sweep first waits for a spare maker still at work).
 //!
 //! "The same container" is the step's whole `step-container start` request but the step id (image,
 //! mounts, working directories, GPUs, options): its hash is the spare's key. Only requests whose
@@ -236,8 +236,8 @@ impl Spares {
         }
     }
 
-    /// At the job's end: ends every spare maker still at work (with its engine calls: each maker
-    /// leads a process group of its own), then forgets everything; the sweep then removes the
+    /// At the job's end: waits for every spare maker and remover still at work (ending one that
+    /// takes too long, with its engine calls), then forgets everything; the sweep then removes the
     /// containers by their job label.
     pub fn end_job(self) {
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
@@ -281,10 +281,19 @@ fn live_background_pid(pid: i32) -> Option<ProcessHandle> {
     (ours && process.alive()).then_some(process)
 }
 
-/// Ends background process `pid` and everything of its session (it leads one of its own; the engine
-/// calls it made run in process groups of theirs, in that session), and waits for them.
+/// How long the job's end waits for a spare maker or remover to finish on its own: an engine run
+/// killed half-way can leave the runtime's half-made container behind, outside the engine's records.
+const BACKGROUND_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits for background process `pid` to finish ([`BACKGROUND_WAIT`] at most); then ends it and
+/// everything of its session (it leads one of its own; the engine calls it made run in process
+/// groups of theirs, in that session), and waits for them.
 fn end_background(pid: i32) {
     let Some(process) = live_background_pid(pid) else { return };
+    if process.wait(Some(BACKGROUND_WAIT)) {
+        return;
+    }
+    log::warn!("a spare container's background process {pid} did not finish within {BACKGROUND_WAIT:?}; ending it");
     process.kill(nix::sys::signal::Signal::SIGKILL);
     let mut ended = vec![process];
     if let Ok(entries) = std::fs::read_dir("/proc") {

@@ -25,7 +25,7 @@ pub fn main(args: &[String]) -> i32 {
         }
     };
     let job = a.job;
-    // spare makers still at work are ended first: nothing they make can outlive the listing below
+    // spare makers still at work are waited for first: nothing they make can outlive the listing below
     if let Ok(base) = mpiexec_docker_core::runtime_dir::user_base() {
         if let Some(spares) = mpiexec_docker_core::step_spare::Spares::existing(&base, &job) {
             spares.end_job();

@@ -737,6 +737,22 @@ fn task_sleeps(node: &str) -> bool {
     on_node(node, As::Root, "pgrep -u mpitest -x sleep").ok()
 }
 
+/// A step on `node` that sleeps 8 s, then says it carried on.
+fn carrying_on_step(node: &str) -> String {
+    format!("srun -w {node} -n1 --container-image={OPENMPI} sh -c 'sleep 8; echo $MD_IMAGE_FLAVOUR carried-on'")
+}
+
+/// The step of [`carrying_on_step`] completed; then nothing is left, no node is drained, and the next
+/// step on `node` works.
+fn assert_carried_on_and_recovered(node: &str, run: Run) {
+    assert_eq!(run.success().lines(), ["openmpi carried-on"]);
+    assert_clean_within(60);
+    assert_no_node_drained();
+    let next = sh(As::User, &format!("srun -w {node} -n1 --container-image={OPENMPI} sh -c 'echo $MD_IMAGE_FLAVOUR'"));
+    assert_eq!(next.success().lines(), ["openmpi"]);
+    assert_clean_within(30);
+}
+
 /// The state of the test user's Docker step containers on `node` (`docker ps` lines).
 fn docker_steps(node: &str) -> String {
     on_node(node, As::Root, "docker ps -a --filter label=mpiexec-docker --format '{{.ID}} {{.State}}'").stdout
@@ -746,27 +762,14 @@ fn docker_steps(node: &str) -> String {
 fn fault_made_dockerd_restarted_under_a_running_step_leaves_its_tasks_running() {
     let _g = docker_alone();
     let node = "node3";
-    let step = std::thread::spawn(move || {
-        sh(
-            As::User,
-            &format!(
-                "srun -w {node} -n1 --container-image={OPENMPI} sh -c 'sleep 8; echo $MD_IMAGE_FLAVOUR carried-on'"
-            ),
-        )
-    });
+    let step = std::thread::spawn(move || sh(As::User, &carrying_on_step(node)));
     // the daemon goes once the step's task runs in the container (a restart before the task joined
     // fails the step at its start, with one line: not what this test is about)
     assert!(wait_for(60, || task_sleeps(node)), "the step's task never ran");
     // the daemon stops (its containers with it: no live-restore) and starts again, as up.sh starts it
     restart_dockerd(node, "");
     // the tasks are Slurm's processes, not the daemon's: they carry on in the container's file system
-    let run = step.join().expect("the srun thread");
-    assert_eq!(run.success().lines(), ["openmpi carried-on"]);
-    assert_clean_within(60);
-    assert_no_node_drained();
-    let next = sh(As::User, &format!("srun -w {node} -n1 --container-image={OPENMPI} sh -c 'echo $MD_IMAGE_FLAVOUR'"));
-    assert_eq!(next.success().lines(), ["openmpi"]);
-    assert_clean_within(30);
+    assert_carried_on_and_recovered(node, step.join().expect("the srun thread"));
     reliability_row(
         "dockerd restarted (no live-restore) while a Docker container step runs",
         "the step's tasks carry on and complete (they are Slurm's processes; the daemon stopped only the container's idle placeholder)",
@@ -845,14 +848,7 @@ fn fault_made_dockerd_restarted_with_live_restore_under_a_running_step() {
     // the site runs its daemon with live-restore: containers outlive a daemon restart
     restart_dockerd(node, "--live-restore");
     let _back = OnDrop(move || restart_dockerd(node, ""));
-    let step = std::thread::spawn(move || {
-        sh(
-            As::User,
-            &format!(
-                "srun -w {node} -n1 --container-image={OPENMPI} sh -c 'sleep 8; echo $MD_IMAGE_FLAVOUR carried-on'"
-            ),
-        )
-    });
+    let step = std::thread::spawn(move || sh(As::User, &carrying_on_step(node)));
     assert!(wait_for(60, || task_sleeps(node)), "the step's task never ran");
     let pause = || {
         on_node(node, As::Root, "pgrep -f '^/.mpiexec-docker/mpiexec_docker in-container pause' || true")
@@ -869,13 +865,7 @@ fn fault_made_dockerd_restarted_with_live_restore_under_a_running_step() {
     assert_eq!(pause(), before, "the container's process runs on across the restart");
     let seen = docker_steps(node);
     let state = seen.split_whitespace().nth(1).unwrap_or("gone").to_string();
-    let run = step.join().expect("the srun thread");
-    assert_eq!(run.success().lines(), ["openmpi carried-on"]);
-    assert_clean_within(60);
-    assert_no_node_drained();
-    let next = sh(As::User, &format!("srun -w {node} -n1 --container-image={OPENMPI} sh -c 'echo $MD_IMAGE_FLAVOUR'"));
-    assert_eq!(next.success().lines(), ["openmpi"]);
-    assert_clean_within(30);
+    assert_carried_on_and_recovered(node, step.join().expect("the srun thread"));
     let version = on_node(node, As::Root, "docker version --format '{{.Server.Version}}'").stdout.trim().to_string();
     reliability_row(
         "dockerd restarted with live-restore while a Docker container step runs",
@@ -890,34 +880,8 @@ fn fault_made_dockerd_restarted_with_live_restore_under_a_running_step() {
 fn fault_made_slurmstepd_killed_under_a_running_docker_step() {
     let _g = docker_alone();
     let node = "node2";
-    let job = sh(
-        As::User,
-        &format!("sbatch --parsable -N1 -w {node} -o /dev/null --wrap 'srun --container-image={OPENMPI} sleep 319'"),
-    )
-    .success();
-    let job = job.stdout.trim().to_string();
-    let cancel = job.clone();
-    let _cancel = OnDrop(move || {
-        sh(As::Root, &format!("scancel {cancel}"));
-    });
-    let task = || on_node(node, As::Root, "pgrep -u mpitest -x sleep -a | grep -w 319 || true").stdout;
-    assert!(wait_for(60, || !task().trim().is_empty()), "the step's task never ran");
-    on_node(
-        node,
-        As::Root,
-        &format!(
-            "stepd=$(pgrep -f 'slurmstepd: \\[{job}\\.0\\]' | head -1); test -n \"$stepd\" || exit 3; kill -9 $stepd"
-        ),
-    )
-    .success();
-    std::thread::sleep(std::time::Duration::from_secs(2));
-    assert!(!task().trim().is_empty(), "the task outlives its slurmstepd, as a bare task does");
-    sh(As::User, &format!("scancel {job}")).success();
-    assert!(
-        wait_for(60, || sh(As::Root, &format!("squeue -h -j {job} -o %T")).stdout.trim().is_empty()),
-        "the job ends"
-    );
-    assert!(wait_for(30, || task().trim().is_empty()), "a task outlived its job: {}", task());
+    let (job, _cancel) = sbatch_sleeping_step(node, OPENMPI, 319);
+    kill_slurmstepd_then_cancel(node, &job, 319);
     assert_clean_within(60);
     assert_no_node_drained();
     let next = sh(As::User, &format!("srun -w {node} -n1 --container-image={OPENMPI} sh -c 'echo $MD_IMAGE_FLAVOUR'"));

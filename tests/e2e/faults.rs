@@ -399,16 +399,7 @@ fn fault_made_slurmctld_restarted_under_a_running_container_step() {
 #[test]
 fn fault_made_slurmd_killed_for_good_mid_job_then_the_node_returns() {
     let _g = exclusive();
-    let job = sh(
-        As::User,
-        &format!("sbatch --parsable -N1 -w {NODE} -o /dev/null --wrap 'srun --container-image={OPENMPI} sleep 300'"),
-    )
-    .success();
-    let job = job.stdout.trim().to_string();
-    let cancel = job.clone();
-    let _cancel = OnDrop(move || {
-        sh(As::Root, &format!("scancel {cancel}"));
-    });
+    let (job, _cancel) = sbatch_sleeping_step(NODE, OPENMPI, 300);
     assert!(container_running(), "the step's container never ran");
     // slurmd dies (SIGKILL): the step's slurmstepd carries on, unreachable by Slurm
     let stepd = on_node(
@@ -446,37 +437,11 @@ fn fault_made_slurmd_killed_for_good_mid_job_then_the_node_returns() {
 #[test]
 fn fault_made_slurmstepd_killed_under_a_running_container_step() {
     let _g = exclusive();
-    let job = sh(
-        As::User,
-        &format!("sbatch --parsable -N1 -w {NODE} -o /dev/null --wrap 'srun --container-image={OPENMPI} sleep 317'"),
-    )
-    .success();
-    let job = job.stdout.trim().to_string();
-    let cancel = job.clone();
-    let _cancel = OnDrop(move || {
-        sh(As::Root, &format!("scancel {cancel}"));
-    });
+    let (job, _cancel) = sbatch_sleeping_step(NODE, OPENMPI, 317);
     assert!(container_running(), "the step's container never ran");
-    let task = || on_node(NODE, As::Root, "pgrep -u mpitest -x sleep -a | grep -w 317 || true").stdout;
-    assert!(wait_for(30, || !task().trim().is_empty()), "the step's task never ran");
-    // the step's slurmstepd dies (SIGKILL): its task lives on, in the container, reached by no one
-    on_node(
-        NODE,
-        As::Root,
-        &format!(
-            "stepd=$(pgrep -f 'slurmstepd: \\[{job}\\.0\\]' | head -1); test -n \"$stepd\" || exit 3; kill -9 $stepd"
-        ),
-    )
-    .success();
-    std::thread::sleep(std::time::Duration::from_secs(2));
-    assert!(!task().trim().is_empty(), "the task outlives its slurmstepd, as a bare task does");
-    sh(As::User, &format!("scancel {job}")).success();
-    assert!(
-        wait_for(60, || sh(As::Root, &format!("squeue -h -j {job} -o %T")).stdout.trim().is_empty()),
-        "the job ends"
-    );
-    // the job's end ended the task with its container
-    assert!(wait_for(30, || task().trim().is_empty()), "a task outlived its job: {}", task());
+    // the step's slurmstepd dies: its task lives on in the container, reached by no one, until the
+    // job's end ends it with its container
+    kill_slurmstepd_then_cancel(NODE, &job, 317);
     assert_recovered();
     reliability_row(
         "slurmstepd of a container step killed (SIGKILL), then the job cancelled",

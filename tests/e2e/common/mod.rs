@@ -430,3 +430,45 @@ pub fn engine_calls_killed(fault: &Run) -> u32 {
     let line = fault.stdout.lines().find_map(|l| l.strip_prefix("killed="));
     line.and_then(|n| n.trim().parse().ok()).unwrap_or_else(|| panic!("no count: {fault}"))
 }
+
+/// Submits (as the test user) a job of one container step on `node` whose task sleeps `secs` (a
+/// number no other test uses, so that its task can be found); its id, and a guard that cancels it.
+pub fn sbatch_sleeping_step(node: &str, image: &str, secs: u32) -> (String, OnDrop<impl FnMut()>) {
+    let job = sh(
+        As::User,
+        &format!("sbatch --parsable -N1 -w {node} -o /dev/null --wrap 'srun --container-image={image} sleep {secs}'"),
+    )
+    .success();
+    let job = job.stdout.trim().to_string();
+    let cancel = job.clone();
+    (
+        job,
+        OnDrop(move || {
+            sh(As::Root, &format!("scancel {cancel}"));
+        }),
+    )
+}
+
+/// The slurmstepd-killed fault on a job from [`sbatch_sleeping_step`]: once its task runs, the step's
+/// slurmstepd is killed (SIGKILL) and the task checked to live on, as a bare task does; then the user
+/// cancels the job, and the job's end must have ended the task.
+pub fn kill_slurmstepd_then_cancel(node: &str, job: &str, secs: u32) {
+    let task = || on_node(node, As::Root, &format!("pgrep -u {USER} -x sleep -a | grep -w {secs} || true")).stdout;
+    assert!(wait_for(60, || !task().trim().is_empty()), "the step's task never ran");
+    on_node(
+        node,
+        As::Root,
+        &format!(
+            "stepd=$(pgrep -f 'slurmstepd: \\[{job}\\.0\\]' | head -1); test -n \"$stepd\" || exit 3; kill -9 $stepd"
+        ),
+    )
+    .success();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!task().trim().is_empty(), "the task outlives its slurmstepd, as a bare task does");
+    sh(As::User, &format!("scancel {job}")).success();
+    assert!(
+        wait_for(60, || sh(As::Root, &format!("squeue -h -j {job} -o %T")).stdout.trim().is_empty()),
+        "the job ends"
+    );
+    assert!(wait_for(30, || task().trim().is_empty()), "a task outlived its job: {}", task());
+}
