@@ -40,10 +40,13 @@ fn runs_our_pause(config: &[u8]) -> bool {
     words == [crate::layout::IN_HELPER, "in-container", "pause"]
 }
 
-/// The shims on this host that run one of our step containers (their bundle, the shim's working
-/// directory, is root's and the daemon's: read by root only).
+/// The shims of this node's daemon that run one of our step containers (their bundle, the shim's
+/// working directory, is root's and the daemon's: read by root only). A shim in another mount
+/// namespace belongs to another daemon (a user's rootless one, or another node's where nodes share a
+/// host's processes) and is never touched.
 fn our_shims() -> Vec<Shim> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(own_mounts) = std::fs::read_link("/proc/self/ns/mnt") else { return Vec::new() };
     let mut found = Vec::new();
     for entry in entries.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
@@ -52,6 +55,9 @@ fn our_shims() -> Vec<Shim> {
         let Some(id) = std::fs::read(proc.join("cmdline")).ok().and_then(|c| shim_container_id(&c)) else {
             continue;
         };
+        if std::fs::read_link(proc.join("ns/mnt")).ok().as_ref() != Some(&own_mounts) {
+            continue;
+        }
         let ours = std::fs::read(proc.join("cwd/config.json")).map(|c| runs_our_pause(&c)).unwrap_or(false);
         if ours && handle.alive() {
             found.push(Shim { handle, id });
