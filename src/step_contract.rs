@@ -109,6 +109,10 @@ pub struct StartArgs {
     /// The step's cgroup, for engines whose containers are not our children (Docker).
     #[arg(long)]
     pub step_cgroup: Option<String>,
+    /// A Slurm step's start, from the plugin: the job's later steps may take spare containers (see
+    /// `step_spare`; the job's end removes them). Not for a start by hand, which no job's end follows.
+    #[arg(long)]
+    pub spares: bool,
 }
 
 /// `step-container stop`: once per node and step, from `slurm_spank_exit`.
@@ -246,6 +250,7 @@ impl StartArgs {
         flag(&mut a, "site-login-stdin", self.site_login_stdin);
         opt(&mut a, "user", self.user.as_ref());
         opt(&mut a, "step-cgroup", self.step_cgroup.as_ref());
+        flag(&mut a, "spares", self.spares);
         a
     }
 }
@@ -384,6 +389,7 @@ mod tests {
             site_login_stdin: true,
             user: Some("1500:1500:27".parse().unwrap()),
             step_cgroup: Some("/slurm/uid_1500/job_5/step_0".into()),
+            spares: true,
         };
         assert_eq!(parse(start.to_argv()), StepAction::Start(start));
         let stop = StopArgs {

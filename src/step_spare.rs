@@ -11,7 +11,8 @@
 //! left (the sweep first waits for a spare maker still at work).
 //!
 //! "The same container" is the step's whole `step-container start` request but the step id (image,
-//! mounts, working directories, GPUs, options): its hash is the spare's key. Only requests whose
+//! mounts, working directories, GPUs, options): its hash is the spare's key. Only a Slurm step's
+//! start (the plugin's, `--spares`: a job's end follows it) takes part, and only requests whose
 //! container a later step would make identically take part: Podman (the containers are the user's
 //! processes, not a daemon's put into a step's cgroup), no `--container-name` (those are kept and
 //! shared as pyxis means), a registry image with the `missing` or `never` pull policy (a present
@@ -48,7 +49,8 @@ pub struct Spares {
 /// Whether the container of request `a` may be left as a spare for, or taken from one by, a later
 /// step (see the module's documentation).
 pub fn eligible(a: &StartArgs, config: &Config, engine: &Engine) -> bool {
-    engine.kind == EngineKind::Podman
+    a.spares
+        && engine.kind == EngineKind::Podman
         && a.container_name.is_none()
         && !a.global_scope
         && a.step_cgroup.is_none()

@@ -201,6 +201,7 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> anyhow::Result<
         unshare: opts.unshare.clone().unwrap_or_default(),
         user: rootful.then(|| user_ids(&user, gid)),
         step_cgroup,
+        spares: true,
     };
     cmd.args(request.to_argv());
     // a long fetch prints progress lines: they go to the user as they come
