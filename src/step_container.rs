@@ -149,7 +149,8 @@ pub fn stop(a: &StopArgs) -> Result<(), StepError> {
     let engine = engine.for_cleanup();
     let me = whose(&a.user)?;
     // a step that took a spare (or left one) removes its container in the background
-    let spares = runtime_dir::user_base().ok().and_then(|s| Spares::existing(&s, &a.job));
+    let state = runtime_dir::user_base().ok();
+    let spares = state.as_ref().and_then(|s| Spares::existing(s, &a.job));
     let claimed = spares.as_ref().filter(|_| a.container_name.is_none()).and_then(|sp| sp.claimed_by(&a.step));
     let name = claimed.clone().unwrap_or_else(|| name(&a.job, &a.step, a.container_name.as_deref()));
     // the container written out first, while it is still there (its tasks have ended)
@@ -174,8 +175,8 @@ pub fn stop(a: &StopArgs) -> Result<(), StepError> {
         }
     }
     // per-run directories whose relay server is gone (root's cannot be removed by the user's server)
-    if let Ok(state) = runtime_dir::user_base() {
-        runtime_dir::sweep(&state);
+    if let Some(state) = &state {
+        runtime_dir::sweep(state);
     }
     saved.map_err(|e| StepError::Step(e.to_string()))
 }
@@ -204,7 +205,8 @@ fn start_with(a: &StartArgs, helper: &Path, for_step: bool) -> Result<Started, S
         true => runtime_dir::user_base().ok().and_then(|s| Spares::open(&s, &a.job)),
         false => None,
     };
-    let key = step_spare::key(a);
+    // (the request's hash only where spares take part: it is not work for every start)
+    let key = spares.as_ref().map(|_| step_spare::key(a)).unwrap_or_default();
     if let Some(sp) = &spares {
         if let Some(spare) = sp.claim_or_wait(&key, &a.step, me.uid, 2 * ENGINE_LIMIT) {
             clock.done("spare");
@@ -468,10 +470,16 @@ pub fn make_spare(a: &StartArgs, for_step: &str, remove: Option<&str>, helper: &
 /// Starts the maker of the spare for the job's next step like step `a` (see [`step_spare`]).
 fn make_spare_in_background(spares: &Spares, a: &StartArgs) {
     let spare = StartArgs { step: format!("spare-{}", a.step), site_login_stdin: false, ..a.clone() };
-    let mut argv = spare.to_argv();
+    in_background(spares, "maker", &a.step, spare_argv(&spare, &a.step, None));
+}
+
+/// `step-container spare` with `request`'s words, for step `step` (only removing `remove`, if given).
+fn spare_argv(request: &StartArgs, step: &str, remove: Option<&str>) -> Vec<String> {
+    let mut argv = request.to_argv();
     argv[1] = "spare".into();
-    argv.push(format!("--for-step={}", a.step));
-    in_background(spares, "maker", &a.step, argv);
+    argv.push(format!("--for-step={step}"));
+    argv.extend(remove.map(|c| format!("--remove={c}")));
+    argv
 }
 
 /// At the end of a step that took (or left) a spare: its placeholder is ended now, and its container
@@ -484,11 +492,7 @@ fn remove_in_background(spares: &Spares, step: &str, container: &str, engine: En
         engine: Some(engine),
         ..StartArgs::default()
     };
-    let mut argv = request.to_argv();
-    argv[1] = "spare".into();
-    argv.push(format!("--for-step={step}"));
-    argv.push(format!("--remove={container}"));
-    in_background(spares, "remover", step, argv);
+    in_background(spares, "remover", step, spare_argv(&request, step, Some(container)));
 }
 
 /// Runs the helper with `argv` as a process of its own session (it outlives this call; the job's end
