@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stops the test cluster tests/cluster/up.sh started, and only that: slurmd node1..node3 and every process
+# Stops the test cluster tests/cluster/up.sh started, and only that: slurmd node1..nodeN and every process
 # left in their namespaces (containers, conmon, Podman pause processes), slurmctld, munged when up.sh
 # started it, the network namespaces, the bridge and the hugetlb mount. Built images and installed
 # packages stay (a later up.sh reuses them); --purge also removes the node stores and image archives.
@@ -25,6 +25,13 @@ if outside_stack; then
     log "stack down"
     exit 0
 fi
+
+# every node that runs or has a network namespace, however many up.sh was asked for
+# (tests/bench_scale.sh grows the cluster to 16 nodes: a later 3-node up.sh stops them all)
+mapfile -t MDT_NODES < <(
+    { printf '%s\n' "${MDT_NODES[@]}"
+      for f in /run/slurmd-node*.pid /run/netns/node*; do [[ -e $f ]] && basename "${f%.pid}" | sed 's/^slurmd-//'; done
+    } | grep -E '^node[0-9]+$' | sort -uV)
 
 stop_pids() {   # TERM, wait up to 5 s, then KILL
     [[ $# == 0 ]] && return 0

@@ -1,6 +1,7 @@
 # Shared settings and functions of the test-cluster scripts (sourced, not run).
 #
-# The cluster: munged and slurmctld in the root namespaces (the "login node"), and three slurmd nodes,
+# The cluster: munged and slurmctld in the root namespaces (the "login node"), and three slurmd nodes
+# (MDT_NODE_COUNT),
 # each in its own network, UTS and mount namespace with a private /tmp, /dev/shm and /run pieces, and
 # node-local container storage (rootful /var/lib/containers and the test users' rootless stores under
 # /var/local). Everything it starts is recorded under $MDT_RUN so that teardown stops only that.
@@ -18,7 +19,14 @@ export PODMAN_IGNORE_CGROUPSV1_WARNING=1
 MDT_TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 MDT_STATE=${MDT_STATE:-/var/lib/mpiexec-docker-test}   # images, node directories (persistent)
 MDT_RUN=${MDT_RUN:-/run/mpiexec-docker-test}           # pids of what we started
-MDT_NODES=(node1 node2 node3)
+# How many slurmd nodes: 3 for the test suite (which assumes node1..node3); tests/bench_scale.sh grows
+# the cluster to 16 for its scale curve and back. Nodes past the third get no preloaded images.
+MDT_NODE_COUNT=${MDT_NODE_COUNT:-3}
+[[ $MDT_NODE_COUNT =~ ^[1-9][0-9]?$ && $MDT_NODE_COUNT -ge 3 && $MDT_NODE_COUNT -le 64 ]] \
+    || { echo "[cluster] error: MDT_NODE_COUNT must be 3 to 64, not '$MDT_NODE_COUNT'" >&2; exit 1; }
+MDT_NODES=()
+for ((mdt_i = 1; mdt_i <= MDT_NODE_COUNT; mdt_i++)); do MDT_NODES+=("node$mdt_i"); done
+unset mdt_i
 MDT_BRIDGE=mdtbr0
 MDT_NET=10.77.0
 MDT_REGISTRY=${MDT_REGISTRY:-10.77.0.1:5000}     # the test registry, on the cluster network

@@ -414,7 +414,7 @@ step_slurm_config() {
     grep -q "^$MDT_NET.1 $ctld-mdt\$" /etc/hosts || echo "$MDT_NET.1 $ctld-mdt" >> /etc/hosts
     CONFIG_CHANGED=0
     write_config /etc/slurm/slurm.conf <<EOF
-# written by mpiexec-docker's tests/cluster/up.sh: a 3-node test cluster on one machine
+# written by mpiexec-docker's tests/cluster/up.sh: a $MDT_NODE_COUNT-node test cluster on one machine
 ClusterName=mdtest
 SlurmctldHost=$ctld($MDT_NET.1)
 SlurmUser=root
@@ -441,10 +441,10 @@ MinJobAge=30
 InactiveLimit=0
 PlugStackConfig=/etc/slurm/plugstack.conf
 GresTypes=gpu
-NodeName=node1 NodeAddr=$(node_ip node1) CPUs=8 RealMemory=16000 Gres=gpu:4 State=UNKNOWN
-NodeName=node2 NodeAddr=$(node_ip node2) CPUs=8 RealMemory=16000 Gres=gpu:4 State=UNKNOWN
-NodeName=node3 NodeAddr=$(node_ip node3) CPUs=8 RealMemory=16000 Gres=gpu:4 State=UNKNOWN
-PartitionName=debug Nodes=node[1-3] Default=YES MaxTime=INFINITE State=UP
+$(for node in "${MDT_NODES[@]}"; do
+    echo "NodeName=$node NodeAddr=$(node_ip "$node") CPUs=8 RealMemory=16000 Gres=gpu:4 State=UNKNOWN"
+done)
+PartitionName=debug Nodes=node[1-$MDT_NODE_COUNT] Default=YES MaxTime=INFINITE State=UP
 EOF
     write_config /etc/slurm/gres.conf <<'EOF'
 AutoDetect=off
@@ -520,7 +520,7 @@ step_daemons() {
         node_pid "$node" >/dev/null || die "slurmd $node did not start: see /var/log/slurm/slurmd-$node.log"
     done
     # nodes left DOWN by an earlier run come back
-    scontrol update nodename=node[1-3] state=resume >/dev/null 2>&1 || true
+    scontrol update nodename="node[1-$MDT_NODE_COUNT]" state=resume >/dev/null 2>&1 || true
     for i in $(seq 1 100); do
         sinfo -h -o '%t' 2>/dev/null | grep -qvE '^(idle|mix|alloc)$' || { [[ -n $(sinfo -h -o %t 2>/dev/null) ]] && break; }
         sleep 0.3
@@ -568,7 +568,8 @@ step_load_images() {
     LOAD_IMAGES="${MDT_IMAGES[*]} nompi" load_images env
     LOAD_IMAGES="${MDT_IMAGES[*]} nompi" load_images as_user "$MDT_USER"
     local node
-    for node in "${MDT_NODES[@]}"; do
+    # (the scale nodes past the third run registry images only: tests/bench_scale.sh)
+    for node in "${MDT_NODES[@]:0:3}"; do
         load_images node_exec "$node"
         load_images node_exec "$node" runuser -u "$MDT_USER" -- env HOME="$(getent passwd "$MDT_USER" | cut -d: -f6)"
         LOAD_ENGINE=docker LOAD_IMAGES=openmpi load_images node_exec "$node"
@@ -633,7 +634,7 @@ main_stack() {
     step_tiny_variants
     step_stack_images
     stack_start
-    stack_exec env MDT_INSIDE=1 MDT_STACK="$MDT_STACK" bash "$MDT_TOP/tests/cluster/up.sh"
+    stack_exec env MDT_INSIDE=1 MDT_STACK="$MDT_STACK" MDT_NODE_COUNT="$MDT_NODE_COUNT" bash "$MDT_TOP/tests/cluster/up.sh"
     log "stack up in $((SECONDS - t0)) s"
 }
 
