@@ -17,10 +17,13 @@
 //! - **Failures.** A fetcher whose pull fails gives the lease up and says why; a waiter then takes
 //!   the lease and asks the registry itself, so each node fails with its own one line, never waits on
 //!   a dead fetcher past [`LEASE_STALE`], and nothing half-fetched is loaded.
-//! - **The job's end.** The epilog's sweep (as the user, on each node) removes the job's directory.
+//! - **The job's end.** The epilog's sweep (as the user, on each node) removes the job's directory:
+//!   where the site's setting names it, and where this node's helper noted it when it opened it
+//!   ([`JobFetch::note`]), so a setting changed or removed while the job ran leaves nothing behind.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -170,6 +173,28 @@ impl JobFetch {
         }
     }
 
+    /// Notes in the user's node-local `state` directory that job `job` used `site_dir` (see
+    /// [`JobFetch::noted`]). Best effort: without the note the job's end finds the directory through
+    /// the site's setting alone.
+    pub fn note(state: &Path, site_dir: &Path, job: &str) {
+        let note = state.join(format!("job-fetch-{job}"));
+        if let Err(e) = std::fs::write(&note, site_dir.as_os_str().as_encoded_bytes()) {
+            log::debug!("cannot note {}: {e}", note.display());
+        }
+    }
+
+    /// The site directory noted for job `job` in `state`, if any, forgetting the note. (The note is
+    /// the user's own file: a forged one can only make the user's own sweep remove the user's own
+    /// directories, which [`JobFetch::remove_job`] checks.)
+    pub fn noted(state: &Path, job: &str) -> Option<PathBuf> {
+        let note = state.join(format!("job-fetch-{job}"));
+        let meta = std::fs::symlink_metadata(&note).ok()?;
+        let text = meta.file_type().is_file().then(|| std::fs::read(&note).ok()).flatten();
+        let _ = std::fs::remove_file(&note);
+        let dir = PathBuf::from(std::ffi::OsString::from_vec(text?));
+        dir.is_absolute().then_some(dir)
+    }
+
     /// Removes a job's directory of `uid` (the job's end).
     pub fn remove_job(site_dir: &Path, uid: u32, job: &str) {
         let user = site_dir.join(format!("u{uid}"));
@@ -263,6 +288,21 @@ mod tests {
 
     fn me() -> u32 {
         nix::unistd::getuid().as_raw()
+    }
+
+    #[test]
+    fn a_noted_directory_is_found_once_by_the_jobs_end() {
+        let (site, state) = (site(), tempfile::tempdir().unwrap());
+        let job = JobFetch::open(site.path(), me(), "7").unwrap();
+        JobFetch::note(state.path(), site.path(), "7");
+        assert_eq!(JobFetch::noted(state.path(), "8"), None, "another job's note is not this one's");
+        assert_eq!(JobFetch::noted(state.path(), "7").as_deref(), Some(site.path()));
+        assert_eq!(JobFetch::noted(state.path(), "7"), None, "the note is gone once read");
+        JobFetch::remove_job(site.path(), me(), "7");
+        assert!(!job.dir().exists());
+        // a note that is a link is not followed
+        std::os::unix::fs::symlink(site.path(), state.path().join("job-fetch-9")).unwrap();
+        assert_eq!(JobFetch::noted(state.path(), "9"), None);
     }
 
     #[test]

@@ -582,6 +582,7 @@ fn fetch(
             let job = match (&config.job_fetch_dir, scope) {
                 (Some(dir), None) => crate::job_fetch::JobFetch::open(dir, me.uid, &a.job)
                     .map_err(|e| log::warn!("{e}; this node pulls for itself"))
+                    .inspect(|_| crate::job_fetch::JobFetch::note(state, dir, &a.job))
                     .ok(),
                 _ => None,
             };

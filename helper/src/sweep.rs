@@ -135,13 +135,19 @@ fn remove_job_fetch_dir(job: &str) {
     if uid == 0 {
         return;
     }
-    match mpiexec_docker_core::config::Config::load() {
-        Ok(config) => {
-            if let Some(dir) = config.job_fetch_dir {
-                mpiexec_docker_core::job_fetch::JobFetch::remove_job(&dir, uid, job);
-            }
+    use mpiexec_docker_core::job_fetch::JobFetch;
+    // where this node's helper noted it (the setting may have changed since), and where the
+    // site's setting names it now
+    let noted = mpiexec_docker_core::runtime_dir::user_base().ok().and_then(|state| JobFetch::noted(&state, job));
+    let set = match mpiexec_docker_core::config::Config::load() {
+        Ok(config) => config.job_fetch_dir,
+        Err(e) => {
+            log::debug!("{e}");
+            None
         }
-        Err(e) => log::debug!("{e}"),
+    };
+    for dir in noted.iter().chain(set.iter().filter(|s| Some(*s) != noted.as_ref())) {
+        JobFetch::remove_job(dir, uid, job);
     }
 }
 

@@ -299,6 +299,31 @@ fn with_a_job_fetch_dir_the_registry_serves_each_blob_once_per_job() {
 }
 
 #[test]
+fn the_jobs_end_removes_its_fetch_directory_after_the_site_dropped_the_setting() {
+    let _g = exclusive();
+    let (site, dir) = with_job_fetch_dir();
+    forget_tiny_everywhere(As::User);
+    // the admin takes job_fetch_dir out of the site's file while the job runs, after its nodes used it
+    let watch = dir.clone();
+    let admin = std::thread::spawn(move || {
+        let used = wait_for(60, || !job_fetch_left(&watch).trim().is_empty());
+        drop(site);
+        used
+    });
+    let run = sbatch(
+        As::User,
+        "-N3 -n3 -t 5",
+        &format!("srun -N3 -n3 --container-image={REGISTRY}/md/tiny true; echo step=$?; sleep 5"),
+    );
+    assert!(admin.join().expect("the admin thread"), "the job's nodes never used the directory: {run}");
+    assert!(run.lines().iter().any(|l| l == "step=0"), "{run}");
+    // each node's end of the job found the directory where its helper noted it
+    assert!(wait_for(30, || job_fetch_left(&dir).trim().is_empty()), "left: {}", job_fetch_left(&dir));
+    assert_clean_within(60);
+    forget_tiny_everywhere(As::User);
+}
+
+#[test]
 fn the_job_fetch_goes_on_when_the_fetching_nodes_helper_is_killed() {
     let _g = exclusive();
     let (_site, dir) = with_job_fetch_dir();
