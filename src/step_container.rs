@@ -579,8 +579,9 @@ fn fetch(
                 None => None,
             };
             // one fetch per job: a store of the user's own takes what the job's first node hands on
+            // (a one-node job has no other node to hand it to)
             let job = match (&config.job_fetch_dir, scope) {
-                (Some(dir), None) => crate::job_fetch::JobFetch::open(dir, me.uid, &a.job)
+                (Some(dir), None) if a.job_nodes != Some(1) => crate::job_fetch::JobFetch::open(dir, me.uid, &a.job)
                     .map_err(|e| log::warn!("{e}; this node pulls for itself"))
                     .inspect(|_| crate::job_fetch::JobFetch::note(state, dir, &a.job))
                     .ok(),

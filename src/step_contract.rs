@@ -113,6 +113,10 @@ pub struct StartArgs {
     /// `step_spare`; the job's end removes them). Not for a start by hand, which no job's end follows.
     #[arg(long)]
     pub spares: bool,
+    /// The job's number of nodes (Slurm's `SLURM_JOB_NUM_NODES`): a one-node job hands no image on
+    /// through the site's `job_fetch_dir` (no other node of it could load it).
+    #[arg(long)]
+    pub job_nodes: Option<u32>,
 }
 
 /// `step-container stop`: once per node and step, from `slurm_spank_exit`.
@@ -251,6 +255,7 @@ impl StartArgs {
         opt(&mut a, "user", self.user.as_ref());
         opt(&mut a, "step-cgroup", self.step_cgroup.as_ref());
         flag(&mut a, "spares", self.spares);
+        opt(&mut a, "job-nodes", self.job_nodes.as_ref());
         a
     }
 }
@@ -390,6 +395,7 @@ mod tests {
             user: Some("1500:1500:27".parse().unwrap()),
             step_cgroup: Some("/slurm/uid_1500/job_5/step_0".into()),
             spares: true,
+            job_nodes: Some(16),
         };
         assert_eq!(parse(start.to_argv()), StepAction::Start(start));
         let stop = StopArgs {

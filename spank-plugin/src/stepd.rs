@@ -202,6 +202,8 @@ fn start(spank: &Spank, image: &str, opts: &ContainerOptions) -> anyhow::Result<
         user: rootful.then(|| user_ids(&user, gid)),
         step_cgroup,
         spares: true,
+        // (the user's own variable: a wrong value costs only their own job a fetch)
+        job_nodes: spank.getenv("SLURM_JOB_NUM_NODES").and_then(|n| n.parse().ok()),
     };
     cmd.args(request.to_argv());
     // a long fetch prints progress lines: they go to the user as they come

@@ -299,6 +299,27 @@ fn with_a_job_fetch_dir_the_registry_serves_each_blob_once_per_job() {
 }
 
 #[test]
+fn a_one_node_job_pulls_without_handing_the_image_on() {
+    let _g = exclusive();
+    let (_site, dir) = with_job_fetch_dir();
+    forget_tiny_everywhere(As::User);
+    let run = sbatch(
+        As::User,
+        "-N1 -n1 -t 5",
+        &format!(
+            "srun --container-image={REGISTRY}/md/tiny sh -c 'echo $MD_IMAGE_FLAVOUR'; \
+             test -e {dir}/u$(id -u)/job-$SLURM_JOB_ID && echo handed-on || echo pulled-only"
+        ),
+    );
+    let lines = run.lines();
+    assert!(lines.iter().any(|l| l == "tiny"), "{run}");
+    // nobody else could load it: no file written for the job's other nodes, no lease taken
+    assert!(lines.iter().any(|l| l == "pulled-only"), "{run}");
+    assert_clean_within(60);
+    forget_tiny_everywhere(As::User);
+}
+
+#[test]
 fn the_jobs_end_removes_its_fetch_directory_after_the_site_dropped_the_setting() {
     let _g = exclusive();
     let (site, dir) = with_job_fetch_dir();
@@ -328,14 +349,19 @@ fn the_job_fetch_goes_on_when_the_fetching_nodes_helper_is_killed() {
     let _g = exclusive();
     let (_site, dir) = with_job_fetch_dir();
     forget_tiny_everywhere(As::User);
-    // the fetching node's helper stops once it holds the job's lease; the test kills it there
+    // the fetching node's helper stops once it holds the job's lease; the test kills it there (a
+    // helper killed there leaves its marker: none is left from an earlier run)
+    const MARKER: &str = "/run/mpiexec-docker/*/fault-hand-on";
+    for node in NODES {
+        on_node(node, As::Root, &format!("rm -f {MARKER}")).success();
+    }
     let killer = std::thread::spawn(|| {
         let mut killed = None;
         let found = wait_for(90, || {
             for node in NODES {
-                let pid = on_node(node, As::Root, "cat /run/mpiexec-docker/*/fault-hand-on 2>/dev/null").stdout;
+                let pid = on_node(node, As::Root, &format!("cat {MARKER} 2>/dev/null")).stdout;
                 if !pid.trim().is_empty() {
-                    on_node(node, As::Root, &format!("kill -9 {}", pid.trim())).success();
+                    on_node(node, As::Root, &format!("kill -9 {} && rm -f {MARKER}", pid.trim())).success();
                     killed = Some(node);
                     return true;
                 }
