@@ -245,14 +245,9 @@ echo
 BIG=$MDT_REGISTRY/md/bench-big:latest
 BIGFILE=$MDT_SHARED/images/md-bench-big.tar
 if [[ ! -s $BIGFILE ]]; then
-    tmp=$(mktemp -d /var/tmp/mdt-big.XXXXXX)
-    mkdir -p "$tmp/root/bin" "$tmp/root/data"
-    cp /bin/busybox "$tmp/root/bin/busybox"; ln -s busybox "$tmp/root/bin/sh"; ln -s busybox "$tmp/root/bin/true"
-    head -c 200M /dev/urandom > "$tmp/root/data/blob"
-    tar -C "$tmp/root" -cf "$tmp/root.tar" .
-    podman import --quiet "$tmp/root.tar" localhost/md-bench-big:latest >/dev/null
-    podman save --quiet -o "$tmp/big.tar" localhost/md-bench-big:latest
-    chmod 0644 "$tmp/big.tar"; mv "$tmp/big.tar" "$BIGFILE"; rm -rf "$tmp"
+    random_image localhost/md-bench-big:latest 200M
+    podman save --quiet -o "$BIGFILE.partial" localhost/md-bench-big:latest
+    chmod 0644 "$BIGFILE.partial"; mv "$BIGFILE.partial" "$BIGFILE"
     podman push --quiet localhost/md-bench-big:latest "$BIG"
 fi
 forget_big() {

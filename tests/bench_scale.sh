@@ -44,15 +44,7 @@ echo
 
 # a 64 MB image no node has (busybox and one random 64 MB layer), in the test registry
 IMG=$MDT_REGISTRY/md/bench-scale:latest
-if ! podman image exists localhost/md-bench-scale:latest; then
-    tmp=$(mktemp -d /var/tmp/mdt-scale.XXXXXX)
-    mkdir -p "$tmp/root/bin" "$tmp/root/data"
-    cp /bin/busybox "$tmp/root/bin/busybox"; ln -s busybox "$tmp/root/bin/sh"; ln -s busybox "$tmp/root/bin/true"
-    head -c 64M /dev/urandom > "$tmp/root/data/blob"
-    tar -C "$tmp/root" -cf "$tmp/root.tar" .
-    podman import --quiet "$tmp/root.tar" localhost/md-bench-scale:latest >/dev/null
-    rm -rf "$tmp"
-fi
+random_image localhost/md-bench-scale:latest 64M
 podman push --quiet --tls-verify=false localhost/md-bench-scale:latest "$IMG"
 
 U() { as_user "$MDT_USER" bash -c "cd /tmp && $1"; }

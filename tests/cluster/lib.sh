@@ -79,6 +79,19 @@ pids_in_mntns() {
     return 0
 }
 
+# A benchmark image no node has: busybox and one random layer of SIZE (head -c units), imported into
+# root's Podman store as REF unless it is there: random_image localhost/md-bench-big:latest 200M
+random_image() {
+    podman image exists "$1" && return 0
+    local tmp; tmp=$(mktemp -d /var/tmp/mdt-random.XXXXXX)
+    mkdir -p "$tmp/root/bin" "$tmp/root/data"
+    cp /bin/busybox "$tmp/root/bin/busybox"; ln -s busybox "$tmp/root/bin/sh"; ln -s busybox "$tmp/root/bin/true"
+    head -c "$2" /dev/urandom > "$tmp/root/data/blob"
+    tar -C "$tmp/root" -cf "$tmp/root.tar" .
+    podman import --quiet "$tmp/root.tar" "$1" >/dev/null
+    rm -rf "$tmp"
+}
+
 IMPI_VERSION=2021.19.0
 # Unpacks the data part of Intel MPI's wheels into $1 (what pip would put under its prefix).
 intel_mpi_tree() {
