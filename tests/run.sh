@@ -24,6 +24,8 @@ while (($#)); do
 done
 [[ ${#stacks[@]} -gt 0 ]] || stacks=(debian12 debian13)
 
+# a fresh machine has no Slurm headers yet: the plugin builds against the installed Slurm's
+bash tests/cluster/up.sh --packages
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet

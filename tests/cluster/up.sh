@@ -3,6 +3,8 @@
 #
 #   tests/cluster/up.sh [--stack debian12|debian13]   install, build, start; idempotent (a second run
 #                                                      only checks)
+#   tests/cluster/up.sh --packages                     only this machine's Debian packages (what the
+#                                                      workspace builds with: Slurm's headers, libclang)
 #
 # Steps: Debian packages; host fixes Podman/crun need on this machine kind; test users with rootless
 # Podman; the project built and installed (helper + SPANK plugin); MPI test images built offline with
@@ -639,6 +641,10 @@ main_stack() {
 }
 
 main() {
+    if [[ ${MDT_ARGS[0]:-} == --packages ]]; then
+        step_packages
+        return
+    fi
     if outside_stack; then
         main_stack
         return
