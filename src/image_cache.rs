@@ -310,15 +310,11 @@ pub fn ensure(
             if policy == PullPolicy::Never {
                 return Err(EngineError::NotLocal { image: reference, engine: engine.name() }.into());
             }
-            // one pull of a reference at a time on this node, whoever asks: ours untags it afterwards
-            let base = runtime_dir::user_base()?;
-            let _lock = runtime_dir::lock(&base, &format!("pull-{}.lock", short_hash(&reference)), FETCH_LIMIT)?;
-            let had = engine.image_present(&reference)?;
-            with_progress(&format!("pulling {reference}"), || engine.pull_with(&reference, credentials, FETCH_LIMIT))?;
-            engine.tag(&reference, &mine).map_err(|reason| EngineError::Pull { image: reference.clone(), reason })?;
-            if !had {
-                // the name stays the user's alone
-                let _ = engine.untag(&mine, &reference);
+            match (job, user) {
+                (Some(job), Some(user)) if policy == PullPolicy::Missing => {
+                    pull_for_job_as(engine, &reference, &mine, credentials, job, user)?
+                }
+                _ => pull_as_users_own(engine, &reference, &mine, credentials)?,
             }
             Ok(mine)
         }
@@ -457,6 +453,101 @@ fn pull_for_job(
         }
     }
     let _ = engine.tag(reference, &pulled_name(reference));
+    Ok(())
+}
+
+/// A registry image pulled into a store shared by users under `mine`, the user's own name for it
+/// (see the module docs).
+fn pull_as_users_own(
+    engine: &Engine,
+    reference: &str,
+    mine: &str,
+    credentials: Option<&Path>,
+) -> Result<(), CacheError> {
+    // one pull of a reference at a time on this node, whoever asks: ours untags it afterwards
+    let base = runtime_dir::user_base()?;
+    let _lock = runtime_dir::lock(&base, &format!("pull-{}.lock", short_hash(reference)), FETCH_LIMIT)?;
+    let had = engine.image_present(reference)?;
+    with_progress(&format!("pulling {reference}"), || engine.pull_with(reference, credentials, FETCH_LIMIT))?;
+    engine.tag(reference, mine).map_err(|reason| EngineError::Pull { image: reference.to_string(), reason })?;
+    if !had {
+        // the name stays the user's alone
+        let _ = engine.untag(mine, reference);
+    }
+    Ok(())
+}
+
+/// [`pull_for_job`] in a store shared by users (Docker's, root acting for `user`). The job's
+/// directory is the user's: every look, open, rename and removal in it is made with the user's
+/// rights, and root's engine only reads or writes descriptors the user opened. The fetching node
+/// pulls as [`pull_as_users_own`] does; the others load the handed-on file as they would an image
+/// file of the user's: without the names the file gives, named `mine` (the user's alone).
+fn pull_for_job_as(
+    engine: &Engine,
+    reference: &str,
+    mine: &str,
+    credentials: Option<&Path>,
+    job: &JobFetch,
+    user: &crate::identity::UserIds,
+) -> Result<(), CacheError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let hand_on = |reason: String| CacheError::HandOn { image: reference.to_string(), reason };
+    let as_user = || user.act_as().map_err(|e| hand_on(e.to_string()));
+    let turn = {
+        let _as = as_user()?;
+        job.claim(&short_hash(reference), FETCH_LIMIT)
+    };
+    match turn.map_err(|e| hand_on(e.to_string()))? {
+        Turn::Load(path) => {
+            let opened = {
+                let _as = as_user()?;
+                // (a FIFO put there never blocks root's open)
+                std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&path)
+            };
+            let mut file = opened
+                .and_then(|f| match f.metadata()?.is_file() {
+                    true => Ok(f),
+                    false => Err(std::io::Error::other("not a plain file")),
+                })
+                .map_err(|e| hand_on(format!("{}: {e}", path.display())))?;
+            let loaded = with_progress(&format!("loading {reference} as another node of the job fetched it"), || {
+                engine.load(FETCH_LIMIT, move |stdin| copy_without_names(&mut file, stdin))
+            })
+            .map_err(hand_on)?;
+            let id = engine.image_id(&loaded).map_err(hand_on)?;
+            engine.tag(&id, mine).map_err(hand_on)?;
+        }
+        Turn::Fetch(lease) => {
+            crate::fault_point::reached("hand-on");
+            if let Err(e) = pull_as_users_own(engine, reference, mine, credentials) {
+                // the lease goes with the user's rights: another node of the job may take it
+                let _as = as_user()?;
+                drop(lease);
+                return Err(e);
+            }
+            let partial = lease.partial();
+            let opened = {
+                let _as = as_user()?;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&partial)
+            };
+            let saved = opened.map_err(|e| e.to_string()).and_then(|out| {
+                let into = out.try_clone().map_err(|e| e.to_string())?;
+                engine.save_into(FETCH_LIMIT, mine, into).map(|()| out)
+            });
+            // handed on to the job's other nodes; this node has the image whatever happens to that
+            let _as = as_user()?;
+            let handed = saved.and_then(|out| lease.complete(&out, &partial).map_err(|e| e.to_string()));
+            if let Err(e) = handed {
+                log::warn!("cannot hand {reference} on to the job's other nodes (they pull it themselves): {e}");
+                let _ = std::fs::remove_file(&partial);
+            }
+        }
+    }
     Ok(())
 }
 

@@ -4,9 +4,10 @@
 //! the job's other nodes load that file instead of asking the registry. The registry serves each layer
 //! once per job, however many nodes the job spans.
 //!
-//! - **Whose.** Everything is under `DIR/u<UID>/job-<JOB>/`, made by the user's own helper, mode 0700,
-//!   checked (a directory, not a link, the user's, closed to others) before use: nobody else can
-//!   put a file where the user's nodes read one. Without the directory, or when a check fails, each
+//! - **Whose.** Everything is under `DIR/u<UID>/job-<JOB>/`, made with the user's rights (by their
+//!   own helper, or by root's acting as them for Docker's shared store), mode 0700, checked (a
+//!   directory, not a link, the user's, closed to others) before use: nobody else can put a file where
+//!   the user's nodes read one. Without the directory, or when a check fails, each
 //!   node pulls for itself, as without the setting, and says why once.
 //! - **Who fetches.** Whoever creates `KEY.lease` first (`O_CREAT|O_EXCL`, which NFS honours, unlike
 //!   `flock`). The fetcher touches the lease every [`LEASE_BEAT`] while it works. A waiter that sees
@@ -141,8 +142,9 @@ impl JobFetch {
                         let _ = std::fs::remove_file(&lease);
                         return Ok(Turn::Load(file));
                     }
-                    let _ = writeln!(handle, "{} {}", hostname(), std::process::id());
-                    return Ok(Turn::Fetch(Lease::hold(lease, handle, self.dir.join(format!("{key}.tar")))));
+                    let holder = format!("{} {}\n", hostname(), std::process::id());
+                    let _ = handle.write_all(holder.as_bytes());
+                    return Ok(Turn::Fetch(Lease::hold(lease, handle, holder, self.dir.join(format!("{key}.tar")))));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(io("cannot make", &lease)(e)),
@@ -183,16 +185,35 @@ impl JobFetch {
         }
     }
 
+    /// [`JobFetch::note`] of root's helper acting for user `uid` (Docker's shared store): in root's
+    /// own `state`, naming the user, for root's sweep ([`JobFetch::noted_for_users`]).
+    pub fn note_for(state: &Path, site_dir: &Path, job: &str, uid: u32) {
+        let note = state.join(format!("job-fetch-{job}-u{uid}"));
+        if let Err(e) = std::fs::write(&note, site_dir.as_os_str().as_encoded_bytes()) {
+            log::debug!("cannot note {}: {e}", note.display());
+        }
+    }
+
+    /// The notes of job `job` that root's helper wrote in root's `state` ([`JobFetch::note_for`]):
+    /// each user and site directory, forgetting the notes.
+    pub fn noted_for_users(state: &Path, job: &str) -> Vec<(u32, PathBuf)> {
+        let prefix = format!("job-fetch-{job}-u");
+        let Ok(entries) = std::fs::read_dir(state) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let uid = name.strip_prefix(&prefix)?.parse::<u32>().ok()?;
+                Some((uid, read_note(&e.path())?))
+            })
+            .collect()
+    }
+
     /// The site directory noted for job `job` in `state`, if any, forgetting the note. (The note is
     /// the user's own file: a forged one can only make the user's own sweep remove the user's own
     /// directories, which [`JobFetch::remove_job`] checks.)
     pub fn noted(state: &Path, job: &str) -> Option<PathBuf> {
-        let note = state.join(format!("job-fetch-{job}"));
-        let meta = std::fs::symlink_metadata(&note).ok()?;
-        let text = meta.file_type().is_file().then(|| std::fs::read(&note).ok()).flatten();
-        let _ = std::fs::remove_file(&note);
-        let dir = PathBuf::from(std::ffi::OsString::from_vec(text?));
-        dir.is_absolute().then_some(dir)
+        read_note(&state.join(format!("job-fetch-{job}")))
     }
 
     /// Removes a job's directory of `uid` (the job's end).
@@ -225,7 +246,10 @@ pub struct Lease {
 }
 
 impl Lease {
-    fn hold(path: PathBuf, handle: File, file: PathBuf) -> Lease {
+    /// `holder`: the lease's text, written again at each beat. (A write, not a set time: it needs
+    /// only the descriptor, opened with the user's rights, which NFS checks, also while root's helper
+    /// fetches for them with root's own, which a root-squashed mount refuses.)
+    fn hold(path: PathBuf, handle: File, holder: String, file: PathBuf) -> Lease {
         let inode = handle.metadata().map(|m| m.ino()).unwrap_or(0);
         let stop = Arc::new(AtomicBool::new(false));
         let beating = stop.clone();
@@ -234,7 +258,8 @@ impl Lease {
             while !beating.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
                 if last.elapsed() >= LEASE_BEAT {
-                    let _ = handle.set_modified(SystemTime::now());
+                    use std::os::unix::fs::FileExt;
+                    let _ = handle.write_all_at(holder.as_bytes(), 0);
                     last = Instant::now();
                 }
             }
@@ -271,6 +296,16 @@ impl Drop for Lease {
     }
 }
 
+/// The directory a note names (an absolute path), forgetting the note; a note that is not a plain
+/// file is forgotten unread.
+fn read_note(note: &Path) -> Option<PathBuf> {
+    let meta = std::fs::symlink_metadata(note).ok()?;
+    let text = meta.file_type().is_file().then(|| std::fs::read(note).ok()).flatten();
+    let _ = std::fs::remove_file(note);
+    let dir = PathBuf::from(std::ffi::OsString::from_vec(text?));
+    dir.is_absolute().then_some(dir)
+}
+
 fn hostname() -> String {
     nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "node".into())
 }
@@ -303,6 +338,21 @@ mod tests {
         // a note that is a link is not followed
         std::os::unix::fs::symlink(site.path(), state.path().join("job-fetch-9")).unwrap();
         assert_eq!(JobFetch::noted(state.path(), "9"), None);
+    }
+
+    #[test]
+    fn roots_notes_name_each_user_and_are_found_once() {
+        let state = tempfile::tempdir().unwrap();
+        JobFetch::note_for(state.path(), Path::new("/shared/fetch"), "7", 1500);
+        JobFetch::note_for(state.path(), Path::new("/shared/other"), "70", 1501);
+        JobFetch::note(state.path(), Path::new("/shared/own"), "7");
+        // job 7's notes for users only: not job 70's, not root's own
+        assert_eq!(JobFetch::noted_for_users(state.path(), "7"), [(1500, PathBuf::from("/shared/fetch"))]);
+        assert_eq!(JobFetch::noted_for_users(state.path(), "7"), [], "the note is gone once read");
+        assert_eq!(JobFetch::noted_for_users(state.path(), "70"), [(1501, PathBuf::from("/shared/other"))]);
+        // a name that does not end in a uid is not a note
+        std::fs::write(state.path().join("job-fetch-8-ux"), "/shared/fetch").unwrap();
+        assert_eq!(JobFetch::noted_for_users(state.path(), "8"), []);
     }
 
     #[test]

@@ -578,13 +578,23 @@ fn fetch(
                 }
                 None => None,
             };
-            // one fetch per job: a store of the user's own takes what the job's first node hands on
-            // (a one-node job has no other node to hand it to)
-            let job = match (&config.job_fetch_dir, scope) {
-                (Some(dir), None) if a.job_nodes != Some(1) => crate::job_fetch::JobFetch::open(dir, me.uid, &a.job)
-                    .map_err(|e| log::warn!("{e}; this node pulls for itself"))
-                    .inspect(|_| crate::job_fetch::JobFetch::note(state, dir, &a.job))
-                    .ok(),
+            // one fetch per job: the job's first node hands the image on to the others (a one-node
+            // job has no other node to hand it to). The directory is the user's: made and checked
+            // with their rights, also when root acts for them
+            let job = match &config.job_fetch_dir {
+                Some(dir) if a.job_nodes != Some(1) => {
+                    let acting = me.act_as()?;
+                    let opened = crate::job_fetch::JobFetch::open(dir, me.uid, &a.job);
+                    drop(acting);
+                    // noted for the job's end, which then finds it whatever the setting says by
+                    // then: in the user's own state, or for root's helper in root's, naming them
+                    match (&opened, scope) {
+                        (Ok(_), None) => crate::job_fetch::JobFetch::note(state, dir, &a.job),
+                        (Ok(_), Some(uid)) => crate::job_fetch::JobFetch::note_for(state, dir, &a.job, uid),
+                        (Err(_), _) => {}
+                    }
+                    opened.map_err(|e| log::warn!("{e}; this node pulls for itself")).ok()
+                }
                 _ => None,
             };
             let local = image_cache::ensure(

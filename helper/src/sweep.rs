@@ -129,13 +129,24 @@ fn remove_stale_runtime_dirs() {
     }
 }
 
-/// Removes what the job's nodes handed each other (the site's `job_fetch_dir`), run as the user.
+/// Removes what the job's nodes handed each other (the site's `job_fetch_dir`), run as the user; run
+/// as root, the directories root's helper noted for the job's user (Docker's shared store), removed
+/// with that user's rights.
 fn remove_job_fetch_dir(job: &str) {
+    use mpiexec_docker_core::job_fetch::JobFetch;
     let uid = nix::unistd::getuid().as_raw();
     if uid == 0 {
+        let Ok(state) = mpiexec_docker_core::runtime_dir::user_base() else { return };
+        for (uid, dir) in JobFetch::noted_for_users(&state, job) {
+            let gid = nix::unistd::User::from_uid(uid.into()).ok().flatten().map_or(uid, |u| u.gid.as_raw());
+            let user = mpiexec_docker_core::identity::UserIds { uid, gid, groups: Vec::new() };
+            match user.act_as() {
+                Ok(_acting) => JobFetch::remove_job(&dir, uid, job),
+                Err(e) => log::warn!("{e}: {} of job {job} stays", dir.display()),
+            }
+        }
         return;
     }
-    use mpiexec_docker_core::job_fetch::JobFetch;
     // where this node's helper noted it (the setting may have changed since), and where the
     // site's setting names it now
     let noted = mpiexec_docker_core::runtime_dir::user_base().ok().and_then(|state| JobFetch::noted(&state, job));

@@ -455,6 +455,44 @@ fn registry_images_are_each_users_own_pull() {
 }
 
 #[test]
+fn with_a_job_fetch_dir_root_hands_the_users_pull_on_to_the_jobs_other_nodes() {
+    let _g = docker_alone();
+    let (site, dir) = with_job_fetch_dir();
+    let image = format!("{REGISTRY}/md/tiny");
+    let ours = "docker images --format '{{.Repository}}:{{.Tag}}' | grep -E 'md/tiny|md-tiny-latest' | sort";
+    let forget = format!("{ours} | xargs -r docker rmi >/dev/null 2>&1; true");
+    for node in NODES {
+        on_node(node, As::Root, &forget);
+    }
+    // a cold step over the 3 nodes: root pulls for the user on one node, the others load what it
+    // handed on through the user's job directory
+    cold_step_fetches_each_blob_once(As::User, 6);
+    // every node's daemon has it under the user's own name only: not the registry's name, which
+    // another user's step would run
+    for node in NODES {
+        let names = on_node(node, As::Root, ours).success().lines();
+        assert_eq!(names, ["localhost/mpiexec-docker-cache/u1500/10.77.0.1-5000-md-tiny-latest:pulled"], "{node}");
+    }
+    // another user's job on the same nodes pulls with their own logins, not from the first user's
+    let from = log_lines();
+    let run = sh(As::User2, &format!("srun -N3 -n3 --container-image={image} sh -c 'echo $MD_IMAGE_FLAVOUR'"));
+    assert_eq!(run.success().lines(), ["tiny", "tiny", "tiny"]);
+    // (the layers are in the daemon already: its pull asks for the manifest alone)
+    let log = std::fs::read_to_string(REGISTRY_LOG).unwrap_or_default();
+    let asked = log.lines().skip(from).filter(|l| l.contains(" /v2/md/tiny/manifests/")).count();
+    assert!(asked >= 1, "the second user's job asked the registry");
+    // the admin takes the setting out as that job ends: the jobs' ends still remove what the nodes
+    // handed each other (root's helper noted where)
+    drop(site);
+    assert_clean_within(60);
+    assert!(wait_for(30, || job_fetch_left(&dir).trim().is_empty()), "left: {}", job_fetch_left(&dir));
+    for node in NODES {
+        on_node(node, As::Root, &forget);
+    }
+    assert_no_node_drained();
+}
+
+#[test]
 fn the_relay_server_root_starts_for_a_user_inherits_nothing() {
     let _g = docker();
     // while a Docker step runs, its relay server (started by root's helper, running as the user) holds

@@ -5,8 +5,6 @@
 mod common;
 use common::*;
 
-const REGISTRY: &str = "10.77.0.1:5000";
-const REGISTRY_LOG: &str = "/var/log/mdt-registry.log";
 const NODE_IPS: [&str; 3] = ["10.77.0.11", "10.77.0.12", "10.77.0.13"];
 
 fn tiny_archive() -> String {
@@ -27,31 +25,6 @@ fn forget_tiny_everywhere(who: As) {
         )
         .success();
     }
-}
-
-/// What each node fetched from the registry since `from` lines of its log: (node ip, blob) → count.
-fn blob_fetches(from: usize) -> std::collections::BTreeMap<(String, String), usize> {
-    let log = std::fs::read_to_string(REGISTRY_LOG).unwrap_or_default();
-    let mut seen = std::collections::BTreeMap::new();
-    for line in log.lines().skip(from) {
-        // access log: IP - - [date] "GET /v2/NAME/blobs/sha256:… HTTP/1.1" 200 …
-        let mut words = line.split_whitespace();
-        let ip = words.next().unwrap_or("").to_string();
-        let Some(req) = line.split('"').nth(1) else { continue };
-        let mut r = req.split_whitespace();
-        if r.next() != Some("GET") {
-            continue;
-        }
-        let path = r.next().unwrap_or("");
-        if path.starts_with("/v2/md/tiny/blobs/") && line.contains("\" 200 ") {
-            *seen.entry((ip, path.to_string())).or_insert(0) += 1;
-        }
-    }
-    seen
-}
-
-fn log_lines() -> usize {
-    std::fs::read_to_string(REGISTRY_LOG).map(|l| l.lines().count()).unwrap_or(0)
 }
 
 #[test]
@@ -248,46 +221,13 @@ fn a_changed_tag_is_seen_with_pull_newer() {
     sh(As::User, "mpiexec_docker images prune >/dev/null").success();
 }
 
-/// The site's `job_fetch_dir` (a directory every node sees, made like /tmp) set until dropped.
-fn with_job_fetch_dir() -> (Restore, String) {
-    const SITE: &str = "/etc/mpiexec-docker/config.yaml";
-    let site = Restore(SITE, std::fs::read(SITE).ok());
-    let dir = format!("{SHARED}/job-fetch");
-    sh(As::Root, &format!("install -d -m 1777 {dir} && printf 'job_fetch_dir: {dir}\\n' >> {SITE}")).success();
-    (site, dir)
-}
-
-/// What the job fetch directory holds of the test user (their jobs' directories and files).
-fn job_fetch_left(dir: &str) -> String {
-    sh(As::Root, &format!("find {dir} -mindepth 2 2>/dev/null | sort")).stdout
-}
-
 #[test]
 fn with_a_job_fetch_dir_the_registry_serves_each_blob_once_per_job() {
     let _g = exclusive();
     let (_site, dir) = with_job_fetch_dir();
     forget_tiny_everywhere(As::User);
-    let from = log_lines();
-    // a cold step over the 3 nodes, 12 tasks at once
-    let run = sh(
-        As::User,
-        &format!("srun -N3 -n12 --container-image={REGISTRY}/md/tiny sh -c 'echo $(hostname) $MD_IMAGE_FLAVOUR'"),
-    )
-    .success();
-    assert_eq!(run.lines().iter().filter(|l| l.ends_with(" tiny")).count(), 12, "{run}");
-    let nodes: std::collections::BTreeSet<String> =
-        run.lines().iter().filter_map(|l| l.split_whitespace().next().map(str::to_string)).collect();
-    assert_eq!(nodes.len(), 3, "tasks ran on the 3 nodes: {run}");
-    // the registry served each blob once for the job, to one node
-    let fetched = blob_fetches(from);
-    assert!(!fetched.is_empty(), "the image came from the registry");
-    let mut per_blob = std::collections::BTreeMap::new();
-    for ((_, blob), n) in &fetched {
-        *per_blob.entry(blob.clone()).or_insert(0) += n;
-    }
-    assert!(per_blob.values().all(|&n| n == 1), "each blob once per job: {fetched:?}");
-    let fetchers: std::collections::BTreeSet<&String> = fetched.keys().map(|(ip, _)| ip).collect();
-    assert_eq!(fetchers.len(), 1, "one node fetched: {fetched:?}");
+    // a cold step over the 3 nodes, 12 tasks at once: the registry serves each blob once, to one node
+    cold_step_fetches_each_blob_once(As::User, 12);
     // every node has the image now: a later job asks the registry for nothing
     let from = log_lines();
     sh(As::User, &format!("srun -N3 -n3 --container-image={REGISTRY}/md/tiny true")).success();

@@ -6,6 +6,9 @@
 mod gpu;
 #[allow(unused_imports)]
 pub use gpu::*;
+mod registry;
+#[allow(unused_imports)]
+pub use registry::*;
 
 use std::process::{Command, Output, Stdio};
 use std::sync::{Once, RwLock, RwLockReadGuard, RwLockWriteGuard};
