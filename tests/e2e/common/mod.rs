@@ -419,11 +419,18 @@ pub fn srun_with_fault(node: &'static str, phase: &str, srun_args: &str, fault: 
 /// A fault for [`srun_with_fault`]: lets the helper go on from `phase`, then kills (SIGKILL) every
 /// engine call it makes, each as its whole process group (the engine's own children too), until the
 /// helper exits (10 s at most). Prints `killed=N`, read by [`engine_calls_killed`].
+///
+/// The helper's children are read from `/proc/PID/task/*/children` with shell builtins only, in a
+/// tight loop: a quick engine call (a `docker rm` of a stopped container takes a few ms) cannot
+/// start and end between two looks, as it could between two `pgrep`s.
 pub fn kill_engine_calls(phase: &str) -> String {
     format!(
         "rm -f /run/mpiexec-docker/*/fault-{phase}; n=0; end=$((SECONDS + 10)); \
          while kill -0 $PID 2>/dev/null && [ $SECONDS -lt $end ]; do \
-           for c in $(pgrep -P $PID); do kill -9 -- -$c 2>/dev/null && n=$((n + 1)); done; sleep 0.005; \
+           for t in /proc/$PID/task/*/children; do \
+             kids=(); read -r -a kids < $t 2>/dev/null; \
+             for c in ${{kids[@]}}; do kill -9 -- -$c 2>/dev/null && n=$((n + 1)); done; \
+           done; \
          done; echo killed=$n"
     )
 }
