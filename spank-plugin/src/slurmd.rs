@@ -68,7 +68,14 @@ fn sweep_as(helper: &std::path::Path, job: u32, uid: u32) {
     let mut cmd = helper_as(helper, &user, user.gid.as_raw());
     cmd.args(mpiexec_docker_core::step_contract::SweepArgs { job: job.to_string(), engine: None }.to_argv());
     match output_within(&mut cmd, SWEEP_LIMIT) {
-        Ok(out) if out.status.success() => {}
+        // what a sweep that succeeded did on the way (containers removed, tasks or lost shims
+        // ended): at slurmd's verbose level, so that a later failure on the node can be traced
+        Ok(out) if out.status.success() => {
+            let said = String::from_utf8_lossy(&out.stderr);
+            if !said.trim().is_empty() {
+                log::info!("epilog: container sweep of job {job} as uid {uid}: {}", said.trim());
+            }
+        }
         Ok(out) => log::error!(
             "epilog: container sweep of job {job} as uid {uid} ended with {}: {}",
             out.status,
